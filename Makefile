@@ -1,0 +1,42 @@
+# Ferry: `make run` serves on 127.0.0.1:8000 with the embedded default (SQLite + local disk);
+# `make test` runs every test, installing and starting what the tests need.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+JS_DIR := tests/interop/js
+
+.PHONY: install run test lint format bench clean test-deps
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+test-deps: install
+	bash scripts/install-test-deps.sh
+
+run: install
+	$(BIN)/ferry serve
+
+test: test-deps
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check app tests scripts migrations
+	$(BIN)/ruff format --check app tests scripts migrations
+	$(BIN)/mypy app
+
+format: install
+	$(BIN)/ruff format app tests scripts migrations
+	$(BIN)/ruff check --fix app tests scripts migrations
+
+bench: test-deps
+	$(BIN)/python scripts/bench_upload.py
+
+clean:
+	rm -rf $(VENV) data logs .pytest_cache .mypy_cache .ruff_cache

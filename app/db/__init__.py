@@ -1,0 +1,1 @@
+"""Database: models, the engine and session factory, and Alembic migrations."""

@@ -1,0 +1,66 @@
+"""One database engine and session factory for the process's lifetime, plus migrations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import event, make_url, text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from app.settings import Settings
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
+MIGRATIONS_DIR = PROJECT_ROOT / "migrations"
+
+
+def _enable_sqlite_durability(dbapi_connection: Any, _record: Any) -> None:
+    """WAL lets readers run beside the writer; FULL sync makes each commit durable."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def create_engine(url: str) -> AsyncEngine:
+    """Create the async engine for a SQLite or PostgreSQL URL."""
+    if url.startswith("sqlite"):
+        database = make_url(url).database
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(url, connect_args={"timeout": 30})
+        event.listen(engine.sync_engine, "connect", _enable_sqlite_durability)
+        return engine
+    return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+
+
+def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Sessions that keep loaded attributes after commit (we read rows after writing)."""
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+async def database_is_usable(engine: AsyncEngine) -> bool:
+    """Health check: one round trip to the database."""
+    try:
+        async with engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+    except Exception:  # noqa: BLE001 - any failure means "not usable"; health reports it
+        return False
+    return True
+
+
+def alembic_config(settings: Settings) -> AlembicConfig:
+    """Alembic configuration pointing at our migrations and the configured database."""
+    config = AlembicConfig(str(PROJECT_ROOT / "alembic.ini"))
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["database_url"] = settings.resolved_database_url
+    return config
+
+
+def migrate(settings: Settings) -> None:
+    """Apply every pending migration (blocking; call it before serving or in a thread)."""
+    command.upgrade(alembic_config(settings), "heads")

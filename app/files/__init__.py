@@ -1,0 +1,1 @@
+"""Completed files: downloads with HTTP range semantics, names and the file API."""

@@ -1,0 +1,193 @@
+"""The application factory: routes, dependencies, lifespan, CORS and error handlers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from litestar import Litestar, Request, Response, get
+from litestar.config.cors import CORSConfig
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.exceptions import HTTPException
+from litestar.types import Message, Receive, Scope, Send
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.db.engine import create_engine, create_session_factory, database_is_usable
+from app.errors import FerryError
+from app.files.downloads import DownloadService
+from app.settings import Settings, load_settings
+from app.storage.backend import StorageBackend
+from app.storage.local import LocalBackend
+from app.storage.staging import StagingArea
+from app.tus.controller import FILES_PATH, TusController
+from app.tus.protocol import EXPOSED_HEADERS, TUS_VERSION, server_description_headers
+from app.uploads.reaper import reap_forever
+from app.uploads.service import UploadService
+
+logger = logging.getLogger(__name__)
+
+_TUS_RESUMABLE = (b"tus-resumable", TUS_VERSION.encode())
+
+
+def build_backend(settings: Settings) -> StorageBackend:
+    """The storage backend chosen by ``FERRY_STORAGE``."""
+    if settings.storage == "s3":
+        from app.storage.s3 import S3Backend
+
+        return S3Backend(settings)
+    return LocalBackend(settings.files_dir)
+
+
+class FerryApp(Litestar):
+    """Litestar plus the tus wire rules that must apply before routing.
+
+    ``X-HTTP-Method-Override`` (tus core) changes the method routing sees; a tus
+    ``OPTIONS`` (one that is not a CORS preflight) describes the server; and every response
+    under ``/files`` — errors and 404s included — carries ``Tus-Resumable``.
+    """
+
+    tus_max_size: int = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(FILES_PATH):
+            await super().__call__(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        override = headers.get(b"x-http-method-override")
+        if override:
+            scope = {**scope, "method": override.decode("latin-1").strip().upper()}  # type: ignore[typeddict-item]
+        if scope["method"] == "OPTIONS" and b"access-control-request-method" not in headers:
+            await self._describe_tus_server(scope, send)
+            return
+
+        async def send_with_tus_header(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [h for h in message.get("headers", []) if h[0] != b"tus-resumable"]
+                message = {**message, "headers": [*headers, _TUS_RESUMABLE]}  # type: ignore[typeddict-item]
+            await send(message)
+
+        await super().__call__(scope, receive, send_with_tus_header)
+
+
+    async def _describe_tus_server(self, scope: Scope, send: Send) -> None:
+        response_headers = server_description_headers(self.tus_max_size)
+        origin = dict(scope["headers"]).get(b"origin")
+        if origin is not None and self.cors_config and self.cors_config.is_origin_allowed(
+            origin.decode("latin-1")
+        ):
+            response_headers += [
+                (b"access-control-allow-origin", origin),
+                (b"access-control-expose-headers", ", ".join(EXPOSED_HEADERS).encode()),
+                (b"vary", b"Origin"),
+            ]
+        await send({"type": "http.response.start", "status": 204, "headers": response_headers})
+        await send({"type": "http.response.body", "body": b""})
+
+
+def _plain(status: int, message: str, headers: dict[str, str] | None = None) -> Response[str]:
+    return Response(message + "\n", status_code=status, media_type="text/plain", headers=headers)
+
+
+def _ferry_error(_: Request[Any, Any, Any], exc: FerryError) -> Response[str]:
+    return _plain(exc.status_code, exc.message, exc.headers)
+
+
+def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[str]:
+    return _plain(exc.status_code, str(exc.detail), exc.headers)
+
+
+def _database_error(_: Request[Any, Any, Any], exc: Exception) -> Response[str]:
+    logger.error("database unavailable: %s", exc.__class__.__name__)
+    return _plain(503, "the database is unavailable; nothing was acknowledged; retry later",
+                  {"Retry-After": "5"})
+
+
+def _unexpected_error(_: Request[Any, Any, Any], exc: Exception) -> Response[str]:
+    logger.exception("unhandled error", exc_info=exc)
+    return _plain(500, "internal error")
+
+
+@get("/health")
+async def health(state: State) -> Response[dict[str, bool]]:
+    """200 when the database and storage are usable, 503 otherwise."""
+    checks = {
+        "database": await database_is_usable(state.engine),
+        "storage": await state.backend.is_usable(),
+    }
+    return Response(checks, status_code=200 if all(checks.values()) else 503)
+
+
+def create_app(settings: Settings | None = None) -> FerryApp:
+    """Build the ASGI application; nothing touches disk or network until start-up."""
+    settings = settings or load_settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        engine: AsyncEngine = create_engine(settings.resolved_database_url)
+        sessions = create_session_factory(engine)
+        staging = StagingArea(settings.staging_dir)
+        staging.prepare()
+        backend = build_backend(settings)
+        await backend.start()
+        uploads = UploadService(
+            sessions=sessions, staging=staging, backend=backend, settings=settings
+        )
+        app.state.update(
+            engine=engine,
+            backend=backend,
+            uploads=uploads,
+            downloads=DownloadService(uploads, backend),
+        )
+        report = await uploads.reconcile()
+        logger.info("start-up reconciliation: %s", report)
+        reaper = asyncio.create_task(reap_forever(uploads, settings.reaper_interval_seconds))
+        try:
+            yield
+        finally:
+            reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reaper
+            await backend.close()
+            await engine.dispose()
+
+    def provide_settings() -> Settings:
+        return settings
+
+    def provide_uploads(state: State) -> UploadService:
+        return state.uploads  # type: ignore[no-any-return]
+
+    def provide_downloads(state: State) -> DownloadService:
+        return state.downloads  # type: ignore[no-any-return]
+
+    app = FerryApp(
+        route_handlers=[TusController, health],
+        dependencies={
+            "settings": Provide(provide_settings, sync_to_thread=False),
+            "uploads": Provide(provide_uploads, sync_to_thread=False),
+            "downloads": Provide(provide_downloads, sync_to_thread=False),
+        },
+        lifespan=[lifespan],
+        cors_config=CORSConfig(
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "HEAD", "POST", "PATCH", "DELETE", "OPTIONS"],
+            allow_headers=["*"],
+            expose_headers=list(EXPOSED_HEADERS),
+            max_age=3600,
+        ),
+        exception_handlers={
+            FerryError: _ferry_error,
+            HTTPException: _http_error,
+            OperationalError: _database_error,
+            DBAPIError: _database_error,
+            Exception: _unexpected_error,
+        },
+        openapi_config=None,
+        debug=False,
+    )
+    app.tus_max_size = settings.max_size
+    return app

@@ -1,0 +1,206 @@
+"""Typed settings read once from the environment and an optional ``.env`` file.
+
+Every variable carries the ``FERRY_`` prefix (``FERRY_DATA_DIR`` sets ``data_dir``). The
+original deployment's S3 names (``ENDPOINT_URL``, ``ACCESS_KEY``, ``SECRET_KEY``,
+``BUCKET_NAME``) are accepted as fallbacks. A bad value raises :class:`SettingsError`
+naming the variable, so start-up can stop with one line instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Literal
+
+import msgspec
+from dotenv import dotenv_values
+
+ENV_PREFIX = "FERRY_"
+
+#: Original-service names accepted when the ``FERRY_`` one is unset.
+LEGACY_NAMES: dict[str, str] = {
+    "s3_endpoint_url": "ENDPOINT_URL",
+    "s3_access_key": "ACCESS_KEY",
+    "s3_secret_key": "SECRET_KEY",
+    "s3_bucket": "BUCKET_NAME",
+}
+
+#: Settings whose environment value is a comma-separated list.
+LIST_FIELDS = frozenset({"cors_origins", "auth"})
+
+PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
+NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+
+
+class SettingsError(ValueError):
+    """A configuration value is missing or invalid; the message names the variable."""
+
+
+class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Ferry's configuration. Field ``x`` is set by the variable ``FERRY_X``."""
+
+    data_dir: Path = Path("data")
+    """Root of staging files and locally stored files."""
+
+    database_url: str = ""
+    """SQLAlchemy async URL; empty means a SQLite file ``ferry.db`` under ``data_dir``."""
+
+    auto_migrate: bool = True
+    """Apply pending Alembic migrations when ``ferry serve`` starts."""
+
+    storage: Literal["local", "s3"] = "local"
+    """Where completed files live: the local disk or an S3-compatible object store."""
+
+    s3_endpoint_url: str = ""
+    """S3 endpoint for non-AWS stores (SeaweedFS, MinIO, R2); empty means AWS."""
+
+    s3_access_key: str = ""
+    """S3 access key id."""
+
+    s3_secret_key: str = ""
+    """S3 secret access key."""
+
+    s3_bucket: str = ""
+    """Bucket that holds completed files."""
+
+    s3_region: str = "us-east-1"
+    """Region used for request signing."""
+
+    s3_prefix: str = "ferry/"
+    """Key prefix of every object Ferry writes; the reaper only touches keys below it."""
+
+    s3_min_part_size: PositiveInt = 8 * 1024 * 1024
+    """Smallest multipart part size; S3 requires at least 5 MiB for every part but the last."""
+
+    s3_max_parts: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 10_000
+    """Most parts one multipart upload may have (10,000 on AWS)."""
+
+    s3_part_concurrency: PositiveInt = 4
+    """Parts of one upload sent to S3 at the same time."""
+
+    s3_staging_budget: PositiveInt = 8 * 1024 * 1024 * 1024
+    """Staged bytes not yet in S3 above which new PATCHes get 503 (S3 down or slow)."""
+
+    max_size: NonNegativeInt = 1024**4
+    """Largest upload in bytes, announced as ``Tus-Max-Size``."""
+
+    max_metadata_bytes: PositiveInt = 16 * 1024
+    """Largest ``Upload-Metadata`` header accepted (431 above it)."""
+
+    max_metadata_keys: PositiveInt = 64
+    """Most keys one ``Upload-Metadata`` header may carry (400 above it)."""
+
+    upload_ttl_seconds: PositiveInt = 24 * 3600
+    """Unfinished uploads expire this long after their last activity."""
+
+    reaper_interval_seconds: PositiveInt = 300
+    """How often the in-process reaper removes expired uploads."""
+
+    lock_lease_seconds: PositiveInt = 30
+    """Lease of the one-writer lock; a crashed writer's lock frees itself after it."""
+
+    read_timeout_seconds: PositiveInt = 60
+    """A PATCH whose client sends nothing for this long is ended; its bytes are kept."""
+
+    node_id: str = ""
+    """Name of this server instance in lock records; empty means the host name."""
+
+    cors_origins: tuple[str, ...] = ("*",)
+    """Origins allowed to call Ferry from a browser (``*`` allows any)."""
+
+    auth: tuple[Literal["keys", "jwt", "none"], ...] = ("none",)
+    """Accepted credentials: ``keys``, ``jwt``, ``keys,jwt`` or ``none``."""
+
+    signing_key: str = ""
+    """Secret for signed download links."""
+
+    log_dir: Path = Path("logs")
+    """Where ``ferry.log`` and ``error.log`` are written."""
+
+    host: str = "127.0.0.1"
+    """Address ``ferry serve`` binds to."""
+
+    port: Port = 8000
+    """Port ``ferry serve`` listens on."""
+
+    @property
+    def staging_dir(self) -> Path:
+        """Directory of in-progress uploads, one file per upload."""
+        return self.data_dir / "staging"
+
+    @property
+    def files_dir(self) -> Path:
+        """Directory of completed files on the local backend."""
+        return self.data_dir / "files"
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The database URL, defaulting to a SQLite file under the data directory."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'ferry.db').resolve()}"
+
+    @property
+    def resolved_node_id(self) -> str:
+        """This instance's name in lock records."""
+        return self.node_id or os.uname().nodename
+
+
+def _raw_values(environ: Mapping[str, str], env_file: Path | None) -> dict[str, str]:
+    """Collect ``FERRY_*`` values: the environment wins over the ``.env`` file."""
+    merged: dict[str, str] = {}
+    if env_file is not None and env_file.is_file():
+        merged.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+    merged.update(environ)
+    raw: dict[str, str] = {}
+    for field in msgspec.structs.fields(Settings):
+        name = ENV_PREFIX + field.name.upper()
+        if name in merged:
+            raw[field.name] = merged[name]
+        elif field.name in LEGACY_NAMES and LEGACY_NAMES[field.name] in merged:
+            raw[field.name] = merged[LEGACY_NAMES[field.name]]
+    return raw
+
+
+def _decode_path(kind: type, value: object) -> object:
+    if kind is Path and isinstance(value, str):
+        return Path(value)
+    raise NotImplementedError
+
+
+def _variable_for(path: str) -> str:
+    field = path.removeprefix("$.").split("[", 1)[0].split(".", 1)[0]
+    return ENV_PREFIX + field.upper()
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, env_file: Path | None = Path(".env")
+) -> Settings:
+    """Build and validate settings; raise :class:`SettingsError` naming a bad variable."""
+    raw = _raw_values(os.environ if environ is None else environ, env_file)
+    values: dict[str, object] = {}
+    for key, text in raw.items():
+        text = text.strip()
+        if key in LIST_FIELDS:
+            values[key] = [item.strip() for item in text.split(",") if item.strip()]
+        else:
+            values[key] = text
+    try:
+        settings = msgspec.convert(values, Settings, strict=False, dec_hook=_decode_path)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        variable = _variable_for(message.rsplit(" - at `", 1)[-1].rstrip("`"))
+        raise SettingsError(f"{variable}: {message.split(' - at ', 1)[0]}") from None
+    _check_consistency(settings)
+    return settings
+
+
+def _check_consistency(settings: Settings) -> None:
+    if settings.storage == "s3" and not settings.s3_bucket:
+        raise SettingsError("FERRY_S3_BUCKET: required when FERRY_STORAGE=s3")
+    if "none" in settings.auth and len(settings.auth) > 1:
+        raise SettingsError("FERRY_AUTH: 'none' cannot be combined with other methods")
+    if settings.s3_min_part_size < 5 * 1024 * 1024 and settings.storage == "s3":
+        raise SettingsError("FERRY_S3_MIN_PART_SIZE: must be at least 5242880 (5 MiB)")

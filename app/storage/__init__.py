@@ -1,0 +1,1 @@
+"""Bytes: the local staging area, the storage backends and content sniffing."""

@@ -1,0 +1,98 @@
+"""Local-disk backend: finished files live at ``files/<category>/<uid>``."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+
+from app.storage.backend import StoredObject
+from app.storage.sniff import Category
+from app.storage.staging import read_file_range
+
+
+class LocalBackend:
+    """Stores finished files on the same disk as staging, so completion is a rename."""
+
+    name = "local"
+
+    def __init__(self, files_dir: Path) -> None:
+        self.files_dir = files_dir
+
+    async def start(self) -> None:
+        """Create the category folders."""
+        for category in Category:
+            await anyio.Path(self.files_dir / category.value).mkdir(parents=True, exist_ok=True)
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+    async def is_usable(self) -> bool:
+        """The files folder exists and is writable."""
+        return await anyio.to_thread.run_sync(os.access, self.files_dir, os.W_OK)
+
+    async def staged_bytes_durable(
+        self, upload_id: uuid.UUID, staged_path: Path, durable_offset: int, length: int | None
+    ) -> None:
+        """Local files are moved into place only on completion."""
+
+    def _key_for(self, upload_id: uuid.UUID, category: str) -> str:
+        return f"{Category(category).value}/{upload_id}"
+
+    def path_for(self, key: str) -> Path:
+        """Absolute path of a stored key; keys are only ever built by :meth:`_key_for`."""
+        path = (self.files_dir / key).resolve()
+        if not path.is_relative_to(self.files_dir.resolve()):
+            raise ValueError(f"storage key {key!r} escapes the files directory")
+        return path
+
+    async def store(
+        self, upload_id: uuid.UUID, staged_path: Path, size: int, category: str, content_type: str
+    ) -> StoredObject:
+        """Rename the staging file into its category folder and make the rename durable."""
+        key = self._key_for(upload_id, category)
+        target = self.path_for(key)
+        await anyio.to_thread.run_sync(_durable_rename, staged_path, target)
+        return StoredObject(key=key, size=size)
+
+    async def find_stored(self, upload_id: uuid.UUID, category: str) -> StoredObject | None:
+        """A file that was renamed into place before a crash hid it from the database."""
+        for candidate in Category:
+            key = self._key_for(upload_id, candidate.value)
+            try:
+                stat = await anyio.Path(self.path_for(key)).stat()
+            except FileNotFoundError:
+                continue
+            return StoredObject(key=key, size=stat.st_size)
+        return None
+
+    async def discard_upload(self, upload_id: uuid.UUID) -> None:
+        """Nothing lives outside staging for an unfinished local upload."""
+
+    async def open_range(self, key: str, start: int, length: int) -> AsyncIterator[bytes]:
+        """Stream a slice of a stored file."""
+        async for block in read_file_range(self.path_for(key), start, length):
+            yield block
+
+    async def delete(self, key: str) -> None:
+        """Remove a stored file."""
+        await anyio.Path(self.path_for(key)).unlink(missing_ok=True)
+
+
+def _durable_rename(source: Path, target: Path) -> None:
+    fd = os.open(source, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(source, target)
+    for directory in {source.parent, target.parent}:
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)

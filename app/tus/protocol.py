@@ -1,0 +1,266 @@
+"""tus 1.0.0 header rules in one place: parsing, validation and formatting.
+
+Everything here is pure: it turns header strings into typed values or raises an error from
+:mod:`app.errors`. The controller calls these; the upload service never sees raw headers.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import re
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from typing import Protocol
+from urllib.parse import urlsplit
+
+import google_crc32c
+
+from app.errors import BadRequest, HeaderTooLarge, NotFound, PreconditionFailed
+
+TUS_VERSION = "1.0.0"
+SUPPORTED_VERSIONS = (TUS_VERSION,)
+OFFSET_CONTENT_TYPE = "application/offset+octet-stream"
+EXTENSIONS = (
+    "creation",
+    "creation-with-upload",
+    "creation-defer-length",
+    "termination",
+    "checksum",
+    "checksum-trailer",
+    "concatenation",
+    "concatenation-unfinished",
+    "expiration",
+)
+
+#: Headers browsers may read from a cross-origin tus response (tus-js-client needs them).
+EXPOSED_HEADERS = (
+    "Location",
+    "Tus-Resumable",
+    "Tus-Version",
+    "Tus-Extension",
+    "Tus-Max-Size",
+    "Tus-Checksum-Algorithm",
+    "Upload-Offset",
+    "Upload-Length",
+    "Upload-Metadata",
+    "Upload-Defer-Length",
+    "Upload-Concat",
+    "Upload-Expires",
+    "Content-Range",
+    "Content-Length",
+    "Content-Disposition",
+    "Accept-Ranges",
+    "ETag",
+)
+
+#: RFC 9110 §8.6 style: digits only, no sign; 19 digits keeps every value inside 63 bits.
+_INTEGER = re.compile(r"[0-9]{1,19}")
+_MAX_INT63 = 2**63 - 1
+_METADATA_KEY = re.compile(r"[\x21-\x2b\x2d-\x7e]+")  # visible ASCII except comma
+
+
+def server_description_headers(max_size: int) -> list[tuple[bytes, bytes]]:
+    """tus core §OPTIONS: version, extensions, size limit and checksum algorithms."""
+    values = {
+        "tus-resumable": TUS_VERSION,
+        "tus-version": ",".join(SUPPORTED_VERSIONS),
+        "tus-extension": ",".join(EXTENSIONS),
+        "tus-max-size": str(max_size),
+        "tus-checksum-algorithm": ",".join(CHECKSUM_ALGORITHMS),
+    }
+    return [(name.encode(), value.encode()) for name, value in values.items()]
+
+
+def require_tus_version(value: str | None) -> None:
+    """tus core §Tus-Resumable: a missing or unsupported version is 412, unprocessed."""
+    if value is None:
+        raise PreconditionFailed("Tus-Resumable header is required")
+    if value.strip() not in SUPPORTED_VERSIONS:
+        raise PreconditionFailed(f"Tus-Resumable {value.strip()!r} is not supported")
+
+
+def parse_integer(name: str, value: str) -> int:
+    """Parse a non-negative decimal header value strictly (no sign, spaces or exponent)."""
+    text = value.strip()
+    if not _INTEGER.fullmatch(text):
+        raise BadRequest(f"{name} must be a non-negative integer, got {value[:40]!r}")
+    number = int(text)
+    if number > _MAX_INT63:
+        raise BadRequest(f"{name} {text} does not fit in 63 bits")
+    return number
+
+
+def parse_optional_integer(name: str, value: str | None) -> int | None:
+    """Like :func:`parse_integer`, for a header that may be absent."""
+    return None if value is None else parse_integer(name, value)
+
+
+def parse_upload_id(text: str) -> uuid.UUID:
+    """Accept only a canonical lower-case UUID, so no id ever reaches the disk unchecked."""
+    try:
+        parsed = uuid.UUID(text)
+    except ValueError:
+        raise NotFound("no such upload") from None
+    if str(parsed) != text:
+        raise NotFound("no such upload")
+    return parsed
+
+
+def parse_upload_metadata(
+    value: str | None, *, max_bytes: int, max_keys: int
+) -> dict[str, str | None]:
+    """Parse ``Upload-Metadata`` (creation §Upload-Metadata) into key → base64 value.
+
+    Values stay base64-encoded (they may be binary); each is checked to decode strictly.
+    An empty header means no metadata.
+    """
+    if value is None:
+        return {}
+    if len(value) > max_bytes:
+        raise HeaderTooLarge(f"Upload-Metadata is larger than {max_bytes} bytes")
+    text = value.strip()
+    if not text:
+        return {}
+    pairs = text.split(",")
+    if len(pairs) > max_keys:
+        raise BadRequest(f"Upload-Metadata has more than {max_keys} keys")
+    metadata: dict[str, str | None] = {}
+    for pair in pairs:
+        parts = pair.strip().split(" ")
+        if len(parts) > 2 or not parts[0]:
+            raise BadRequest(f"Upload-Metadata pair {pair.strip()[:40]!r} is malformed")
+        key = parts[0]
+        if not _METADATA_KEY.fullmatch(key):
+            raise BadRequest(f"Upload-Metadata key {key[:40]!r} has invalid characters")
+        if key in metadata:
+            raise BadRequest(f"Upload-Metadata key {key!r} appears twice")
+        encoded = parts[1] if len(parts) == 2 else None
+        if encoded:
+            try:
+                base64.b64decode(encoded, validate=True)
+            except (binascii.Error, ValueError):
+                raise BadRequest(f"Upload-Metadata value of {key!r} is not base64") from None
+        metadata[key] = encoded or None
+    return metadata
+
+
+def encode_upload_metadata(metadata: dict[str, str | None]) -> str:
+    """Format metadata back into the header, exactly as the client sent its pairs."""
+    return ",".join(key if value is None else f"{key} {value}" for key, value in metadata.items())
+
+
+def decode_metadata_value(metadata: dict[str, str | None], *keys: str) -> str | None:
+    """Decode the first present metadata value among ``keys`` as UTF-8 text."""
+    for key in keys:
+        encoded = metadata.get(key)
+        if encoded:
+            return base64.b64decode(encoded).decode("utf-8", errors="replace")
+    return None
+
+
+def parse_defer_length(value: str | None) -> bool:
+    """creation-defer-length: the only allowed value is ``1``; anything else is 400."""
+    if value is None:
+        return False
+    if value.strip() != "1":
+        raise BadRequest("Upload-Defer-Length must be 1")
+    return True
+
+
+class ChunkDigest(Protocol):
+    """The incremental hash interface shared by hashlib objects and the CRC32C wrapper."""
+
+    def update(self, data: bytes, /) -> None: ...
+
+    def digest(self) -> bytes: ...
+
+
+class _Crc32c:
+    """CRC32C (Castagnoli) with the hashlib interface; the digest is 4 big-endian bytes."""
+
+    def __init__(self) -> None:
+        self._checksum = google_crc32c.Checksum()
+
+    def update(self, data: bytes, /) -> None:
+        self._checksum.update(data)
+
+    def digest(self) -> bytes:
+        return bytes(self._checksum.digest())
+
+
+CHECKSUM_ALGORITHMS: dict[str, Callable[[], ChunkDigest]] = {
+    "sha1": hashlib.sha1,
+    "sha256": hashlib.sha256,
+    "md5": hashlib.md5,
+    "crc32c": _Crc32c,
+}
+
+
+class ChecksumSpec:
+    """A parsed ``Upload-Checksum``: the algorithm name and the expected digest bytes."""
+
+    __slots__ = ("algorithm", "expected")
+
+    def __init__(self, algorithm: str, expected: bytes) -> None:
+        self.algorithm = algorithm
+        self.expected = expected
+
+    def new_digest(self) -> ChunkDigest:
+        """A fresh incremental hash for this algorithm."""
+        return CHECKSUM_ALGORITHMS[self.algorithm]()
+
+
+def parse_upload_checksum(value: str | None) -> ChecksumSpec | None:
+    """checksum §Upload-Checksum: ``<algorithm> <base64 digest>``; unknown algorithm → 400."""
+    if value is None:
+        return None
+    parts = value.strip().split(" ")
+    if len(parts) != 2:
+        raise BadRequest("Upload-Checksum must be '<algorithm> <base64 digest>'")
+    algorithm, encoded = parts
+    if algorithm not in CHECKSUM_ALGORITHMS:
+        supported = ",".join(CHECKSUM_ALGORITHMS)
+        raise BadRequest(f"checksum algorithm {algorithm[:20]!r} is not supported ({supported})")
+    try:
+        expected = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest("Upload-Checksum digest is not base64") from None
+    return ChecksumSpec(algorithm, expected)
+
+
+def parse_upload_concat(value: str | None, files_path: str) -> tuple[bool, list[uuid.UUID]]:
+    """concatenation §Upload-Concat → (is_partial, partial ids of a final upload).
+
+    The partial URLs may be absolute or relative; only their path counts, and it must name
+    an upload under ``files_path``.
+    """
+    if value is None:
+        return False, []
+    text = value.strip()
+    if text == "partial":
+        return True, []
+    if not text.startswith("final;"):
+        raise BadRequest("Upload-Concat must be 'partial' or 'final;<urls>'")
+    urls = text.removeprefix("final;").split()
+    if not urls:
+        raise BadRequest("Upload-Concat final lists no partial uploads")
+    prefix = files_path.rstrip("/") + "/"
+    ids: list[uuid.UUID] = []
+    for url in urls:
+        path = urlsplit(url).path
+        if not path.startswith(prefix) or "/" in path[len(prefix) :].strip("/"):
+            raise BadRequest(f"Upload-Concat names {url[:80]!r}, which is not an upload URL")
+        try:
+            ids.append(parse_upload_id(path[len(prefix) :].strip("/")))
+        except NotFound:
+            raise BadRequest(f"Upload-Concat names unknown upload {url[:80]!r}") from None
+    return False, ids
+
+
+def format_http_date(moment: datetime) -> str:
+    """RFC 9110 §5.6.7 IMF-fixdate, as ``Upload-Expires`` requires."""
+    return format_datetime(moment.astimezone(UTC), usegmt=True)

@@ -1,0 +1,1 @@
+"""The upload state machine: create, append, finish, concatenate, terminate, expire."""

@@ -1,0 +1,723 @@
+"""The upload service: owns upload state, the one-writer lock and the path to a file.
+
+Every change of an upload goes through here. The tus controller turns headers into the
+typed requests below and this service decides; it never sees HTTP. Bytes are staged by
+:class:`~app.storage.staging.StagingArea` and handed to a storage backend on completion.
+
+The order of effects is what keeps the invariants:
+
+* a new offset is committed only after the staged bytes are fdatasync'ed (invariant 1);
+* the offset commit is a compare-and-set on the lock token and the old offset, so nothing
+  is ever acknowledged twice or interleaved (invariants 2 and 3);
+* a file row exists only once the bytes are stored and hashed (invariant 4).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import anyio.to_thread
+from sqlalchemy import delete, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.db.models import File, Upload, UploadState
+from app.errors import (
+    BadRequest,
+    ChecksumMismatch,
+    ClientDisconnected,
+    Forbidden,
+    Gone,
+    NotFound,
+    OffsetMismatch,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    UploadLocked,
+)
+from app.storage.backend import StorageBackend, StoredObject
+from app.storage.sniff import SNIFF_SIZE, category_for, sniff_content_type
+from app.storage.staging import StagingArea
+from app.tus.protocol import ChecksumSpec, ChunkDigest, decode_metadata_value
+from app.uploads.hashing import RunningHashes
+from app.uploads.locking import UploadLocks, utcnow
+from app.filenames import safe_display_name
+
+if TYPE_CHECKING:
+    from hashlib import _Hash
+
+    from app.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+LIVE_STATES = (UploadState.ACTIVE, UploadState.COMPLETED)
+
+
+@dataclass(frozen=True, slots=True)
+class NewUpload:
+    """What a creation request asks for, already parsed and validated by the tus layer."""
+
+    length: int | None
+    metadata: dict[str, str | None] = field(default_factory=dict)
+    is_partial: bool = False
+    partial_ids: list[uuid.UUID] | None = None
+    """Set for a final upload: the partial uploads to concatenate, in order."""
+    owner: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AppendRequest:
+    """One PATCH (or the body of a creation-with-upload POST)."""
+
+    upload_id: uuid.UUID
+    offset: int
+    owner: str | None = None
+    content_length: int | None = None
+    checksum: ChecksumSpec | None = None
+    declared_length: int | None = None
+    """``Upload-Length`` sent with the PATCH, to fix a deferred length."""
+
+
+@dataclass(slots=True)
+class _Received:
+    """How one body ended."""
+
+    durable_end: int
+    disconnected: bool = False
+    too_large: bool = False
+    lease_lost: bool = False
+
+
+class UploadService:
+    """Creates uploads, appends bytes under a lease, finishes, terminates and expires them."""
+
+    def __init__(
+        self,
+        *,
+        sessions: async_sessionmaker[AsyncSession],
+        staging: StagingArea,
+        backend: StorageBackend,
+        settings: Settings,
+        hashes: RunningHashes | None = None,
+    ) -> None:
+        self._sessions = sessions
+        self.staging = staging
+        self.backend = backend
+        self.settings = settings
+        self.hashes = hashes or RunningHashes()
+        self.locks = UploadLocks(sessions, settings.resolved_node_id, settings.lock_lease_seconds)
+        self.ttl = timedelta(seconds=settings.upload_ttl_seconds)
+
+    # ------------------------------------------------------------------ reading
+
+    async def get(self, upload_id: uuid.UUID, owner: str | None = None) -> Upload:
+        """A live upload visible to ``owner`` (``None``: any), else 404 or 410."""
+        async with self._sessions() as session:
+            upload = await session.get(Upload, upload_id)
+        return self._visible(upload, owner)
+
+    def _visible(self, upload: Upload | None, owner: str | None) -> Upload:
+        # Another owner's upload answers exactly like a missing one: no existence oracle.
+        if upload is None or (owner is not None and upload.owner != owner):
+            raise NotFound("no such upload")
+        if upload.state in (UploadState.TERMINATED, UploadState.EXPIRED) or self._is_past_expiry(
+            upload
+        ):
+            raise Gone("upload was terminated or has expired")
+        return upload
+
+    def _is_past_expiry(self, upload: Upload) -> bool:
+        lives_on = upload.state == UploadState.ACTIVE or upload.is_partial
+        return lives_on and upload.expires_at is not None and upload.expires_at <= utcnow()
+
+    async def get_for_status(self, upload_id: uuid.UUID, owner: str | None = None) -> Upload:
+        """An upload for a tus HEAD; finishes one whose bytes are all staged but unfiled.
+
+        That state follows a crash or a failed completion; a client that sees
+        ``Upload-Offset == Upload-Length`` stops sending, so the server must finish it.
+        """
+        upload = await self.get(upload_id, owner)
+        if upload.state == UploadState.ACTIVE and self._needs_finishing(upload):
+            upload = await self._finish_when_free(upload)
+        return upload
+
+    def _needs_finishing(self, upload: Upload) -> bool:
+        if upload.is_final:
+            return True
+        return upload.is_complete
+
+    async def get_file(self, file_id: uuid.UUID, owner: str | None = None) -> File:
+        """A completed file visible to ``owner``."""
+        async with self._sessions() as session:
+            stored = await session.get(File, file_id)
+        if stored is None or (owner is not None and stored.owner != owner):
+            raise NotFound("no such file")
+        return stored
+
+    # ------------------------------------------------------------------ creation
+
+    async def create(self, request: NewUpload) -> Upload:
+        """Create an upload (tus creation), a partial one, or a final one (concatenation)."""
+        partials: list[Upload] = []
+        length = request.length
+        if request.partial_ids is not None:
+            partials = await self._load_partials(request.partial_ids, request.owner)
+            lengths = [partial.length for partial in partials]
+            length = None if None in lengths else sum(x for x in lengths if x is not None)
+        if length is not None and length > self.settings.max_size:
+            raise PayloadTooLarge(
+                f"Upload-Length {length} exceeds the maximum size {self.settings.max_size}"
+            )
+        upload = Upload(
+            id=uuid.uuid4(),
+            owner=request.owner,
+            state=UploadState.ACTIVE,
+            length=length,
+            offset=0,
+            upload_metadata=dict(request.metadata),
+            is_partial=request.is_partial,
+            concat_parts=None if request.partial_ids is None else [str(p) for p in request.partial_ids],
+            storage=self.backend.name,
+            expires_at=utcnow() + self.ttl,
+        )
+        if not upload.is_final:
+            await self.staging.create(upload.id)
+        async with self._sessions() as session, session.begin():
+            session.add(upload)
+        if upload.is_final or upload.length == 0:
+            upload = await self._finish_when_free(upload)
+        return upload
+
+    async def _load_partials(self, ids: list[uuid.UUID], owner: str | None) -> list[Upload]:
+        async with self._sessions() as session:
+            rows = (await session.scalars(select(Upload).where(Upload.id.in_(set(ids))))).all()
+        by_id = {row.id: row for row in rows}
+        partials: list[Upload] = []
+        for partial_id in ids:
+            row = by_id.get(partial_id)
+            usable = (
+                row is not None
+                and row.is_partial
+                and (owner is None or row.owner == owner)
+                and row.state in LIVE_STATES
+                and not self._is_past_expiry(row)
+            )
+            if not usable or row is None:
+                raise BadRequest(f"Upload-Concat names {partial_id}, which is not a partial upload")
+            partials.append(row)
+        return partials
+
+    # ------------------------------------------------------------------ appending
+
+    async def append(self, request: AppendRequest, body: AsyncIterator[bytes]) -> Upload:
+        """Write one body at the upload's offset and commit the new, durable offset.
+
+        Raises :class:`ClientDisconnected` after committing what arrived when the client
+        went away (nothing is committed if a checksum was promised and cannot be checked).
+        """
+        upload = await self.get(request.upload_id, request.owner)
+        if upload.is_final:
+            raise Forbidden("PATCH is not allowed on a final upload of a concatenation")
+        if request.offset != upload.offset:
+            raise OffsetMismatch(
+                f"Upload-Offset {request.offset} does not match the current offset {upload.offset}"
+            )
+        length = self._length_after(upload, request.declared_length)
+        room = (self.settings.max_size if length is None else length) - upload.offset
+        if request.content_length is not None and request.content_length > room:
+            raise PayloadTooLarge(
+                f"the body of {request.content_length} bytes goes past the upload's end "
+                f"({room} bytes left)"
+            )
+        if upload.state == UploadState.COMPLETED or (room == 0 and length is not None):
+            return upload
+        token = await self._lock_for_append(upload, request.offset)
+        try:
+            if length != upload.length:
+                await self._set_length(upload, length)
+            upload = await self._receive_and_commit(upload, token, request, body, room)
+        except BaseException:
+            await self.locks.release(upload.id, token)
+            raise
+        if upload.is_complete and upload.state == UploadState.ACTIVE:
+            upload = await self._finish(upload, token)
+        else:
+            await self.locks.release(upload.id, token)
+        return upload
+
+    def _length_after(self, upload: Upload, declared: int | None) -> int | None:
+        if declared is None:
+            return upload.length
+        if upload.length is not None:
+            if declared != upload.length:
+                raise BadRequest(
+                    f"Upload-Length {declared} differs from the upload's length {upload.length}"
+                )
+            return upload.length
+        if declared < upload.offset:
+            raise BadRequest(f"Upload-Length {declared} is less than the offset {upload.offset}")
+        if declared > self.settings.max_size:
+            raise PayloadTooLarge(
+                f"Upload-Length {declared} exceeds the maximum size {self.settings.max_size}"
+            )
+        return declared
+
+    async def _lock_for_append(self, upload: Upload, offset: int) -> str:
+        token = await self.locks.acquire(
+            upload.id, state=UploadState.ACTIVE, offset=offset, length=upload.length
+        )
+        if token is not None:
+            return token
+        current = await self.get(upload.id)
+        if current.offset != offset:
+            raise OffsetMismatch(
+                f"Upload-Offset {offset} does not match the current offset {current.offset}"
+            )
+        raise UploadLocked("another request is writing to this upload; retry shortly")
+
+    async def _set_length(self, upload: Upload, length: int | None) -> None:
+        async with self._sessions() as session, session.begin():
+            await session.execute(
+                update(Upload)
+                .where(Upload.id == upload.id, Upload.length.is_(None))
+                .values(length=length)
+                .execution_options(synchronize_session=False)
+            )
+        upload.length = length
+
+    async def _receive_and_commit(
+        self,
+        upload: Upload,
+        token: str,
+        request: AppendRequest,
+        body: AsyncIterator[bytes],
+        room: int,
+    ) -> Upload:
+        running = self.hashes.resume_at(upload.id, upload.offset)
+        chunk_digest = request.checksum.new_digest() if request.checksum else None
+        digests: list[ChunkDigest] = [d for d in (running, chunk_digest) if d is not None]
+        received = await self._stream_to_staging(upload, token, body, room, digests)
+
+        if received.lease_lost:
+            # Someone else holds the upload now; leave the file to them.
+            raise UploadLocked("the upload's lock expired while this request was writing")
+        discard_reason: Exception | None = None
+        if received.too_large:
+            discard_reason = PayloadTooLarge("the body goes past the upload's end")
+        elif request.checksum is not None and chunk_digest is not None:
+            # checksum extension: a chunk that cannot be verified is discarded whole.
+            if received.disconnected:
+                discard_reason = ClientDisconnected("disconnected before the checksum could be checked")
+            elif chunk_digest.digest() != request.checksum.expected:
+                discard_reason = ChecksumMismatch(
+                    f"the chunk's {request.checksum.algorithm} does not match Upload-Checksum"
+                )
+        if discard_reason is not None:
+            await self.staging.truncate(upload.id, upload.offset)
+            raise discard_reason
+
+        new_offset = received.durable_end
+        await self._commit_offset(upload, token, new_offset)
+        if running is not None:
+            self.hashes.record(upload.id, new_offset, running)
+        else:
+            self.hashes.forget(upload.id)
+        await self.backend.staged_bytes_durable(
+            upload.id, self.staging.path_for(upload.id), new_offset, upload.length
+        )
+        if received.disconnected:
+            raise ClientDisconnected(f"client disconnected; {new_offset} bytes are stored")
+        return upload
+
+    async def _stream_to_staging(
+        self,
+        upload: Upload,
+        token: str,
+        body: AsyncIterator[bytes],
+        room: int,
+        digests: list[ChunkDigest],
+    ) -> _Received:
+        writer = await self.staging.open_writer(upload.id, upload.offset, digests)
+        outcome = _Received(durable_end=upload.offset)
+        try:
+            async with self.locks.kept_alive(upload.id, token) as lease:
+                taken = 0
+                try:
+                    async for piece in body:
+                        if lease.lost:
+                            outcome.lease_lost = True
+                            break
+                        taken += len(piece)
+                        if taken > room:
+                            outcome.too_large = True
+                            break
+                        await writer.write(piece)
+                except ClientDisconnected:
+                    outcome.disconnected = True
+                if not outcome.lease_lost:
+                    # Invariant 1: only fdatasync'ed bytes may be acknowledged.
+                    outcome.durable_end = await writer.sync()
+        finally:
+            await writer.close()
+        return outcome
+
+    async def _commit_offset(self, upload: Upload, token: str, new_offset: int) -> None:
+        expires_at = utcnow() + self.ttl
+        async with self._sessions() as session, session.begin():
+            result: Any = await session.execute(
+                update(Upload)
+                .where(
+                    Upload.id == upload.id,
+                    Upload.lock_token == token,
+                    Upload.offset == upload.offset,
+                )
+                .values(offset=new_offset, expires_at=expires_at, updated_at=utcnow())
+                .execution_options(synchronize_session=False)
+            )
+        if result.rowcount != 1:
+            raise UploadLocked("the upload's lock was lost before the offset could be committed")
+        upload.offset = new_offset
+        upload.expires_at = expires_at
+
+    # ------------------------------------------------------------------ finishing
+
+    async def _finish_when_free(self, upload: Upload) -> Upload:
+        """Take the lock and finish an upload whose bytes are all there (or a final one)."""
+        token = await self.locks.acquire(upload.id, state=UploadState.ACTIVE)
+        if token is None:
+            return upload  # someone else is finishing or writing it
+        try:
+            refreshed = await self.get(upload.id)
+        except BaseException:
+            await self.locks.release(upload.id, token)
+            raise
+        if refreshed.is_final and not await self._assemble_final(refreshed, token):
+            await self.locks.release(upload.id, token)
+            return refreshed
+        if not refreshed.is_complete:
+            await self.locks.release(upload.id, token)
+            return refreshed
+        return await self._finish(refreshed, token)
+
+    async def _finish(self, upload: Upload, token: str) -> Upload:
+        """Turn a fully staged upload into a file (or a completed partial); lock held."""
+        try:
+            if upload.is_partial:
+                await self._mark_partial_complete(upload, token)
+            else:
+                await self._file_upload(upload, token)
+        except BaseException:
+            await self.locks.release(upload.id, token)
+            raise
+        self.hashes.forget(upload.id)
+        upload.state = UploadState.COMPLETED
+        upload.lock_token = None
+        if upload.is_partial:
+            await self._assemble_finals_waiting_for(upload.id)
+        return upload
+
+    async def _mark_partial_complete(self, upload: Upload, token: str) -> None:
+        # concatenation: a partial is not processed on its own; its bytes stay staged
+        # until a final upload uses them (or it expires).
+        async with self._sessions() as session, session.begin():
+            await session.execute(
+                update(Upload)
+                .where(Upload.id == upload.id, Upload.lock_token == token)
+                .values(
+                    state=UploadState.COMPLETED,
+                    lock_token=None,
+                    lock_holder=None,
+                    lock_expires_at=None,
+                    expires_at=utcnow() + self.ttl,
+                )
+                .execution_options(synchronize_session=False)
+            )
+
+    async def _file_upload(self, upload: Upload, token: str) -> None:
+        size = upload.length or 0
+        staged_path = self.staging.path_for(upload.id)
+        if await self.staging.size(upload.id) == size:
+            head = await _read_head(self.staging.read_range(upload.id, 0, SNIFF_SIZE))
+            content_type = sniff_content_type(head)
+            category = category_for(content_type).value
+            sha256 = self.hashes.digest_at(upload.id, size)
+            if sha256 is None:
+                sha256 = await _sha256_of(self.staging.read_range(upload.id, 0, size))
+            try:
+                stored = await self.backend.store(
+                    upload.id, staged_path, size, category, content_type
+                )
+            except OSError as exc:
+                logger.exception("storing upload %s failed", upload.id)
+                raise ServiceUnavailable("storage is unavailable; retry later") from exc
+        else:
+            # The bytes were moved into storage before a crash hid that from the database.
+            found = await self.backend.find_stored(upload.id, "other")
+            if found is None or found.size != size:
+                raise ServiceUnavailable(f"upload {upload.id} lost its staged bytes")
+            stored = found
+            head = await _read_head(self.backend.open_range(stored.key, 0, SNIFF_SIZE))
+            content_type = sniff_content_type(head)
+            category = category_for(content_type).value
+            sha256 = await _sha256_of(self.backend.open_range(stored.key, 0, size))
+        await self._record_file(upload, token, stored, sha256, content_type, category)
+
+    async def _record_file(
+        self,
+        upload: Upload,
+        token: str,
+        stored: StoredObject,
+        sha256: str,
+        content_type: str,
+        category: str,
+    ) -> None:
+        name = safe_display_name(
+            decode_metadata_value(upload.upload_metadata, "filename", "name"), str(upload.id)
+        )
+        async with self._sessions() as session, session.begin():
+            session.add(
+                File(
+                    id=upload.id,
+                    owner=upload.owner,
+                    name=name,
+                    size=stored.size,
+                    sha256=sha256,
+                    content_type=content_type,
+                    category=category,
+                    storage=self.backend.name,
+                    storage_key=stored.key,
+                    etag=stored.etag,
+                    file_metadata=dict(upload.upload_metadata),
+                )
+            )
+            await session.execute(
+                update(Upload)
+                .where(Upload.id == upload.id, Upload.lock_token == token)
+                .values(
+                    state=UploadState.COMPLETED,
+                    offset=stored.size,
+                    lock_token=None,
+                    lock_holder=None,
+                    lock_expires_at=None,
+                    expires_at=None,
+                )
+                .execution_options(synchronize_session=False)
+            )
+        upload.expires_at = None
+
+    # ------------------------------------------------------------------ concatenation
+
+    async def _assemble_final(self, final: Upload, token: str) -> bool:
+        """Concatenate a final upload's partials into its staging file; lock held.
+
+        Returns ``False`` while some partial is unfinished (concatenation-unfinished).
+        """
+        if final.is_complete:
+            return True
+        part_ids = [uuid.UUID(p) for p in final.concat_parts or []]
+        async with self._sessions() as session:
+            rows = (await session.scalars(select(Upload).where(Upload.id.in_(set(part_ids))))).all()
+        by_id = {row.id: row for row in rows}
+        if any(by_id.get(p) is None or by_id[p].state != UploadState.COMPLETED for p in part_ids):
+            return False
+        paths = [self.staging.path_for(p) for p in part_ids]
+        target = self.staging.path_for(final.id)
+        running = hashlib.sha256()
+        size = await anyio.to_thread.run_sync(_concatenate_files, paths, target, running)
+        async with self._sessions() as session, session.begin():
+            await session.execute(
+                update(Upload)
+                .where(Upload.id == final.id, Upload.lock_token == token)
+                .values(length=size, offset=size)
+                .execution_options(synchronize_session=False)
+            )
+        final.length = size
+        final.offset = size
+        self.hashes.record(final.id, size, running)
+        return True
+
+    async def _assemble_finals_waiting_for(self, partial_id: uuid.UUID) -> None:
+        async with self._sessions() as session:
+            finals = (
+                await session.scalars(
+                    select(Upload).where(
+                        Upload.state == UploadState.ACTIVE, Upload.concat_parts.is_not(None)
+                    )
+                )
+            ).all()
+        for final in finals:
+            if str(partial_id) in (final.concat_parts or []):
+                try:
+                    await self._finish_when_free(final)
+                except Exception:
+                    logger.exception("could not finish final upload %s", final.id)
+
+    # ------------------------------------------------------------------ termination
+
+    async def terminate(self, upload_id: uuid.UUID, owner: str | None = None) -> None:
+        """termination: free everything the upload holds; later requests get 410."""
+        upload = await self.get(upload_id, owner)
+        token = await self.locks.acquire(upload.id)
+        if token is None:
+            raise UploadLocked("the upload is being written; stop that request first")
+        await self._retire(upload, token, UploadState.TERMINATED)
+
+    async def _retire(self, upload: Upload, token: str, state: UploadState) -> None:
+        # The row leaves the live states first, so no request can use the bytes while
+        # they are removed; a crash in between leaves only files the reconciler deletes.
+        async with self._sessions() as session, session.begin():
+            stored = await session.get(File, upload.id)
+            await session.execute(
+                update(Upload)
+                .where(Upload.id == upload.id, Upload.lock_token == token)
+                .values(
+                    state=state,
+                    lock_token=None,
+                    lock_holder=None,
+                    lock_expires_at=None,
+                    updated_at=utcnow(),
+                )
+                .execution_options(synchronize_session=False)
+            )
+            if stored is not None:
+                await session.execute(delete(File).where(File.id == upload.id))
+        self.hashes.forget(upload.id)
+        await self.staging.remove(upload.id)
+        await self.backend.discard_upload(upload.id)
+        if stored is not None:
+            await self.backend.delete(stored.storage_key)
+
+    # ------------------------------------------------------------------ expiry
+
+    async def expire_due(self, limit: int = 500) -> int:
+        """expiration: retire unfinished uploads (and unused partials) past their expiry."""
+        now = utcnow()
+        async with self._sessions() as session:
+            due = (
+                await session.scalars(
+                    select(Upload)
+                    .where(
+                        Upload.expires_at <= now,
+                        or_(
+                            Upload.state == UploadState.ACTIVE,
+                            (Upload.state == UploadState.COMPLETED) & Upload.is_partial,
+                        ),
+                    )
+                    .limit(limit)
+                )
+            ).all()
+        expired = 0
+        for upload in due:
+            token = await self.locks.acquire(upload.id, state=upload.state)
+            if token is None:
+                continue  # being written right now: its lease renewal keeps it alive
+            await self._retire(upload, token, UploadState.EXPIRED)
+            expired += 1
+        return expired
+
+    # ------------------------------------------------------------------ start-up
+
+    async def reconcile(self) -> dict[str, int]:
+        """Invariant 2 at start-up: staging files, offsets and leases agree again."""
+        report = {"released_locks": await self.locks.release_stale_of_this_node()}
+        truncated = rewound = orphans = finished = 0
+        async with self._sessions() as session:
+            live = (
+                await session.scalars(
+                    select(Upload).where(
+                        or_(
+                            Upload.state == UploadState.ACTIVE,
+                            (Upload.state == UploadState.COMPLETED) & Upload.is_partial,
+                        )
+                    )
+                )
+            ).all()
+        staged_ids = set(await anyio.to_thread.run_sync(self.staging.list_ids))
+        for upload in live:
+            staged_ids.discard(upload.id)
+            if upload.is_final:
+                continue
+            size = await self.staging.size(upload.id)
+            if size is None:
+                if upload.is_complete and upload.state == UploadState.ACTIVE:
+                    continue  # possibly stored already; finishing below sorts it out
+                await self.staging.create(upload.id)
+                size = 0
+            if size > upload.offset:
+                await self.staging.truncate(upload.id, upload.offset)
+                truncated += 1
+            elif size < upload.offset:
+                logger.error(
+                    "upload %s: staging holds %d bytes but %d were committed; rewinding",
+                    upload.id,
+                    size,
+                    upload.offset,
+                )
+                await self._rewind(upload, size)
+                rewound += 1
+        for orphan in staged_ids:
+            await self.staging.remove(orphan)
+            orphans += 1
+        for upload in live:
+            if upload.state == UploadState.ACTIVE and self._needs_finishing(upload):
+                try:
+                    result = await self._finish_when_free(upload)
+                except Exception:
+                    logger.exception("could not finish upload %s at start-up", upload.id)
+                    continue
+                finished += result.state == UploadState.COMPLETED
+        report.update(truncated=truncated, rewound=rewound, orphans=orphans, finished=finished)
+        return report
+
+    async def _rewind(self, upload: Upload, size: int) -> None:
+        async with self._sessions() as session, session.begin():
+            await session.execute(
+                update(Upload)
+                .where(Upload.id == upload.id)
+                .values(offset=size)
+                .execution_options(synchronize_session=False)
+            )
+        upload.offset = size
+
+
+def _concatenate_files(sources: list[Any], target: Any, running: _Hash) -> int:
+    """Copy ``sources`` end to end into ``target``, hashing on the way (worker thread)."""
+    total = 0
+    with open(target, "wb") as out:
+        for source in sources:
+            with open(source, "rb") as handle:
+                while block := handle.read(1024 * 1024):
+                    running.update(block)
+                    out.write(block)
+                    total += len(block)
+        out.flush()
+        os.fsync(out.fileno())
+    return total
+
+
+async def _read_head(stream: AsyncIterator[bytes]) -> bytes:
+    head = bytearray()
+    async for block in stream:
+        head += block
+        if len(head) >= SNIFF_SIZE:
+            break
+    return bytes(head[:SNIFF_SIZE])
+
+
+async def _sha256_of(stream: AsyncIterator[bytes]) -> str:
+    digest = hashlib.sha256()
+    async for block in stream:
+        await anyio.to_thread.run_sync(digest.update, block)
+    return digest.hexdigest()
+
+
+def expiry_header_value(upload: Upload) -> datetime | None:
+    """When an unfinished upload expires (``None`` once it is a file)."""
+    if upload.state == UploadState.ACTIVE or upload.is_partial:
+        return upload.expires_at
+    return None

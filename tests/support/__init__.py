@@ -1,0 +1,1 @@
+"""Shared test machinery: databases, settings, live servers and external services."""
