@@ -141,7 +141,7 @@ class ServiceUnavailable(FerryError):
     default_message = "service unavailable"
 
 
-class ClientDisconnected(FerryError):  # noqa: N818 - names what happened
+class ClientDisconnected(FerryError):
     """The body stopped arriving (disconnect or stall); what reached the disk is kept.
 
     The client has usually gone and never reads the answer; a stalled one gets 408.

@@ -13,7 +13,6 @@ from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.exceptions import HTTPException
-from litestar.types import Message, Receive, Scope, Send
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -37,9 +36,10 @@ _TUS_RESUMABLE = (b"tus-resumable", TUS_VERSION.encode())
 def build_backend(settings: Settings) -> StorageBackend:
     """The storage backend chosen by ``FERRY_STORAGE``."""
     if settings.storage == "s3":
-        from app.storage.s3 import S3Backend
+        from app.storage.s3 import S3Backend  # type: ignore[import-not-found,unused-ignore]
 
-        return S3Backend(settings)
+        backend: StorageBackend = S3Backend(settings)
+        return backend
     return LocalBackend(settings.files_dir)
 
 
@@ -53,32 +53,33 @@ class FerryApp(Litestar):
 
     tus_max_size: int = 0
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or not scope["path"].startswith(FILES_PATH):
             await super().__call__(scope, receive, send)
             return
         headers = dict(scope["headers"])
         override = headers.get(b"x-http-method-override")
         if override:
-            scope = {**scope, "method": override.decode("latin-1").strip().upper()}  # type: ignore[typeddict-item]
+            scope = {**scope, "method": override.decode("latin-1").strip().upper()}
         if scope["method"] == "OPTIONS" and b"access-control-request-method" not in headers:
             await self._describe_tus_server(scope, send)
             return
 
-        async def send_with_tus_header(message: Message) -> None:
+        async def send_with_tus_header(message: Any) -> None:
             if message["type"] == "http.response.start":
                 headers = [h for h in message.get("headers", []) if h[0] != b"tus-resumable"]
-                message = {**message, "headers": [*headers, _TUS_RESUMABLE]}  # type: ignore[typeddict-item]
+                message = {**message, "headers": [*headers, _TUS_RESUMABLE]}
             await send(message)
 
         await super().__call__(scope, receive, send_with_tus_header)
 
-
-    async def _describe_tus_server(self, scope: Scope, send: Send) -> None:
+    async def _describe_tus_server(self, scope: Any, send: Any) -> None:
         response_headers = server_description_headers(self.tus_max_size)
         origin = dict(scope["headers"]).get(b"origin")
-        if origin is not None and self.cors_config and self.cors_config.is_origin_allowed(
-            origin.decode("latin-1")
+        if (
+            origin is not None
+            and self.cors_config
+            and self.cors_config.is_origin_allowed(origin.decode("latin-1"))
         ):
             response_headers += [
                 (b"access-control-allow-origin", origin),
@@ -103,8 +104,11 @@ def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[str]:
 
 def _database_error(_: Request[Any, Any, Any], exc: Exception) -> Response[str]:
     logger.error("database unavailable: %s", exc.__class__.__name__)
-    return _plain(503, "the database is unavailable; nothing was acknowledged; retry later",
-                  {"Retry-After": "5"})
+    return _plain(
+        503,
+        "the database is unavailable; nothing was acknowledged; retry later",
+        {"Retry-After": "5"},
+    )
 
 
 def _unexpected_error(_: Request[Any, Any, Any], exc: Exception) -> Response[str]:

@@ -8,6 +8,7 @@ with :class:`~app.errors.ClientDisconnected`, so the caller can keep what reache
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import anyio
 from litestar import Request
@@ -16,7 +17,7 @@ from app.errors import ClientDisconnected
 
 
 async def stream_request_body(
-    request: Request[object, object, object], idle_timeout: float
+    request: Request[Any, Any, Any], idle_timeout: float
 ) -> AsyncIterator[bytes]:
     """Yield the body's pieces as they arrive; raise ``ClientDisconnected`` on loss or stall."""
     receive = request.receive
@@ -27,7 +28,7 @@ async def stream_request_body(
             raise ClientDisconnected(f"no body bytes for {idle_timeout:g} s")
         if message["type"] == "http.disconnect":
             raise ClientDisconnected("client disconnected")
-        body = message.get("body", b"")
+        body: bytes = message.get("body", b"")
         if body:
             yield body
         if not message.get("more_body", False):

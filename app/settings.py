@@ -27,7 +27,7 @@ LEGACY_NAMES: dict[str, str] = {
 }
 
 #: Settings whose environment value is a comma-separated list.
-LIST_FIELDS = frozenset({"cors_origins", "auth"})
+LIST_FIELDS = frozenset({"cors_origins", "auth", "allowed_types", "denied_types"})
 
 PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
 NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
@@ -85,6 +85,24 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
 
     max_size: NonNegativeInt = 1024**4
     """Largest upload in bytes, announced as ``Tus-Max-Size``."""
+
+    allowed_types: tuple[str, ...] = ()
+    """Content types (sniffed from magic bytes; ``image/*`` patterns) accepted; empty: all."""
+
+    denied_types: tuple[str, ...] = ()
+    """Content types (sniffed from magic bytes; ``image/*`` patterns) refused with 415."""
+
+    max_size_images: NonNegativeInt = 0
+    """Largest file of the ``images`` category in bytes; 0: only ``max_size`` applies."""
+
+    max_size_media: NonNegativeInt = 0
+    """Largest file of the ``media`` category in bytes; 0: only ``max_size`` applies."""
+
+    max_size_text: NonNegativeInt = 0
+    """Largest file of the ``text`` category in bytes; 0: only ``max_size`` applies."""
+
+    max_size_other: NonNegativeInt = 0
+    """Largest file of the ``other`` category in bytes; 0: only ``max_size`` applies."""
 
     max_metadata_bytes: PositiveInt = 16 * 1024
     """Largest ``Upload-Metadata`` header accepted (431 above it)."""
@@ -182,11 +200,10 @@ def load_settings(
     raw = _raw_values(os.environ if environ is None else environ, env_file)
     values: dict[str, object] = {}
     for key, text in raw.items():
-        text = text.strip()
         if key in LIST_FIELDS:
             values[key] = [item.strip() for item in text.split(",") if item.strip()]
         else:
-            values[key] = text
+            values[key] = text.strip()
     try:
         settings = msgspec.convert(values, Settings, strict=False, dec_hook=_decode_path)
     except msgspec.ValidationError as exc:

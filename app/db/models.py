@@ -39,7 +39,7 @@ class Upload(UUIDAuditBase):
     owner: Mapped[str | None] = mapped_column(String(200), default=None)
     state: Mapped[str] = mapped_column(String(16), default=UploadState.ACTIVE)
     length: Mapped[int | None] = mapped_column(BigInteger, default=None)
-    """``Upload-Length``; ``None`` while the length is deferred (or a final upload's is not known)."""
+    """``Upload-Length``; ``None`` while deferred (or while a final upload's is unknown)."""
     offset: Mapped[int] = mapped_column("upload_offset", BigInteger, default=0)
     """Bytes durably staged and acknowledged; never ahead of the staging file."""
     upload_metadata: Mapped[dict[str, Any]] = mapped_column(JsonB, default=dict)

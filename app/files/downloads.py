@@ -107,7 +107,10 @@ class DownloadService:
         if ranges is None:
             headers["Content-Length"] = str(stored.size)
             return self._body(
-                stored.content_type, 200, headers, head_only,
+                stored.content_type,
+                200,
+                headers,
+                head_only,
                 lambda: self.backend.open_range(stored.storage_key, 0, stored.size),
             )
         if len(ranges) == 1:
@@ -115,7 +118,10 @@ class DownloadService:
             headers["Content-Range"] = only.content_range(stored.size)
             headers["Content-Length"] = str(only.length)
             return self._body(
-                stored.content_type, 206, headers, head_only,
+                stored.content_type,
+                206,
+                headers,
+                head_only,
                 lambda: self.backend.open_range(stored.storage_key, only.start, only.length),
             )
         boundary = secrets.token_hex(16)
@@ -158,4 +164,3 @@ class DownloadService:
         return Stream(  # type: ignore[return-value]
             open_stream(), status_code=status, headers=headers, media_type=media_type
         )
-

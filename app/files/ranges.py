@@ -35,7 +35,7 @@ class ByteRange:
         return f"bytes {self.start}-{self.end}/{size}"
 
 
-class Unsatisfiable(Exception):  # noqa: N818 - a verdict, not a failure of ours
+class Unsatisfiable(Exception):
     """Every requested range lies outside the file: answer 416."""
 
 
@@ -49,9 +49,10 @@ def parse_range(header: str | None, size: int, max_ranges: int) -> list[ByteRang
     unit, _, specs = header.partition("=")
     if unit.strip().lower() != "bytes" or not specs.strip():
         return None  # unknown unit or malformed: ignore the header (RFC 9110 §14.2)
-    parts = specs.split(",")
-    if len(parts) > max_ranges:
-        return None
+    # RFC 9110 §5.6.1: empty list elements ("0-1,,5-9") are legal and mean nothing.
+    parts = [part for part in specs.split(",") if part.strip()]
+    if not parts or len(parts) > max_ranges:
+        return None  # too many ranges: serve the whole file once rather than thousands of parts
     ranges: list[ByteRange] = []
     for part in parts:
         match = _SPEC.fullmatch(part)
@@ -109,7 +110,25 @@ def if_range_allows(if_range: str | None, etag: str, last_modified: datetime) ->
         moment = parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return False
-    return moment is not None and int(moment.timestamp()) == int(last_modified.timestamp())
+    if moment is None or moment.tzinfo is None:
+        return False  # HTTP dates are GMT; a zone-less date cannot be compared exactly
+    return int(moment.timestamp()) == int(last_modified.timestamp())
+
+
+def match_strong(if_match: str, etag: str) -> bool:
+    """RFC 9110 §13.1.1 strong comparison: does any listed tag (or ``*``) match?"""
+    return any(tag.strip() in ("*", etag) for tag in if_match.split(","))
+
+
+def modified_since(if_unmodified_since: str, last_modified: datetime) -> bool:
+    """RFC 9110 §13.1.4: true when the file changed after the given (valid) date."""
+    try:
+        moment = parsedate_to_datetime(if_unmodified_since)
+    except (TypeError, ValueError):
+        return False  # an invalid date makes the precondition be ignored
+    if moment is None or moment.tzinfo is None:
+        return False
+    return int(last_modified.timestamp()) > int(moment.timestamp())
 
 
 def none_match(if_none_match: str, etag: str) -> bool:

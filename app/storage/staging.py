@@ -138,32 +138,30 @@ class StagingWriter:
     def __init__(self, fd: int, offset: int, digests: Sequence[ChunkDigest]) -> None:
         self._fd = fd
         self._digests = tuple(digests)
-        self._buffer = bytearray()
+        self._pieces: list[bytes] = []
+        self._buffered = 0
         self._pending: asyncio.Future[None] | None = None
         self.start_offset = offset
         self.written = 0
         """Bytes handed to the OS so far (not yet durable until :meth:`sync`)."""
 
-    @property
-    def buffered(self) -> int:
-        """Bytes received but not yet written."""
-        return len(self._buffer)
-
     async def write(self, data: bytes) -> None:
         """Take one piece of the body."""
-        self._buffer += data
-        if len(self._buffer) >= WRITE_BUFFER_SIZE:
+        self._pieces.append(data)
+        self._buffered += len(data)
+        if self._buffered >= WRITE_BUFFER_SIZE:
             await self._flush_buffer()
 
     async def _flush_buffer(self) -> None:
         await self._wait_pending()
-        if not self._buffer:
+        if not self._pieces:
             return
-        block, self._buffer = self._buffer, bytearray()
+        block = self._pieces[0] if len(self._pieces) == 1 else b"".join(self._pieces)
+        self._pieces, self._buffered = [], 0
         loop = asyncio.get_running_loop()
         self._pending = loop.run_in_executor(None, self._write_block, block)
 
-    def _write_block(self, block: bytearray) -> None:
+    def _write_block(self, block: bytes) -> None:
         for digest in self._digests:
             digest.update(block)
         view = memoryview(block)

@@ -134,7 +134,9 @@ class TusController(Controller):
         response_headers = {"Location": location, **_upload_state_headers(upload)}
         if with_upload:
             response_headers["Upload-Offset"] = str(upload.offset)
-        return Response(b"", status_code=HTTP_201_CREATED, headers=response_headers, media_type="text/plain")
+        return Response(
+            None, status_code=HTTP_201_CREATED, headers=response_headers, media_type="text/plain"
+        )
 
     @head("/{upload_id:str}", status_code=HTTP_200_OK)
     async def status(
@@ -142,7 +144,9 @@ class TusController(Controller):
     ) -> Response[None]:
         """tus core §HEAD, or — without ``Tus-Resumable`` — plain HTTP HEAD of the file."""
         if "tus-resumable" not in request.headers:
-            return await downloads.respond(request, upload_id, request_owner(request), head_only=True)
+            return await downloads.respond(
+                request, upload_id, request_owner(request), head_only=True
+            )
         require_tus_version(request.headers.get("tus-resumable"))
         upload = await uploads.get_for_status(parse_upload_id(upload_id), request_owner(request))
         headers = {"Cache-Control": "no-store", **_upload_state_headers(upload)}
@@ -159,7 +163,7 @@ class TusController(Controller):
         elif upload.is_final:
             parts = " ".join(f"{FILES_PATH}/{part}" for part in upload.concat_parts or [])
             headers["Upload-Concat"] = f"final;{parts}"
-        return Response(b"", status_code=HTTP_200_OK, headers=headers, media_type="text/plain")
+        return Response(None, status_code=HTTP_200_OK, headers=headers, media_type="text/plain")
 
     @get("/{upload_id:str}")
     async def download(

@@ -183,13 +183,13 @@ class _Crc32c:
     """CRC32C (Castagnoli) with the hashlib interface; the digest is 4 big-endian bytes."""
 
     def __init__(self) -> None:
-        self._checksum = google_crc32c.Checksum()
+        self._value = 0
 
     def update(self, data: bytes, /) -> None:
-        self._checksum.update(data)
+        self._value = int(google_crc32c.extend(self._value, data))
 
     def digest(self) -> bytes:
-        return bytes(self._checksum.digest())
+        return self._value.to_bytes(4, "big")
 
 
 CHECKSUM_ALGORITHMS: dict[str, Callable[[], ChunkDigest]] = {

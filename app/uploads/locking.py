@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import secrets
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -19,6 +20,8 @@ from sqlalchemy import CursorResult, or_, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db.models import Upload
+
+logger = logging.getLogger(__name__)
 
 
 def utcnow() -> datetime:
@@ -104,11 +107,13 @@ class UploadLocks:
             while True:
                 await asyncio.sleep(interval)
                 try:
-                    if not await self.renew(upload_id, token):
-                        state.lost = True
-                        return
-                except Exception:  # noqa: BLE001 - a failed renewal is retried next interval
+                    renewed = await self.renew(upload_id, token)
+                except Exception:
+                    logger.warning("renewing the lease of upload %s failed; retrying", upload_id)
                     continue
+                if not renewed:
+                    state.lost = True
+                    return
 
         task = asyncio.create_task(renew_forever())
         try:

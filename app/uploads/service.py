@@ -40,13 +40,13 @@ from app.errors import (
     ServiceUnavailable,
     UploadLocked,
 )
+from app.filenames import safe_display_name
 from app.storage.backend import StorageBackend, StoredObject
 from app.storage.sniff import SNIFF_SIZE, category_for, sniff_content_type
 from app.storage.staging import StagingArea
 from app.tus.protocol import ChecksumSpec, ChunkDigest, decode_metadata_value
 from app.uploads.hashing import RunningHashes
 from app.uploads.locking import UploadLocks, utcnow
-from app.filenames import safe_display_name
 
 if TYPE_CHECKING:
     from hashlib import _Hash
@@ -181,7 +181,9 @@ class UploadService:
             offset=0,
             upload_metadata=dict(request.metadata),
             is_partial=request.is_partial,
-            concat_parts=None if request.partial_ids is None else [str(p) for p in request.partial_ids],
+            concat_parts=None
+            if request.partial_ids is None
+            else [str(p) for p in request.partial_ids],
             storage=self.backend.name,
             expires_at=utcnow() + self.ttl,
         )
@@ -312,7 +314,9 @@ class UploadService:
         elif request.checksum is not None and chunk_digest is not None:
             # checksum extension: a chunk that cannot be verified is discarded whole.
             if received.disconnected:
-                discard_reason = ClientDisconnected("disconnected before the checksum could be checked")
+                discard_reason = ClientDisconnected(
+                    "disconnected before the checksum could be checked"
+                )
             elif chunk_digest.digest() != request.checksum.expected:
                 discard_reason = ChecksumMismatch(
                     f"the chunk's {request.checksum.algorithm} does not match Upload-Checksum"
