@@ -1,0 +1,110 @@
+"""Settings: FERRY_ variables, the .env file, legacy S3 names, and errors naming the variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.settings import Settings, SettingsError, load_settings
+
+
+def load(environ: dict[str, str], env_file: Path | None = None) -> Settings:
+    return load_settings(environ, env_file)
+
+
+def test_defaults_without_any_variable() -> None:
+    settings = load({})
+    assert settings == Settings()
+    assert settings.storage == "local"
+    assert settings.cors_origins == ("*",)
+    assert settings.resolved_database_url.startswith("sqlite+aiosqlite:///")
+    assert settings.resolved_database_url.endswith("/data/ferry.db")
+
+
+def test_ferry_variables_are_typed() -> None:
+    settings = load(
+        {
+            "FERRY_DATA_DIR": "/srv/ferry",
+            "FERRY_MAX_SIZE": "1048576",
+            "FERRY_AUTO_MIGRATE": "false",
+            "FERRY_PORT": " 9000 ",
+            "FERRY_CORS_ORIGINS": "https://a.example, https://b.example,",
+            "FERRY_AUTH": "keys,jwt",
+        }
+    )
+    assert settings.data_dir == Path("/srv/ferry")
+    assert settings.staging_dir == Path("/srv/ferry/staging")
+    assert settings.files_dir == Path("/srv/ferry/files")
+    assert settings.max_size == 1048576
+    assert settings.auto_migrate is False
+    assert settings.port == 9000
+    assert settings.cors_origins == ("https://a.example", "https://b.example")
+    assert settings.auth == ("keys", "jwt")
+
+
+def test_unrelated_variables_are_ignored() -> None:
+    assert load({"PATH": "/bin", "FERRY_UNKNOWN_THING": "1"}) == Settings()
+
+
+def test_env_file_is_read_and_the_environment_wins(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("FERRY_MAX_SIZE=100\nFERRY_PORT=7000\n# comment\n")
+    settings = load({"FERRY_PORT": "7001"}, env_file)
+    assert settings.max_size == 100
+    assert settings.port == 7001
+
+
+def test_missing_env_file_is_fine(tmp_path: Path) -> None:
+    assert load({}, tmp_path / "absent.env") == Settings()
+
+
+def test_legacy_s3_names_are_fallbacks_for_the_ferry_names() -> None:
+    legacy = {
+        "ENDPOINT_URL": "http://s3.local:8333",
+        "ACCESS_KEY": "old-key",
+        "SECRET_KEY": "old-secret",
+        "BUCKET_NAME": "old-bucket",
+        "FERRY_STORAGE": "s3",
+    }
+    settings = load(legacy)
+    assert settings.s3_endpoint_url == "http://s3.local:8333"
+    assert settings.s3_access_key == "old-key"
+    assert settings.s3_secret_key == "old-secret"
+    assert settings.s3_bucket == "old-bucket"
+    assert load({**legacy, "FERRY_S3_BUCKET": "new-bucket"}).s3_bucket == "new-bucket"
+
+
+@pytest.mark.parametrize(
+    ("environ", "variable"),
+    [
+        ({"FERRY_MAX_SIZE": "lots"}, "FERRY_MAX_SIZE"),
+        ({"FERRY_MAX_SIZE": "-1"}, "FERRY_MAX_SIZE"),
+        ({"FERRY_PORT": "70000"}, "FERRY_PORT"),
+        ({"FERRY_STORAGE": "ftp"}, "FERRY_STORAGE"),
+        ({"FERRY_AUTO_MIGRATE": "maybe"}, "FERRY_AUTO_MIGRATE"),
+        ({"FERRY_UPLOAD_TTL_SECONDS": "0"}, "FERRY_UPLOAD_TTL_SECONDS"),
+        ({"FERRY_AUTH": "keys,password"}, "FERRY_AUTH"),
+        ({"FERRY_AUTH": "none,keys"}, "FERRY_AUTH"),
+        ({"FERRY_STORAGE": "s3"}, "FERRY_S3_BUCKET"),
+        (
+            {"FERRY_STORAGE": "s3", "FERRY_S3_BUCKET": "b", "FERRY_S3_MIN_PART_SIZE": "1024"},
+            "FERRY_S3_MIN_PART_SIZE",
+        ),
+    ],
+)
+def test_bad_value_raises_one_line_naming_the_variable(
+    environ: dict[str, str], variable: str
+) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load(environ)
+    message = str(caught.value)
+    assert message.startswith(f"{variable}:")
+    assert "\n" not in message
+
+
+def test_bad_value_in_env_file_names_the_variable(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("FERRY_LOCK_LEASE_SECONDS=soon\n")
+    with pytest.raises(SettingsError, match=r"^FERRY_LOCK_LEASE_SECONDS:"):
+        load({}, env_file)
