@@ -8,7 +8,7 @@ with :class:`~app.errors.ClientDisconnected`, so the caller can keep what reache
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import anyio
 from litestar import Request
@@ -28,7 +28,7 @@ async def stream_request_body(
             raise ClientDisconnected(f"no body bytes for {idle_timeout:g} s")
         if message["type"] == "http.disconnect":
             raise ClientDisconnected("client disconnected")
-        body: bytes = message.get("body", b"")
+        body = cast("bytes", message.get("body", b""))
         if body:
             yield body
         if not message.get("more_body", False):

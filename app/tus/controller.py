@@ -5,7 +5,8 @@ shape responses. All protocol rules live in :mod:`app.tus.protocol`, all state r
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 from litestar import Controller, Request, Response, delete, get, head, patch, post
 from litestar.di import NamedDependency
@@ -18,6 +19,7 @@ from app.request_body import stream_request_body
 from app.settings import Settings
 from app.tus.protocol import (
     OFFSET_CONTENT_TYPE,
+    announces_checksum_trailer,
     encode_upload_metadata,
     format_http_date,
     parse_defer_length,
@@ -28,6 +30,7 @@ from app.tus.protocol import (
     parse_upload_id,
     parse_upload_metadata,
     require_tus_version,
+    trailer_value,
 )
 from app.uploads.service import AppendRequest, NewUpload, UploadService, expiry_header_value
 
@@ -70,6 +73,18 @@ def _require_offset_content_type(request: AnyRequest) -> None:
         raise UnsupportedMediaType(f"Content-Type must be {OFFSET_CONTENT_TYPE}")
 
 
+def _checksum_trailer_reader(request: AnyRequest) -> Callable[[], str | None] | None:
+    """checksum-trailer: how to read ``Upload-Checksum`` once the body has been received.
+
+    The server protocol (:mod:`app.server_protocol`) adds trailer fields to the request's
+    raw header list when the body ends.
+    """
+    if not announces_checksum_trailer(request.headers.get("trailer")):
+        return None
+    raw_headers = cast("list[tuple[bytes, bytes]]", request.scope["headers"])
+    return lambda: trailer_value(raw_headers, b"upload-checksum")
+
+
 class TusController(Controller):
     """``/files/`` creates uploads; ``/files/{id}`` is one upload and, once complete, its file.
 
@@ -78,6 +93,7 @@ class TusController(Controller):
     """
 
     path = FILES_PATH
+    include_in_schema = False  # tus is specified by its own protocol, not OpenAPI
 
     @post("/", status_code=HTTP_201_CREATED, request_max_body_size=None)
     async def create(
@@ -191,6 +207,7 @@ class TusController(Controller):
                 owner=request_owner(request),
                 content_length=request.content_length,
                 checksum=parse_upload_checksum(headers.get("upload-checksum")),
+                checksum_trailer=_checksum_trailer_reader(request),
                 declared_length=parse_optional_integer(
                     "Upload-Length", headers.get("upload-length")
                 ),

@@ -19,7 +19,15 @@ from urllib.parse import urlsplit
 
 import google_crc32c
 
-from app.errors import BadRequest, HeaderTooLarge, NotFound, PreconditionFailed
+from app.errors import (
+    BadRequest,
+    ChecksumMismatch,
+    ClientDisconnected,
+    FerryError,
+    HeaderTooLarge,
+    NotFound,
+    PreconditionFailed,
+)
 
 TUS_VERSION = "1.0.0"
 SUPPORTED_VERSIONS = (TUS_VERSION,)
@@ -230,6 +238,69 @@ def parse_upload_checksum(value: str | None) -> ChecksumSpec | None:
     except (binascii.Error, ValueError):
         raise BadRequest("Upload-Checksum digest is not base64") from None
     return ChecksumSpec(algorithm, expected)
+
+
+class ChunkVerifier:
+    """checksum / checksum-trailer: verifies one PATCH body against ``Upload-Checksum``.
+
+    With the header, only its algorithm is computed. With a trailer the algorithm is known
+    only after the body, so every supported digest is computed while the body streams.
+    """
+
+    def __init__(
+        self, declared: ChecksumSpec | None, read_trailer: Callable[[], str | None] | None
+    ) -> None:
+        self._declared = declared
+        self._read_trailer = read_trailer if declared is None else None
+        self._by_algorithm: dict[str, ChunkDigest] = {}
+        if declared is not None:
+            self._by_algorithm[declared.algorithm] = declared.new_digest()
+        elif read_trailer is not None:
+            self._by_algorithm = {name: make() for name, make in CHECKSUM_ALGORITHMS.items()}
+
+    @property
+    def active(self) -> bool:
+        """Whether the client promised a checksum for this chunk."""
+        return bool(self._by_algorithm)
+
+    @property
+    def digests(self) -> list[ChunkDigest]:
+        """The digests to feed with every byte of the body."""
+        return list(self._by_algorithm.values())
+
+    def failure(self, *, disconnected: bool) -> FerryError | None:
+        """Why the chunk must be discarded, or ``None`` when it verified."""
+        if disconnected:
+            return ClientDisconnected("the body was cut off before its checksum could be checked")
+        spec = self._declared
+        if spec is None and self._read_trailer is not None:
+            try:
+                spec = parse_upload_checksum(self._read_trailer())
+            except BadRequest as error:
+                return error
+            if spec is None:
+                return BadRequest("the announced Upload-Checksum trailer did not arrive")
+        if spec is None:
+            return None
+        if self._by_algorithm[spec.algorithm].digest() != spec.expected:
+            return ChecksumMismatch(f"the chunk's {spec.algorithm} does not match Upload-Checksum")
+        return None
+
+
+def announces_checksum_trailer(trailer_header: str | None) -> bool:
+    """checksum-trailer: the request declares ``Trailer: Upload-Checksum`` (RFC 9110 §6.6.2)."""
+    if not trailer_header:
+        return False
+    return "upload-checksum" in {name.strip().lower() for name in trailer_header.split(",")}
+
+
+def trailer_value(raw_headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
+    """A request trailer field, which the server protocol stores as ``trailer:<name>``."""
+    wanted = b"trailer:" + name
+    for key, value in raw_headers:
+        if key == wanted:
+            return value.decode("latin-1")
+    return None
 
 
 def parse_upload_concat(value: str | None, files_path: str) -> tuple[bool, list[uuid.UUID]]:
