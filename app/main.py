@@ -10,14 +10,18 @@ from typing import Any
 
 from litestar import Litestar, Request, Response, get
 from litestar.config.cors import CORSConfig
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.exceptions import HTTPException
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app import __version__
 from app.db.engine import create_engine, create_session_factory, database_is_usable
 from app.errors import FerryError
+from app.files.api import file_api_router
 from app.files.downloads import DownloadService
 from app.settings import Settings, load_settings
 from app.storage.backend import StorageBackend
@@ -143,6 +147,7 @@ def create_app(settings: Settings | None = None) -> FerryApp:
         )
         app.state.update(
             engine=engine,
+            sessions=sessions,
             backend=backend,
             uploads=uploads,
             downloads=DownloadService(uploads, backend),
@@ -169,7 +174,7 @@ def create_app(settings: Settings | None = None) -> FerryApp:
         return state.downloads  # type: ignore[no-any-return]
 
     app = FerryApp(
-        route_handlers=[TusController, health],
+        route_handlers=[TusController, file_api_router(), health],
         dependencies={
             "settings": Provide(provide_settings, sync_to_thread=False),
             "uploads": Provide(provide_uploads, sync_to_thread=False),
@@ -190,7 +195,12 @@ def create_app(settings: Settings | None = None) -> FerryApp:
             DBAPIError: _database_error,
             Exception: _unexpected_error,
         },
-        openapi_config=None,
+        openapi_config=OpenAPIConfig(
+            title="Ferry",
+            version=__version__,
+            path="/schema",
+            render_plugins=[SwaggerRenderPlugin()],
+        ),
         debug=False,
     )
     app.tus_max_size = settings.max_size

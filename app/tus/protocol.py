@@ -84,11 +84,17 @@ def server_description_headers(max_size: int) -> list[tuple[bytes, bytes]]:
 
 
 def require_tus_version(value: str | None) -> None:
-    """tus core §Tus-Resumable: a missing or unsupported version is 412, unprocessed."""
+    """tus core §Tus-Resumable: a missing or unsupported version is 412, unprocessed.
+
+    The 412 MUST carry ``Tus-Version`` so the client learns which versions it may use.
+    """
+    versions = {"Tus-Version": ",".join(SUPPORTED_VERSIONS)}
     if value is None:
-        raise PreconditionFailed("Tus-Resumable header is required")
+        raise PreconditionFailed("Tus-Resumable header is required", headers=versions)
     if value.strip() not in SUPPORTED_VERSIONS:
-        raise PreconditionFailed(f"Tus-Resumable {value.strip()!r} is not supported")
+        raise PreconditionFailed(
+            f"Tus-Resumable {value.strip()!r} is not supported", headers=versions
+        )
 
 
 def parse_integer(name: str, value: str) -> int:

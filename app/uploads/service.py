@@ -14,6 +14,7 @@ The order of effects is what keeps the invariants:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -32,6 +33,7 @@ from app.errors import (
     BadRequest,
     ChecksumMismatch,
     ClientDisconnected,
+    FerryError,
     Forbidden,
     Gone,
     NotFound,
@@ -47,6 +49,7 @@ from app.storage.staging import StagingArea
 from app.tus.protocol import ChecksumSpec, ChunkDigest, decode_metadata_value
 from app.uploads.hashing import RunningHashes
 from app.uploads.locking import UploadLocks, utcnow
+from app.uploads.validation import UploadPolicy
 
 if TYPE_CHECKING:
     from hashlib import _Hash
@@ -112,6 +115,8 @@ class UploadService:
         self.hashes = hashes or RunningHashes()
         self.locks = UploadLocks(sessions, settings.resolved_node_id, settings.lock_lease_seconds)
         self.ttl = timedelta(seconds=settings.upload_ttl_seconds)
+        self.policy = UploadPolicy.from_settings(settings)
+        """Validation rules shared by every upload path (:mod:`app.uploads.validation`)."""
 
     # ------------------------------------------------------------------ reading
 
@@ -326,6 +331,7 @@ class UploadService:
             raise discard_reason
 
         new_offset = received.durable_end
+        old_offset = upload.offset
         await self._commit_offset(upload, token, new_offset)
         if running is not None:
             self.hashes.record(upload.id, new_offset, running)
@@ -334,6 +340,10 @@ class UploadService:
         await self.backend.staged_bytes_durable(
             upload.id, self.staging.path_for(upload.id), new_offset, upload.length
         )
+        if old_offset < SNIFF_SIZE <= new_offset and not upload.is_complete:
+            # Validation as early as the magic bytes allow: a refused 50 GB upload stops
+            # after its first chunk instead of at completion.
+            await self._enforce_content_policy(upload, token, upload.length)
         if received.disconnected:
             raise ClientDisconnected(f"client disconnected; {new_offset} bytes are stored")
         return upload
@@ -449,6 +459,7 @@ class UploadService:
             head = await _read_head(self.staging.read_range(upload.id, 0, SNIFF_SIZE))
             content_type = sniff_content_type(head)
             category = category_for(content_type).value
+            await self._enforce_content_policy(upload, token, size, head)
             sha256 = self.hashes.digest_at(upload.id, size)
             if sha256 is None:
                 sha256 = await _sha256_of(self.staging.read_range(upload.id, 0, size))
@@ -560,6 +571,59 @@ class UploadService:
                     await self._finish_when_free(final)
                 except Exception:
                     logger.exception("could not finish final upload %s", final.id)
+
+    async def _enforce_content_policy(
+        self, upload: Upload, token: str, size: int | None, head: bytes | None = None
+    ) -> None:
+        """Validation by magic bytes; a refused upload is retired so nothing stays behind."""
+        if not self.policy.checks_content:
+            return
+        if head is None:
+            head = await _read_head(self.staging.read_range(upload.id, 0, SNIFF_SIZE))
+        content_type = sniff_content_type(head)
+        try:
+            self.policy.check_content(content_type, category_for(content_type).value, size)
+        except FerryError:
+            await self._retire(upload, token, UploadState.TERMINATED)
+            raise
+
+    # ------------------------------------------------------------------ simple uploads
+
+    async def create_and_fill(
+        self,
+        request: NewUpload,
+        body: AsyncIterator[bytes],
+        checksum: ChecksumSpec | None = None,
+    ) -> File:
+        """A simple (non-tus) upload in one go: create, stream ``body`` in, finish a file.
+
+        ``request.length`` may be ``None`` (a chunked body or a multipart part): the length
+        is then fixed to what arrived. Any failure (a refused type, a checksum mismatch, a
+        client that went away) terminates the upload, so a failed simple upload leaves no
+        staging file, no stored object and no live row.
+        """
+        upload = await self.create(request)
+        try:
+            if upload.state == UploadState.ACTIVE and upload.length != 0:
+                upload = await self.append(
+                    AppendRequest(
+                        upload_id=upload.id,
+                        offset=0,
+                        owner=request.owner,
+                        content_length=request.length,
+                        checksum=checksum,
+                    ),
+                    body,
+                )
+            if upload.state == UploadState.ACTIVE and upload.length is None:
+                await self._set_length(upload, upload.offset)
+                upload = await self._finish_when_free(upload)
+            return await self.get_file(upload.id, request.owner)
+        except BaseException:
+            # FerryError here: already retired (refused by validation), nothing to free.
+            with anyio.CancelScope(shield=True), contextlib.suppress(FerryError):
+                await self.terminate(upload.id)
+            raise
 
     # ------------------------------------------------------------------ termination
 
