@@ -94,6 +94,7 @@ class TusController(Controller):
 
     path = FILES_PATH
     include_in_schema = False  # tus is specified by its own protocol, not OpenAPI
+    include_in_schema = False  # tus is specified by its own protocol, not OpenAPI
 
     @post("/", status_code=HTTP_201_CREATED, request_max_body_size=None)
     async def create(

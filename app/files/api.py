@@ -1,0 +1,206 @@
+"""The JSON file API under ``/api/files``: list, inspect, rename and delete stored files.
+
+Reads and metadata edits go through an Advanced-Alchemy repository service over the
+``files`` table; deletion goes through :meth:`UploadService.terminate`, which takes the
+upload's lock and frees the row, the staging file and the stored object together.
+Ownership follows the tus routes: a caller with an owner sees only its own files, and
+another owner's file answers 404 exactly like a missing one.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Annotated, Any
+
+from advanced_alchemy.filters import LimitOffset, StatementFilter
+from advanced_alchemy.repository import SQLAlchemyAsyncRepository
+from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
+from litestar import Request, Router, delete, get, patch
+from litestar.datastructures import State
+from litestar.di import NamedDependency, Provide
+from litestar.params import Parameter
+from litestar.status_codes import HTTP_204_NO_CONTENT
+from sqlalchemy import ColumnElement, and_
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.db.models import File
+from app.errors import BadRequest, NotFound
+from app.filenames import validate_name
+from app.files.schemas import (
+    FileOut,
+    FilePage,
+    FileUpdate,
+    SortField,
+    encode_metadata_value,
+    file_out,
+)
+from app.tus.controller import request_owner
+from app.uploads.service import UploadService
+from app.uploads.simple import API_FILES_PATH, post_form, put_file
+
+AnyRequest = Request[Any, Any, Any]
+MAX_PAGE = 1000
+
+_SORT_COLUMNS = {
+    "created": File.created_at,
+    "updated": File.updated_at,
+    "name": File.name,
+    "size": File.size,
+}
+
+
+class FileRepository(SQLAlchemyAsyncRepository[File]):
+    """Rows of the ``files`` table."""
+
+    model_type = File
+
+
+class FileService(SQLAlchemyAsyncRepositoryService[File, FileRepository]):
+    """Queries and edits of file records (bytes are never touched here)."""
+
+    repository_type = FileRepository
+
+    async def visible(self, uid: uuid.UUID, owner: str | None) -> File:
+        """One file visible to ``owner`` (``None``: any), else 404."""
+        conditions: list[ColumnElement[bool]] = [File.id == uid]
+        if owner is not None:
+            conditions.append(File.owner == owner)
+        found = await self.get_one_or_none(and_(*conditions))
+        if found is None:
+            raise NotFound("no such file")
+        return found
+
+
+async def provide_file_service(state: State) -> AsyncIterator[FileService]:
+    """One session (and service) per request, closed when the response is sent."""
+    sessions: async_sessionmaker[AsyncSession] = state.sessions
+    async with sessions() as session:
+        yield FileService(session=session)
+
+
+Files = NamedDependency[FileService]
+Uploads = NamedDependency[UploadService]
+
+
+def _listing_filters(
+    owner: str | None,
+    category: str | None,
+    name_prefix: str | None,
+    content_type: str | None,
+    created_after: datetime | None,
+    created_before: datetime | None,
+) -> list[ColumnElement[bool]]:
+    conditions: list[ColumnElement[bool]] = []
+    if owner is not None:
+        conditions.append(File.owner == owner)
+    if category:
+        conditions.append(File.category == category)
+    if name_prefix:
+        conditions.append(File.name.startswith(name_prefix, autoescape=True))
+    if content_type:
+        if content_type.endswith("/*"):
+            conditions.append(File.content_type.startswith(content_type[:-1], autoescape=True))
+        else:
+            conditions.append(File.content_type == content_type)
+    if created_after is not None:
+        conditions.append(File.created_at >= created_after)
+    if created_before is not None:
+        conditions.append(File.created_at < created_before)
+    return conditions
+
+
+@get("/")
+async def list_files(
+    request: AnyRequest,
+    files: Files,
+    limit: Annotated[int, Parameter(ge=1, le=MAX_PAGE)] = 100,
+    offset: Annotated[int, Parameter(ge=0)] = 0,
+    category: str | None = None,
+    name_prefix: str | None = None,
+    content_type: Annotated[
+        str | None, Parameter(description="exact type, or a major type as `image/*`")
+    ] = None,
+    created_after: Annotated[
+        datetime | None, Parameter(description="inclusive lower bound (ISO 8601)")
+    ] = None,
+    created_before: Annotated[
+        datetime | None, Parameter(description="exclusive upper bound (ISO 8601)")
+    ] = None,
+    sort: SortField = "-created",
+) -> FilePage:
+    """List files, newest first by default; filters combine with AND."""
+    if created_after and created_before and created_after >= created_before:
+        raise BadRequest("created_after must be earlier than created_before")
+    descending = sort.startswith("-")
+    column = _SORT_COLUMNS[sort.lstrip("-")]
+    filters: list[StatementFilter | ColumnElement[bool]] = [
+        *_listing_filters(
+            request_owner(request),
+            category,
+            name_prefix,
+            content_type,
+            created_after,
+            created_before,
+        ),
+        LimitOffset(limit=limit, offset=offset),
+    ]
+    rows, total = await files.get_many_and_count(
+        *filters, order_by=[(column, descending), (File.id, descending)]
+    )
+    base_url = str(request.base_url)
+    next_offset = offset + len(rows) if offset + len(rows) < total else None
+    return FilePage(
+        items=[file_out(row, base_url) for row in rows],
+        total=total,
+        limit=limit,
+        offset=offset,
+        next_offset=next_offset,
+    )
+
+
+@get("/{uid:uuid}")
+async def get_file(request: AnyRequest, uid: uuid.UUID, files: Files) -> FileOut:
+    """One file's metadata, including its SHA-256 (what ``ferry ingest`` verifies)."""
+    return file_out(await files.visible(uid, request_owner(request)), str(request.base_url))
+
+
+@patch("/{uid:uuid}")
+async def update_file(
+    request: AnyRequest, uid: uuid.UUID, data: FileUpdate, files: Files
+) -> FileOut:
+    """Rename a file and/or set metadata keys (``null`` removes a key)."""
+    stored = await files.visible(uid, request_owner(request))
+    if data.name is not None:
+        stored.name = validate_name(data.name)
+    if data.metadata is not None:
+        metadata = dict(stored.file_metadata or {})
+        for key, value in data.metadata.items():
+            if not key or " " in key or "," in key:
+                raise BadRequest(f"metadata key {key[:40]!r} is not allowed")
+            if value is None:
+                metadata.pop(key, None)
+            else:
+                metadata[key] = encode_metadata_value(value)
+        stored.file_metadata = metadata
+    updated = await files.update(stored, auto_commit=True)
+    return file_out(updated, str(request.base_url))
+
+
+@delete("/{uid:uuid}", status_code=HTTP_204_NO_CONTENT)
+async def delete_file(request: AnyRequest, uid: uuid.UUID, files: Files, uploads: Uploads) -> None:
+    """Delete the stored object, the file row and any staging; 204."""
+    owner = request_owner(request)
+    await files.visible(uid, owner)
+    await uploads.terminate(uid, owner)
+
+
+def file_api_router() -> Router:
+    """``/api/files``: the JSON file API and the simple (non-tus) uploads, one route table."""
+    return Router(
+        path=API_FILES_PATH,
+        route_handlers=[list_files, get_file, update_file, delete_file, put_file, post_form],
+        dependencies={"files": Provide(provide_file_service)},
+        tags=["files"],
+    )
