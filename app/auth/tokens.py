@@ -1,0 +1,48 @@
+"""JWT bearer tokens (HS256 or RS256) minted by an application for its own users."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jwt
+
+from app.auth.principal import Principal
+from app.settings import Settings
+
+ADMIN_CLAIM = "ferry_admin"
+
+
+class JwtVerifier:
+    """Checks signature, expiry, issuer and audience; the owner comes from a configured claim."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._algorithm = settings.jwt_algorithm
+        self._key: Any = settings.jwt_secret
+        if self._algorithm == "RS256":
+            text = settings.jwt_public_key
+            if not text.lstrip().startswith("-----BEGIN"):
+                text = Path(text).read_text()
+            self._key = text
+        self._issuer = settings.jwt_issuer or None
+        self._audience = settings.jwt_audience
+        self._owner_claim = settings.jwt_owner_claim
+
+    def verify(self, token: str) -> Principal | None:
+        """The principal of a valid token; ``None`` for an invalid, expired or foreign one."""
+        try:
+            claims = jwt.decode(
+                token,
+                self._key,
+                algorithms=[self._algorithm],
+                audience=self._audience,
+                issuer=self._issuer,
+                options={"require": ["exp", self._owner_claim]},
+                leeway=5,
+            )
+        except jwt.PyJWTError:
+            return None
+        owner = claims.get(self._owner_claim)
+        if not isinstance(owner, str) or not owner or len(owner) > 200:
+            return None
+        return Principal(owner, claims.get(ADMIN_CLAIM) is True)

@@ -1,0 +1,1 @@
+"""Running Ferry in production: metrics, logs, health, limits, hooks, webhooks, shutdown."""

@@ -1,0 +1,43 @@
+"""What runs before an upload is created: rate limit, quotas, then the pre-create hook."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+from app.ops.hooks import PreCreateHook
+from app.ops.limits import CreationRateLimiter, OwnerQuotas
+
+if TYPE_CHECKING:
+    from app.uploads.service import NewUpload
+
+
+class UploadAdmission:
+    """Decides whether a creation may go ahead, and with which metadata."""
+
+    def __init__(self, rate: CreationRateLimiter, quotas: OwnerQuotas, hook: PreCreateHook) -> None:
+        self._rate = rate
+        self._quotas = quotas
+        self._hook = hook
+
+    async def admit(self, request: NewUpload, length: int | None) -> NewUpload:
+        """Raise 413/429/403/503 to refuse; return the request, maybe with new metadata.
+
+        Limits apply to owners; with auth off (no owner) only the hook is asked.
+        """
+        if request.owner is not None:
+            self._rate.take(request.owner)
+            # A final upload's bytes are its partials', already counted.
+            await self._quotas.check(
+                request.owner, None if request.partial_ids is not None else length
+            )
+        if self._hook.enabled:
+            metadata = await self._hook.review(
+                owner=request.owner,
+                length=length,
+                is_partial=request.is_partial,
+                is_final=request.partial_ids is not None,
+                metadata=request.metadata,
+            )
+            request = dataclasses.replace(request, metadata=metadata)
+        return request

@@ -1,0 +1,46 @@
+"""Liveness, readiness and metrics endpoints (public: no credentials needed).
+
+``/metrics`` is open like the health checks, as Prometheus scrapers expect; it shows
+counts and latencies, never owners, names or ids. Keep it off the public network (bind
+the metrics port privately or filter ``/metrics`` at the proxy) if even counts are sensitive.
+"""
+
+from __future__ import annotations
+
+from litestar import Response, get
+from litestar.datastructures import State
+
+from app.db.engine import database_is_usable
+from app.ops.metrics import render_metrics
+from app.ops.shutdown import shutdown_requested
+
+
+@get("/health/live", opt={"public": True}, cache_control=None)
+async def health_live() -> Response[dict[str, str]]:
+    """200 while the process runs: restart it only when this fails."""
+    return Response({"status": "alive"}, headers={"Cache-Control": "no-store"})
+
+
+@get("/health/ready", opt={"public": True})
+async def health_ready(state: State) -> Response[dict[str, bool]]:
+    """200 when the database and storage are usable and the server is not stopping."""
+    checks = {
+        "database": await database_is_usable(state.engine),
+        "storage": await state.backend.is_usable(),
+        "accepting": not shutdown_requested(),
+    }
+    return Response(
+        checks,
+        status_code=200 if all(checks.values()) else 503,
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+@get("/metrics", opt={"public": True})
+async def metrics_endpoint() -> Response[bytes]:
+    """Prometheus exposition."""
+    body, content_type = render_metrics()
+    return Response(body, media_type=content_type)
+
+
+OPERATIONS_ROUTES = [health_live, health_ready, metrics_endpoint]

@@ -1,0 +1,106 @@
+"""Prometheus metrics, served at ``/metrics``.
+
+Metrics live in the process-wide default registry (one server process, one set of series).
+HTTP-level series are recorded by :class:`RequestContextMiddleware` in
+:mod:`app.ops.request_context`; storage latency by :class:`InstrumentedBackend`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Awaitable, Callable
+from functools import wraps
+from inspect import iscoroutinefunction
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+
+UPLOADS_CREATED = Counter("ferry_uploads_created", "Uploads created (tus creation answered 201).")
+UPLOADS_FINISHED = Counter("ferry_uploads_finished", "Uploads that became files.")
+UPLOADS_FAILED = Counter(
+    "ferry_upload_requests_failed",
+    "Upload requests (POST/PATCH under /files) answered with an error.",
+    ["method", "status"],
+)
+UPLOADS_TERMINATED = Counter("ferry_uploads_terminated", "Uploads terminated by their owner.")
+BYTES_RECEIVED = Counter("ferry_bytes_received", "Upload body bytes received (POST/PATCH).")
+PATCH_SECONDS = Histogram(
+    "ferry_patch_duration_seconds",
+    "Time to answer a PATCH, body transfer included.",
+    buckets=(0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+)
+STORAGE_SECONDS = Histogram(
+    "ferry_storage_operation_seconds",
+    "Latency of storage backend operations (S3 calls for the s3 backend).",
+    ["backend", "operation"],
+)
+STORAGE_ERRORS = Counter(
+    "ferry_storage_errors", "Storage backend operations that raised.", ["backend", "operation"]
+)
+ACTIVE_LOCKS = Gauge(
+    "ferry_active_locks", "Upload locks held by this node (PATCH/creation-with-upload in flight)."
+)
+STAGING_BYTES = Gauge("ferry_staging_disk_bytes", "Disk space used by staging files.")
+RESPONSES = Counter(
+    "ferry_http_responses", "HTTP responses by method and status.", ["method", "status"]
+)
+WEBHOOKS = Counter("ferry_webhook_deliveries", "Webhook delivery attempts.", ["outcome"])
+
+
+def watch_staging_dir(staging_dir: Path) -> None:
+    """Report the staging directory's disk use, measured when scraped."""
+
+    def used_bytes() -> float:
+        total = 0
+        try:
+            with os.scandir(staging_dir) as entries:
+                for entry in entries:
+                    if entry.is_file(follow_symlinks=False):
+                        total += entry.stat(follow_symlinks=False).st_blocks * 512
+        except FileNotFoundError:
+            return 0.0
+        return float(total)
+
+    STAGING_BYTES.set_function(used_bytes)
+
+
+def render_metrics() -> tuple[bytes, str]:
+    """The exposition text and its content type."""
+    return generate_latest(), CONTENT_TYPE_LATEST
+
+
+class InstrumentedBackend:
+    """A storage backend whose coroutine methods are timed and whose failures are counted.
+
+    Everything else (attributes, async generators such as ``open_range``) passes through
+    unchanged, so code that uses backend-specific attributes keeps working.
+    """
+
+    def __init__(self, backend: Any) -> None:
+        self._backend = backend
+        self._label = str(getattr(backend, "name", type(backend).__name__))
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._backend, name)
+        if name.startswith("_") or not iscoroutinefunction(attribute):
+            return attribute
+        return _timed(attribute, self._label, name)
+
+
+def _timed(
+    method: Callable[..., Awaitable[Any]], backend: str, operation: str
+) -> Callable[..., Awaitable[Any]]:
+    @wraps(method)
+    async def timed(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return await method(*args, **kwargs)
+        except Exception:
+            STORAGE_ERRORS.labels(backend, operation).inc()
+            raise
+        finally:
+            STORAGE_SECONDS.labels(backend, operation).observe(time.perf_counter() - started)
+
+    return timed

@@ -1,0 +1,254 @@
+"""post-finish and post-terminate webhooks, delivered at least once from a database outbox.
+
+A ``post-finish`` event row is added in the same transaction that records the file (a
+``before_flush`` listener sees the new :class:`~app.db.models.File`), so a finished upload
+always has its event, crash or not. ``post-terminate`` is written right after the upload
+is retired. A worker on every node claims due rows with a compare-and-set on
+``next_attempt_at`` (so two nodes never send one event at the same time), POSTs them signed
+with HMAC-SHA256, and on failure retries with doubling delays up to a limit. The event id
+travels as ``Idempotency-Key``: receivers must expect repeats (at-least-once).
+
+Signature: ``Ferry-Signature: sha256=<hex HMAC of "<Ferry-Timestamp>.<body>">``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+import time
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import msgspec
+from sqlalchemy import event, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session
+
+from app.db.models import File, Upload
+from app.ops import metrics
+from app.ops.models import WebhookEvent
+from app.settings import Settings
+from app.tus.protocol import decode_metadata_value
+from app.uploads.locking import utcnow
+
+logger = logging.getLogger(__name__)
+
+POST_FINISH = "post-finish"
+POST_TERMINATE = "post-terminate"
+
+
+def sign(secret: str, timestamp: str, body: bytes) -> str:
+    """The ``Ferry-Signature`` value of a delivery."""
+    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
+    return "sha256=" + mac.hexdigest()
+
+
+def _text_metadata(metadata: dict[str, Any]) -> dict[str, str | None]:
+    return {key: decode_metadata_value(metadata, key) for key in metadata}
+
+
+def finish_payload(stored: File) -> dict[str, Any]:
+    """What a receiver learns about a finished upload."""
+    return {
+        "id": str(stored.id),
+        "owner": stored.owner,
+        "name": stored.name,
+        "size": stored.size,
+        "sha256": stored.sha256,
+        "content_type": stored.content_type,
+        "category": stored.category,
+        "metadata": _text_metadata(stored.file_metadata or {}),
+    }
+
+
+def terminate_payload(upload: Upload) -> dict[str, Any]:
+    """What a receiver learns about a terminated upload."""
+    return {
+        "id": str(upload.id),
+        "owner": upload.owner,
+        "offset": upload.offset,
+        "length": upload.length,
+        "metadata": _text_metadata(upload.upload_metadata or {}),
+    }
+
+
+def new_event(kind: str, upload_id: uuid.UUID, payload: dict[str, Any]) -> WebhookEvent:
+    """An outbox row, due now."""
+    return WebhookEvent(
+        id=uuid.uuid4(),
+        event=kind,
+        upload_id=upload_id,
+        payload=payload,
+        attempts=0,
+        next_attempt_at=utcnow(),
+    )
+
+
+def record_finish_events(sessions: async_sessionmaker[AsyncSession], enabled: bool) -> None:
+    """Count finished uploads and, if webhooks are on, add their outbox rows atomically."""
+
+    # A Session subclass of this app's own keeps the listener away from other apps' sessions
+    # (tests run several apps in one process).
+    class OutboxSession(Session):
+        """Ferry's ORM session, with the post-finish outbox listener."""
+
+    def before_flush(session: Session, _context: Any, _instances: Any) -> None:
+        for added in list(session.new):
+            if isinstance(added, File):
+                metrics.UPLOADS_FINISHED.inc()
+                if enabled:
+                    session.add(new_event(POST_FINISH, added.id, finish_payload(added)))
+
+    event.listen(OutboxSession, "before_flush", before_flush)
+    sessions.configure(sync_session_class=OutboxSession)
+
+
+class WebhookOutbox:
+    """Writes post-terminate events and delivers every due event."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        settings: Settings,
+        client: httpx.AsyncClient,
+    ) -> None:
+        self._sessions = sessions
+        self._settings = settings
+        self._client = client
+        self._wake = asyncio.Event()
+
+    @property
+    def enabled(self) -> bool:
+        """Whether a webhook URL is configured."""
+        return bool(self._settings.webhook_url)
+
+    async def upload_terminated(self, upload: Upload) -> None:
+        """Queue a post-terminate event."""
+        if not self.enabled:
+            return
+        async with self._sessions() as session, session.begin():
+            session.add(new_event(POST_TERMINATE, upload.id, terminate_payload(upload)))
+        self._wake.set()
+
+    async def deliver_forever(self) -> None:
+        """The worker: deliver due events until cancelled."""
+        while True:
+            try:
+                while await self.deliver_due():
+                    pass
+            except Exception:
+                logger.exception("webhook outbox pass failed")
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._settings.webhook_poll_seconds)
+
+    async def deliver_due(self, limit: int = 20) -> int:
+        """Try every due event once; return how many were tried."""
+        now = utcnow()
+        async with self._sessions() as session:
+            due = (
+                await session.scalars(
+                    select(WebhookEvent)
+                    .where(
+                        WebhookEvent.delivered_at.is_(None),
+                        WebhookEvent.gave_up_at.is_(None),
+                        WebhookEvent.next_attempt_at <= now,
+                    )
+                    .order_by(WebhookEvent.next_attempt_at)
+                    .limit(limit)
+                )
+            ).all()
+        tried = 0
+        for row in due:
+            if await self._claim(row):
+                await self._attempt(row)
+                tried += 1
+        return tried
+
+    async def _claim(self, row: WebhookEvent) -> bool:
+        # Push the due time past one delivery's duration; only the node whose CAS wins sends.
+        claimed_until = utcnow() + timedelta(seconds=self._settings.hook_timeout_seconds + 30)
+        async with self._sessions() as session, session.begin():
+            result: Any = await session.execute(
+                update(WebhookEvent)
+                .where(
+                    WebhookEvent.id == row.id,
+                    WebhookEvent.next_attempt_at == row.next_attempt_at,
+                    WebhookEvent.delivered_at.is_(None),
+                )
+                .values(next_attempt_at=claimed_until)
+                .execution_options(synchronize_session=False)
+            )
+        return bool(result.rowcount == 1)
+
+    async def _attempt(self, row: WebhookEvent) -> None:
+        body = msgspec.json.encode(
+            {"id": str(row.id), "event": row.event, "created_at": row.created_at, **row.payload}
+        )
+        timestamp = str(int(time.time()))
+        headers = {
+            "Content-Type": "application/json",
+            "Ferry-Event": row.event,
+            "Idempotency-Key": str(row.id),
+            "Ferry-Timestamp": timestamp,
+            "Ferry-Signature": sign(self._settings.webhook_secret, timestamp, body),
+        }
+        error: str | None = None
+        try:
+            response = await self._client.post(
+                self._settings.webhook_url,
+                content=body,
+                headers=headers,
+                timeout=self._settings.hook_timeout_seconds,
+            )
+            if not 200 <= response.status_code < 300:
+                error = f"receiver answered {response.status_code}"
+        except httpx.HTTPError as exc:
+            error = f"{exc.__class__.__name__}: {exc}"[:500]
+        attempts = row.attempts + 1
+        values: dict[str, Any]
+        if error is None:
+            metrics.WEBHOOKS.labels("delivered").inc()
+            values = {"delivered_at": utcnow(), "attempts": attempts, "last_error": None}
+        elif attempts >= self._settings.webhook_max_attempts:
+            metrics.WEBHOOKS.labels("gave_up").inc()
+            logger.error(
+                "webhook %s for %s given up after %d attempts: %s",
+                row.event,
+                row.upload_id,
+                attempts,
+                error,
+                extra={"event_id": str(row.id)},
+            )
+            values = {"gave_up_at": utcnow(), "attempts": attempts, "last_error": error}
+        else:
+            metrics.WEBHOOKS.labels("retry").inc()
+            delay = min(
+                self._settings.webhook_retry_seconds * 2 ** (attempts - 1),
+                self._settings.webhook_retry_max_seconds,
+            )
+            logger.warning(
+                "webhook %s for %s failed (attempt %d), retrying in %g s: %s",
+                row.event,
+                row.upload_id,
+                attempts,
+                delay,
+                error,
+            )
+            values = {
+                "next_attempt_at": utcnow() + timedelta(seconds=delay),
+                "attempts": attempts,
+                "last_error": error,
+            }
+        async with self._sessions() as session, session.begin():
+            await session.execute(
+                update(WebhookEvent)
+                .where(WebhookEvent.id == row.id)
+                .values(**values)
+                .execution_options(synchronize_session=False)
+            )
