@@ -23,6 +23,14 @@ from app.db.engine import create_engine, create_session_factory, database_is_usa
 from app.errors import FerryError
 from app.files.api import file_api_router
 from app.files.downloads import DownloadService
+from app.files.links import LinkSigner
+from app.files.pages import web_route_handlers
+from app.ops.setup import (
+    OPERATIONS_ROUTES,
+    install_request_context,
+    operations_middleware,
+    run_operations,
+)
 from app.settings import Settings, load_settings
 from app.storage.backend import StorageBackend
 from app.storage.local import LocalBackend
@@ -150,8 +158,13 @@ def create_app(settings: Settings | None = None) -> FerryApp:
             sessions=sessions,
             backend=backend,
             uploads=uploads,
-            downloads=DownloadService(uploads, backend),
+            downloads=DownloadService(uploads, backend, settings=settings),
+            link_signer=LinkSigner.from_settings(settings),
         )
+        # Auth, limits, hooks and the webhook outbox; before reconciliation, whose
+        # finished uploads must get their post-finish events too.
+        operations = run_operations(app, settings, sessions, uploads)
+        await operations.__aenter__()
         report = await uploads.reconcile()
         logger.info("start-up reconciliation: %s", report)
         reaper = asyncio.create_task(reap_forever(uploads, settings.reaper_interval_seconds))
@@ -161,6 +174,7 @@ def create_app(settings: Settings | None = None) -> FerryApp:
             reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reaper
+            await operations.__aexit__(None, None, None)
             await backend.close()
             await engine.dispose()
 
@@ -174,7 +188,14 @@ def create_app(settings: Settings | None = None) -> FerryApp:
         return state.downloads  # type: ignore[no-any-return]
 
     app = FerryApp(
-        route_handlers=[TusController, file_api_router(), health],
+        route_handlers=[
+            TusController,
+            file_api_router(),
+            health,
+            *web_route_handlers(),
+            *OPERATIONS_ROUTES,
+        ],
+        middleware=operations_middleware(settings),
         dependencies={
             "settings": Provide(provide_settings, sync_to_thread=False),
             "uploads": Provide(provide_uploads, sync_to_thread=False),
@@ -204,4 +225,5 @@ def create_app(settings: Settings | None = None) -> FerryApp:
         debug=False,
     )
     app.tus_max_size = settings.max_size
+    install_request_context(app)
     return app

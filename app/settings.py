@@ -24,6 +24,9 @@ LEGACY_NAMES: dict[str, str] = {
     "s3_access_key": "ACCESS_KEY",
     "s3_secret_key": "SECRET_KEY",
     "s3_bucket": "BUCKET_NAME",
+    # The operations issue names these two without the unit suffix.
+    "read_timeout_seconds": "FERRY_READ_TIMEOUT",
+    "shutdown_timeout_seconds": "FERRY_SHUTDOWN_TIMEOUT",
 }
 
 #: Settings whose environment value is a comma-separated list.
@@ -128,11 +131,90 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     cors_origins: tuple[str, ...] = ("*",)
     """Origins allowed to call Ferry from a browser (``*`` allows any)."""
 
-    auth: tuple[Literal["keys", "jwt", "none"], ...] = ("none",)
+    auth: tuple[Literal["keys", "jwt", "none"], ...] = ("keys",)
     """Accepted credentials: ``keys``, ``jwt``, ``keys,jwt`` or ``none``."""
 
+    allow_no_auth: bool = False
+    """Let ``ferry serve`` bind a non-loopback address with ``FERRY_AUTH=none``."""
+
+    jwt_algorithm: Literal["HS256", "RS256"] = "HS256"
+    """Signature algorithm of accepted JWT bearer tokens."""
+
+    jwt_secret: str = ""
+    """HS256 shared secret (at least 32 bytes)."""
+
+    jwt_public_key: str = ""
+    """RS256 public key: PEM text, or the path of a PEM file."""
+
+    jwt_issuer: str = ""
+    """Required ``iss`` claim of JWTs; empty accepts none (issuer must then be unset)."""
+
+    jwt_audience: str = ""
+    """Required ``aud`` claim of JWTs."""
+
+    jwt_owner_claim: str = "sub"
+    """Claim naming the owner of a JWT's uploads; ``ferry_admin: true`` makes it an admin."""
+
+    quota_bytes: NonNegativeInt = 0
+    """Bytes one owner may store (files plus declared unfinished uploads); 0 = no limit."""
+
+    quota_active_uploads: NonNegativeInt = 0
+    """Unfinished uploads one owner may have at once; 0 = no limit."""
+
+    create_rate_per_minute: NonNegativeInt = 0
+    """Upload creations per owner per minute (token bucket, per node); 0 = no limit."""
+
+    create_burst: PositiveInt = 10
+    """Creations an owner may make at once before the per-minute rate applies."""
+
+    pre_create_hook_url: str = ""
+    """URL POSTed before an upload is created; it may reject it or change its metadata."""
+
+    hook_timeout_seconds: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    """Time the pre-create hook has to answer; no answer in time rejects the upload (503)."""
+
+    hook_max_response_bytes: PositiveInt = 64 * 1024
+    """Largest pre-create hook answer read; a longer one rejects the upload (503)."""
+
+    webhook_url: str = ""
+    """URL that receives post-finish and post-terminate events (empty: none are sent)."""
+
+    webhook_secret: str = ""
+    """HMAC-SHA256 key signing each webhook (``Ferry-Signature``)."""
+
+    webhook_max_attempts: PositiveInt = 12
+    """Deliveries tried per event before it is given up (and logged as an error)."""
+
+    webhook_retry_seconds: Annotated[float, msgspec.Meta(gt=0)] = 2.0
+    """First retry delay; it doubles per attempt up to ``webhook_retry_max_seconds``."""
+
+    webhook_retry_max_seconds: Annotated[float, msgspec.Meta(gt=0)] = 600.0
+    """Longest delay between two delivery attempts."""
+
+    webhook_poll_seconds: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+    """How often the outbox is checked for due deliveries."""
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Lowest level written to stdout and ``ferry.log``."""
+
+    log_max_bytes: PositiveInt = 10 * 1024 * 1024
+    """Size at which ``ferry.log`` and ``error.log`` are rotated."""
+
+    log_backups: NonNegativeInt = 5
+    """Rotated log files kept."""
+
+    shutdown_timeout_seconds: PositiveInt = 30
+    """On SIGTERM, running requests get this long before the server exits anyway."""
+
     signing_key: str = ""
-    """Secret for signed download links."""
+    """Secret for signed download links; empty: a random per-process key (with a warning)."""
+
+    download_mode: Literal["proxy", "redirect"] = "proxy"
+    """``proxy`` streams files through Ferry; ``redirect`` answers 307 to a presigned S3 URL
+    (the local backend always proxies)."""
+
+    download_redirect_seconds: PositiveInt = 300
+    """Lifetime of the presigned URL a redirect download points to."""
 
     log_dir: Path = Path("logs")
     """Where ``ferry.log`` and ``error.log`` are written."""
@@ -219,5 +301,12 @@ def _check_consistency(settings: Settings) -> None:
         raise SettingsError("FERRY_S3_BUCKET: required when FERRY_STORAGE=s3")
     if "none" in settings.auth and len(settings.auth) > 1:
         raise SettingsError("FERRY_AUTH: 'none' cannot be combined with other methods")
+    if "jwt" in settings.auth:
+        if settings.jwt_algorithm == "HS256" and len(settings.jwt_secret) < 32:
+            raise SettingsError("FERRY_JWT_SECRET: at least 32 characters with FERRY_AUTH=jwt")
+        if settings.jwt_algorithm == "RS256" and not settings.jwt_public_key:
+            raise SettingsError("FERRY_JWT_PUBLIC_KEY: required for RS256 with FERRY_AUTH=jwt")
+        if not settings.jwt_audience:
+            raise SettingsError("FERRY_JWT_AUDIENCE: required with FERRY_AUTH=jwt")
     if settings.s3_min_part_size < 5 * 1024 * 1024 and settings.storage == "s3":
         raise SettingsError("FERRY_S3_MIN_PART_SIZE: must be at least 5242880 (5 MiB)")

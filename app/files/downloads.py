@@ -1,29 +1,36 @@
 """Serving stored files over plain HTTP: full bodies, byte ranges and conditionals.
 
 A download reads the file row and the backend; it never takes an upload's lock, so a
-player's range requests never wait behind a writer.
+player's range requests never wait behind a writer. Preconditions are evaluated in the
+order of RFC 9110 §13.2.2: ``If-Match``, ``If-Unmodified-Since``, ``If-None-Match``,
+``If-Modified-Since``, then ``Range`` guarded by ``If-Range``.
 """
 
 from __future__ import annotations
 
+import inspect
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from litestar import Request, Response
 from litestar.response import Stream
 
 from app.db.models import File
-from app.errors import NotFound, RangeNotSatisfiable
+from app.errors import NotFound, PreconditionFailed, RangeNotSatisfiable
 from app.filenames import content_disposition
+from app.files.links import check_signed_request
 from app.files.ranges import (
     ByteRange,
     Unsatisfiable,
     if_range_allows,
+    match_strong,
+    modified_since,
     none_match,
     not_modified_since,
     parse_range,
 )
+from app.settings import Settings
 from app.storage.backend import StorageBackend
 from app.tus.protocol import format_http_date, parse_upload_id
 from app.uploads.service import UploadService
@@ -32,6 +39,12 @@ from app.uploads.service import UploadService
 INLINE_TYPES = ("video/", "audio/", "image/", "text/plain")
 INLINE_EXCLUDED = frozenset({"image/svg+xml"})
 DEFAULT_MAX_RANGES = 100
+#: Served files never run script or load anything in our origin, even if a browser sniffs.
+FILE_CSP = (
+    "default-src 'none'; img-src 'self'; media-src 'self'; style-src 'unsafe-inline'; sandbox"
+)
+
+OpenStream = Callable[[], AsyncIterator[bytes]]
 
 
 def disposition_for(content_type: str) -> str:
@@ -41,15 +54,27 @@ def disposition_for(content_type: str) -> str:
     return "inline" if content_type.startswith(INLINE_TYPES) else "attachment"
 
 
+def served_content_type(content_type: str) -> str:
+    """``text/plain`` gets an explicit charset; other types are served as sniffed."""
+    return "text/plain; charset=utf-8" if content_type == "text/plain" else content_type
+
+
 class DownloadService:
     """Builds file responses from file rows and backend range readers."""
 
     def __init__(
-        self, uploads: UploadService, backend: StorageBackend, max_ranges: int = DEFAULT_MAX_RANGES
+        self,
+        uploads: UploadService,
+        backend: StorageBackend,
+        max_ranges: int = DEFAULT_MAX_RANGES,
+        *,
+        settings: Settings | None = None,
     ) -> None:
         self.uploads = uploads
         self.backend = backend
         self.max_ranges = max_ranges
+        self.redirect = settings is not None and settings.download_mode == "redirect"
+        self.redirect_seconds = settings.download_redirect_seconds if settings else 300
 
     async def respond(
         self,
@@ -58,92 +83,142 @@ class DownloadService:
         owner: str | None,
         *,
         head_only: bool,
-    ) -> Response[None]:
-        """Answer ``GET``/``HEAD`` for a file UID with RFC 9110 range semantics."""
+    ) -> Response[Any]:
+        """Answer ``GET``/``HEAD`` for a file UID with RFC 9110 range semantics.
+
+        A valid signed link (``?expires=&sig=``) stands in for every other credential; an
+        invalid or expired one is 403 (see :mod:`app.files.links`).
+        """
+        if check_signed_request(request, uid_text):
+            owner = None
         try:
             stored = await self.uploads.get_file(parse_upload_id(uid_text), owner)
         except NotFound:
             raise NotFound("no such file (or its upload is not complete)") from None
+        presign = getattr(self.backend, "presigned_get_url", None)
+        if self.redirect and presign is not None:
+            return await self._redirect(presign, stored)
         return self.file_response(request, stored, head_only=head_only)
+
+    async def _redirect(self, presign: Callable[..., Any], stored: File) -> Response[Any]:
+        """307 to a short-lived presigned URL; the object store then answers ranges itself."""
+        url = presign(
+            stored.storage_key,
+            self.redirect_seconds,
+            stored.name,
+            served_content_type(stored.content_type),
+        )
+        if inspect.isawaitable(url):
+            url = await url
+        return Response(
+            b"",
+            media_type="text/plain",
+            status_code=307,
+            headers={"Location": str(url), "Cache-Control": "no-store"},
+        )
 
     def file_response(
         self, request: Request[Any, Any, Any], stored: File, *, head_only: bool
-    ) -> Response[None]:
+    ) -> Response[Any]:
         """The response for one file row."""
         etag = f'"{stored.sha256}"'
+        changed = stored.created_at
         headers = {
             "Accept-Ranges": "bytes",
             "ETag": etag,
-            "Last-Modified": format_http_date(stored.created_at),
+            "Last-Modified": format_http_date(changed),
+            "Cache-Control": "private, no-cache",
             "X-Content-Type-Options": "nosniff",
-            "Content-Security-Policy": "default-src 'none'; sandbox",
+            "Content-Security-Policy": FILE_CSP,
             "Content-Disposition": content_disposition(
                 disposition_for(stored.content_type), stored.name
             ),
         }
         request_headers = request.headers
+        if_match = request_headers.get("if-match")
+        if if_match is not None:
+            if not match_strong(if_match, etag):
+                raise PreconditionFailed("If-Match does not match the file's ETag", headers=headers)
+        elif (unmodified := request_headers.get("if-unmodified-since")) is not None and (
+            modified_since(unmodified, changed)
+        ):
+            raise PreconditionFailed("the file changed after If-Unmodified-Since", headers=headers)
         if_none_match = request_headers.get("if-none-match")
         if if_none_match is not None:
             if none_match(if_none_match, etag):
                 return Response(None, status_code=304, headers=headers)
         elif (since := request_headers.get("if-modified-since")) is not None and (
-            not_modified_since(since, stored.created_at)
+            not_modified_since(since, changed)
         ):
             return Response(None, status_code=304, headers=headers)
 
+        content_type = served_content_type(stored.content_type)
         ranges: list[ByteRange] | None = None
+        # Two Range headers are not a valid list (Range is a singleton field): ignore both.
         range_values = request_headers.getall("range", [])
         if len(range_values) == 1 and if_range_allows(
-            request_headers.get("if-range"), etag, stored.created_at
+            request_headers.get("if-range"), etag, changed
         ):
             try:
                 ranges = parse_range(range_values[0], stored.size, self.max_ranges)
             except Unsatisfiable:
                 raise RangeNotSatisfiable(
                     "no requested range overlaps the file",
-                    headers={"Content-Range": f"bytes */{stored.size}", **headers},
+                    headers={**headers, "Content-Range": f"bytes */{stored.size}"},
                 ) from None
 
+        key = stored.storage_key
         if ranges is None:
             headers["Content-Length"] = str(stored.size)
             return self._body(
-                stored.content_type,
+                content_type,
                 200,
                 headers,
                 head_only,
-                lambda: self.backend.open_range(stored.storage_key, 0, stored.size),
+                lambda: self.backend.open_range(key, 0, stored.size),
             )
         if len(ranges) == 1:
             only = ranges[0]
             headers["Content-Range"] = only.content_range(stored.size)
             headers["Content-Length"] = str(only.length)
             return self._body(
-                stored.content_type,
+                content_type,
                 206,
                 headers,
                 head_only,
-                lambda: self.backend.open_range(stored.storage_key, only.start, only.length),
+                lambda: self.backend.open_range(key, only.start, only.length),
             )
+        return self._multipart(stored, ranges, content_type, headers, head_only)
+
+    def _multipart(
+        self,
+        stored: File,
+        ranges: list[ByteRange],
+        content_type: str,
+        headers: dict[str, str],
+        head_only: bool,
+    ) -> Response[Any]:
+        """RFC 9110 §14.6 ``multipart/byteranges``; its length is known before the first byte."""
         boundary = secrets.token_hex(16)
         frames = [
             (
-                f"--{boundary}\r\nContent-Type: {stored.content_type}\r\n"
+                f"\r\n--{boundary}\r\nContent-Type: {content_type}\r\n"
                 f"Content-Range: {r.content_range(stored.size)}\r\n\r\n"
             ).encode()
             for r in ranges
         ]
-        closing = f"--{boundary}--\r\n".encode()
-        total = sum(len(f) + r.length + 2 for f, r in zip(frames, ranges, strict=True))
+        closing = f"\r\n--{boundary}--\r\n".encode()
+        total = sum(len(f) + r.length for f, r in zip(frames, ranges, strict=True))
         headers["Content-Length"] = str(total + len(closing))
+        key = stored.storage_key
 
         async def multipart() -> AsyncIterator[bytes]:
             for frame, byte_range in zip(frames, ranges, strict=True):
                 yield frame
                 async for block in self.backend.open_range(
-                    stored.storage_key, byte_range.start, byte_range.length
+                    key, byte_range.start, byte_range.length
                 ):
                     yield block
-                yield b"\r\n"
             yield closing
 
         return self._body(
@@ -156,11 +231,12 @@ class DownloadService:
         status: int,
         headers: dict[str, str],
         head_only: bool,
-        open_stream: Any,
-    ) -> Response[None]:
+        open_stream: OpenStream,
+    ) -> Response[Any]:
+        # Explicit, so HEAD carries the same Content-Type as GET (Litestar omits it on HEAD).
+        headers["Content-Type"] = media_type
         if head_only:
-            return Response(None, status_code=status, headers=headers, media_type=media_type)
+            # b"", not None: Litestar cannot "serialize" None as e.g. application/octet-stream.
+            return Response(b"", status_code=status, headers=headers, media_type=media_type)
         # A Stream is a Response whose body is an iterator; typed as bodiless for HEAD's sake.
-        return Stream(  # type: ignore[return-value]
-            open_stream(), status_code=status, headers=headers, media_type=media_type
-        )
+        return Stream(open_stream(), status_code=status, headers=headers, media_type=media_type)

@@ -1,0 +1,113 @@
+"""The browser side: the upload page, the player page, their assets and the file summary.
+
+Pages are static HTML from ``static/`` (no templating, no CDN: the one third-party script,
+tus-js-client, is vendored in ``static/vendor/``). They talk to Ferry only through its
+public endpoints: tus at ``/files/``, ``GET /files/{uid}/info`` and
+``POST /files/{uid}/link``. A strict Content-Security-Policy allows nothing but our own
+origin, so no inline script or style exists in them.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+from litestar import Request, Response, get
+from litestar.di import NamedDependency
+from litestar.static_files import create_static_files_router
+from litestar.types import ControllerRouterHandler
+
+from app.errors import NotFound
+from app.files.links import create_signed_link
+from app.tus.protocol import parse_upload_id
+from app.uploads.service import UploadService
+
+#: ``static/`` at the project root (the package is installed in editable mode).
+STATIC_DIR = Path(__file__).resolve().parents[2] / "static"
+PAGE_CSP = (
+    "default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; "
+    "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
+)
+PAGE_HEADERS = {
+    "Content-Security-Policy": PAGE_CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
+
+class FileInfo(msgspec.Struct, frozen=True):
+    """What the player page shows about a file."""
+
+    id: str
+    name: str
+    size: int
+    content_type: str
+    category: str
+    sha256: str
+    created_at: datetime
+    download_url: str
+    player_url: str
+
+
+async def _page(name: str) -> Response[bytes]:
+    body = await anyio.Path(STATIC_DIR / name).read_bytes()
+    return Response(body, media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
+
+
+@get("/", include_in_schema=False)
+async def upload_page() -> Response[bytes]:
+    """Drag-and-drop resumable uploads through tus."""
+    return await _page("upload.html")
+
+
+@get("/player/{uid:str}", include_in_schema=False)
+async def player_page(uid: str) -> Response[bytes]:
+    """Plays, shows or offers one file, with its checksum and a copyable signed link."""
+    parse_upload_id(uid)  # a malformed id is a 404 before any HTML is sent
+    return await _page("player.html")
+
+
+@get("/files/{uid:str}/info")
+async def file_info(
+    request: Request[Any, Any, Any], uid: str, uploads: NamedDependency[UploadService]
+) -> FileInfo:
+    """A completed file's name, size, type and SHA-256 (the caller must be allowed to read it)."""
+    from app.tus.controller import request_owner
+
+    try:
+        stored = await uploads.get_file(parse_upload_id(uid), request_owner(request))
+    except NotFound:
+        raise NotFound("no such file (or its upload is not complete)") from None
+    return FileInfo(
+        id=str(stored.id),
+        name=stored.name,
+        size=stored.size,
+        content_type=stored.content_type,
+        category=stored.category,
+        sha256=stored.sha256,
+        created_at=stored.created_at,
+        download_url=f"/files/{stored.id}",
+        player_url=f"/player/{stored.id}",
+    )
+
+
+def _harden_static(response: Response[Any]) -> Response[Any]:
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+def web_route_handlers() -> list[ControllerRouterHandler]:
+    """Routes of this module, for ``create_app``."""
+    return [
+        upload_page,
+        player_page,
+        file_info,
+        create_signed_link,
+        create_static_files_router(
+            path="/static", directories=[STATIC_DIR], after_request=_harden_static
+        ),
+    ]
