@@ -17,6 +17,9 @@ from tests.support.services import postgres_database
 
 MakeSettings = Callable[..., Settings]
 
+#: S3 fixtures (SeaweedFS, moto, ``make_s3_settings``) for every test layer.
+pytest_plugins = ["tests.support.seaweed"]
+
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:

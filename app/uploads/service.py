@@ -115,6 +115,9 @@ class UploadService:
         self.hashes = hashes or RunningHashes()
         self.locks = UploadLocks(sessions, settings.resolved_node_id, settings.lock_lease_seconds)
         self.ttl = timedelta(seconds=settings.upload_ttl_seconds)
+        bind_database = getattr(backend, "bind_database", None)
+        if bind_database is not None:
+            bind_database(sessions)  # S3: its parts ledger lives in the same database
         self.policy = UploadPolicy.from_settings(settings)
         """Validation rules shared by every upload path (:mod:`app.uploads.validation`)."""
 
@@ -178,6 +181,8 @@ class UploadService:
             raise PayloadTooLarge(
                 f"Upload-Length {length} exceeds the maximum size {self.settings.max_size}"
             )
+        if length is not None:
+            self._check_backend_admits(length)
         upload = Upload(
             id=uuid.uuid4(),
             owner=request.owner,
@@ -243,6 +248,9 @@ class UploadService:
             )
         if upload.state == UploadState.COMPLETED or (room == 0 and length is not None):
             return upload
+        check_staging_room = getattr(self.backend, "check_staging_room", None)
+        if check_staging_room is not None:
+            check_staging_room()  # S3 down or slow: 503 once staging holds the budget
         token = await self._lock_for_append(upload, request.offset)
         try:
             if length != upload.length:
@@ -272,7 +280,14 @@ class UploadService:
             raise PayloadTooLarge(
                 f"Upload-Length {declared} exceeds the maximum size {self.settings.max_size}"
             )
+        self._check_backend_admits(declared)
         return declared
+
+    def _check_backend_admits(self, length: int) -> None:
+        """413 for a length the backend cannot hold (S3: more than max parts x 5 GiB)."""
+        check_length = getattr(self.backend, "check_length", None)
+        if check_length is not None:
+            check_length(length)
 
     async def _lock_for_append(self, upload: Upload, offset: int) -> str:
         token = await self.locks.acquire(
@@ -461,7 +476,10 @@ class UploadService:
             category = category_for(content_type).value
             await self._enforce_content_policy(upload, token, size, head)
             sha256 = self.hashes.digest_at(upload.id, size)
-            if sha256 is None:
+            # A backend that reclaims staged bytes once they are stored (S3 punches out
+            # shipped parts) cannot be hashed from staging: hash the stored object instead.
+            reclaims_staging = getattr(self.backend, "reclaims_staging", False)
+            if sha256 is None and not reclaims_staging:
                 sha256 = await _sha256_of(self.staging.read_range(upload.id, 0, size))
             try:
                 stored = await self.backend.store(
@@ -470,6 +488,8 @@ class UploadService:
             except OSError as exc:
                 logger.exception("storing upload %s failed", upload.id)
                 raise ServiceUnavailable("storage is unavailable; retry later") from exc
+            if sha256 is None:
+                sha256 = await _sha256_of(self.backend.open_range(stored.key, 0, size))
         else:
             # The bytes were moved into storage before a crash hid that from the database.
             found = await self.backend.find_stored(upload.id, "other")
@@ -686,7 +706,24 @@ class UploadService:
                 continue  # being written right now: its lease renewal keeps it alive
             await self._retire(upload, token, UploadState.EXPIRED)
             expired += 1
+        if expired < limit:
+            await self._abort_backend_orphans()
         return expired
+
+    async def _abort_backend_orphans(self) -> None:
+        """Invariant 5 for S3: abort multipart uploads that no live upload owns."""
+        abort_orphans = getattr(self.backend, "abort_orphaned_uploads", None)
+        if abort_orphans is None:
+            return
+        async with self._sessions() as session:
+            live = set(
+                (await session.scalars(select(Upload.id).where(Upload.state == UploadState.ACTIVE)))
+                .all()
+            )
+        try:
+            await abort_orphans(live)
+        except Exception:
+            logger.exception("aborting orphaned multipart uploads failed; retrying next pass")
 
     # ------------------------------------------------------------------ start-up
 

@@ -1,0 +1,190 @@
+"""tus uploads stored in S3 (SeaweedFS): background parts, completion, cleanup, reads."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+
+import pytest
+from litestar.testing import AsyncTestClient
+from sqlalchemy import func, select
+
+from app.db.engine import create_engine, migrate
+from app.main import create_app
+from app.settings import Settings
+from app.storage.s3_ledger import multipart_uploads, parts
+from tests.integration.s3.conftest import MIB, PART, S3View
+from tests.integration.tus_helpers import Client, create, head, patch, staging_file, upload_id_of
+from tests.support.seaweed import MakeS3Settings
+
+TUS = {"Tus-Resumable": "1.0.0"}
+
+
+def payload(size: int, seed: int = 1) -> bytes:
+    """Deterministic, incompressible-looking bytes."""
+    block = hashlib.sha256(str(seed).encode()).digest() * 2048  # 64 KiB
+    return (block * (size // len(block) + 1))[:size]
+
+
+async def send_in_pieces(client: Client, path: str, data: bytes, piece: int) -> None:
+    for offset in range(0, len(data), piece):
+        response = await patch(client, path, offset, data[offset : offset + piece])
+        assert response.status_code == 204, response.text
+
+
+async def ledger_counts(settings: Settings) -> tuple[int, int]:
+    engine = create_engine(settings.resolved_database_url)
+    try:
+        async with engine.connect() as connection:
+            uploads = await connection.scalar(select(func.count()).select_from(multipart_uploads))
+            stored = await connection.scalar(select(func.count()).select_from(parts))
+    finally:
+        await engine.dispose()
+    return int(uploads or 0), int(stored or 0)
+
+
+async def wait_for(condition, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
+
+
+async def test_many_small_patches_become_whole_parts_and_one_verified_object(
+    s3_client: Client, s3_settings: Settings, s3_view: S3View
+) -> None:
+    data = payload(3 * PART + 123_456)
+    path = await create(s3_client, len(data))
+    await send_in_pieces(s3_client, path, data, 1_000_000)
+    file_info = await s3_client.get(f"/files/{upload_id_of(path)}")
+    assert file_info.status_code == 200
+    assert file_info.content == data
+    keys = s3_view.keys()
+    assert len(keys) == 1 and keys[0].endswith(upload_id_of(path))
+    assert s3_view.sha256_of(keys[0]) == hashlib.sha256(data).hexdigest()
+    head_object = s3_view.client.head_object(Bucket=s3_view.endpoint.bucket, Key=keys[0])
+    assert head_object["ETag"].strip('"').endswith("-4"), "four parts cut at 5 MiB"
+    assert s3_view.open_multipart_uploads() == []
+    assert await ledger_counts(s3_settings) == (0, 0)
+    assert not staging_file(s3_settings.data_dir, path).exists()
+
+
+async def test_whole_parts_ship_in_background_and_staging_space_is_reclaimed(
+    s3_client: Client, s3_settings: Settings, s3_view: S3View
+) -> None:
+    data = payload(4 * PART)
+    path = await create(s3_client, len(data))
+    await send_in_pieces(s3_client, path, data[: 2 * PART + 10], MIB + 3)
+    await wait_for(lambda: len(s3_view.open_multipart_uploads()) == 1)
+    open_upload = s3_view.open_multipart_uploads()[0]
+    await wait_for(lambda: len(s3_view.parts_of(open_upload["Key"], open_upload["UploadId"])) == 2)
+    staged = staging_file(s3_settings.data_dir, path)
+
+    async def reclaimed() -> bool:
+        return os.stat(staged).st_blocks * 512 < PART
+
+    for _ in range(100):
+        if await reclaimed():
+            break
+        await asyncio.sleep(0.05)
+    assert await reclaimed(), "the two shipped parts' staging space is punched out"
+    assert os.stat(staged).st_size == 2 * PART + 10, "the staging file keeps its size"
+    await send_in_pieces_from(s3_client, path, data, 2 * PART + 10, 3 * MIB)
+    response = await s3_client.get(f"/files/{upload_id_of(path)}")
+    assert response.content == data
+    assert s3_view.open_multipart_uploads() == []
+
+
+async def send_in_pieces_from(
+    client: Client, path: str, data: bytes, start: int, piece: int
+) -> None:
+    for offset in range(start, len(data), piece):
+        response = await patch(client, path, offset, data[offset : offset + piece])
+        assert response.status_code == 204, response.text
+
+
+async def test_deferred_length_upload_grows_parts_and_is_never_truncated(
+    s3_client: Client, s3_view: S3View
+) -> None:
+    data = payload(3 * PART + 77, seed=3)
+    path = await create(s3_client, None, Upload_Defer_Length="1")
+    await send_in_pieces_from(s3_client, path, data[:-77], 0, 3 * MIB)
+    last = await patch(s3_client, path, len(data) - 77, data[-77:], Upload_Length=str(len(data)))
+    assert last.status_code == 204, last.text
+    keys = s3_view.keys()
+    assert s3_view.sha256_of(keys[0]) == hashlib.sha256(data).hexdigest()
+    assert s3_view.open_multipart_uploads() == []
+
+
+async def test_zero_length_upload_is_an_empty_object(s3_client: Client, s3_view: S3View) -> None:
+    path = await create(s3_client, 0)
+    status = await head(s3_client, path)
+    assert status.headers["upload-offset"] == "0"
+    keys = s3_view.keys()
+    assert len(keys) == 1
+    size = s3_view.client.head_object(Bucket=s3_view.endpoint.bucket, Key=keys[0])["ContentLength"]
+    assert size == 0
+    response = await s3_client.get(f"/files/{upload_id_of(path)}")
+    assert response.status_code == 200 and response.content == b""
+
+
+async def test_upload_smaller_than_a_part_is_one_put_object(
+    s3_client: Client, s3_view: S3View
+) -> None:
+    data = b"%PDF-1.4\n" + payload(300_000)
+    path = await create(s3_client, len(data))
+    await send_in_pieces_from(s3_client, path, data, 0, 100_000)
+    keys = s3_view.keys()
+    etag = s3_view.client.head_object(Bucket=s3_view.endpoint.bucket, Key=keys[0])["ETag"]
+    assert "-" not in etag, "a PutObject ETag, not a multipart one"
+    assert keys[0] == f"{s3_view.prefix}other/{upload_id_of(path)}" or "/" in keys[0]
+    assert s3_view.sha256_of(keys[0]) == hashlib.sha256(data).hexdigest()
+
+
+async def test_terminate_aborts_the_multipart_upload_and_removes_everything(
+    s3_client: Client, s3_settings: Settings, s3_view: S3View
+) -> None:
+    data = payload(3 * PART)
+    path = await create(s3_client, len(data))
+    await send_in_pieces_from(s3_client, path, data[: 2 * PART + 1], 0, 2 * MIB)
+    await wait_for(lambda: len(s3_view.open_multipart_uploads()) == 1)
+    response = await s3_client.delete(path, headers=TUS)
+    assert response.status_code == 204
+    assert s3_view.open_multipart_uploads() == []
+    assert s3_view.keys() == []
+    assert not staging_file(s3_settings.data_dir, path).exists()
+    assert await ledger_counts(s3_settings) == (0, 0)
+
+
+async def test_download_streams_whole_object_and_byte_ranges_from_s3(
+    s3_client: Client, s3_view: S3View
+) -> None:
+    data = payload(2 * PART + 5, seed=9)
+    path = await create(s3_client, len(data))
+    await send_in_pieces_from(s3_client, path, data, 0, 4 * MIB)
+    url = f"/files/{upload_id_of(path)}"
+    ranged = await s3_client.get(url, headers={"Range": "bytes=5242870-5242899"})
+    assert ranged.status_code == 206
+    assert ranged.content == data[5242870:5242900]
+    tail = await s3_client.get(url, headers={"Range": "bytes=-10"})
+    assert tail.content == data[-10:]
+
+
+@pytest.fixture
+def two_part_settings(make_s3_settings: MakeS3Settings) -> Settings:
+    """An S3 Ferry whose provider allows only two parts per upload."""
+    built = make_s3_settings(s3_max_parts=2)
+    migrate(built)
+    return built
+
+
+async def test_length_beyond_max_parts_of_5_gib_is_refused_at_creation(
+    two_part_settings: Settings,
+) -> None:
+    app = create_app(two_part_settings)
+    async with AsyncTestClient(app=app, base_url="http://ferry.local") as client:
+        too_big = await client.post("/files/", headers={**TUS, "Upload-Length": str(11 * 1024**3)})
+        assert too_big.status_code == 413
+        fits = await client.post("/files/", headers={**TUS, "Upload-Length": str(10 * 1024**3)})
+        assert fits.status_code == 201
