@@ -133,10 +133,14 @@ def plan_for_deferred(min_part_size: int, max_parts: int, max_size: int) -> Part
     """Growing parts for a deferred-length upload that can reach ``max_size`` bytes.
 
     The slowest growth (largest step) that still holds ``max_size`` keeps early parts
-    small; when even doubling every part cannot hold it, the plan holds as much as S3 can.
+    small; when even doubling every part cannot hold it, parts are equal and large enough.
     """
     target = min(max_size, largest_supported_length(max_parts))
     best = PartPlan(base_size=min_part_size, max_parts=max_parts, growth_step=1)
+    if best.capacity < target:
+        # Too few parts for doubling to catch up (tiny max_parts): equal parts that hold
+        # the maximum from the first part on.
+        return plan_for_length(target, min_part_size, max_parts)
     low, high = 1, max_parts
     while low <= high:  # capacity shrinks as the step grows: find the largest step that fits
         step = (low + high) // 2
