@@ -79,10 +79,11 @@ class OwnerQuotas:
                     select(func.coalesce(func.sum(File.size), 0)).where(File.owner == owner)
                 )
                 # An unfinished upload reserves its declared length (its offset if deferred).
+                # A final upload being assembled counts its partials twice for a moment.
                 reserved = await session.scalar(
                     select(
                         func.coalesce(func.sum(func.coalesce(Upload.length, Upload.offset)), 0)
-                    ).where(active, Upload.concat_parts.is_(None))
+                    ).where(active)
                 )
                 used = int(stored or 0) + int(reserved or 0)
                 if used + (new_length or 0) > self._max_bytes:
