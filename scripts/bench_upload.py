@@ -48,6 +48,11 @@ class Server:
     port: int
     process: subprocess.Popen[bytes]
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the server process has used so far."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def peak_rss_mib(self) -> float:
         """VmHWM of the server process."""
         status = Path(f"/proc/{self.process.pid}/status").read_text()
@@ -174,8 +179,8 @@ def make_source(directory: Path, size: int) -> tuple[Path, str]:
 def ferry_sha256(port: int, path: str) -> str:
     """The SHA-256 Ferry recorded for a finished upload (its strong ETag)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    response = send(conn, "HEAD", path, {})
-    return response.headers["ETag"].strip('"')
+    response = send(conn, "GET", path, {"Range": "bytes=0-0"})
+    return str(response.headers["ETag"]).strip('"')
 
 
 def main() -> None:
@@ -204,9 +209,13 @@ def main() -> None:
             for label, run_ferry, run_naive, amount, unit in workloads(
                 ferry_server, naive, source, source_sha, size, args
             ):
+                cpu_before = ferry_server.cpu_seconds()
                 seconds_ferry = timed(run_ferry)
+                cpu_ferry = ferry_server.cpu_seconds() - cpu_before
                 clear(ferry_dir / "files")
+                cpu_before = naive.cpu_seconds()
                 seconds_naive = timed(run_naive)
+                cpu_naive = naive.cpu_seconds() - cpu_before
                 clear(work / "naive")
                 rows.append(
                     (label, unit, amount / seconds_ferry, amount / seconds_naive,
@@ -214,7 +223,8 @@ def main() -> None:
                 )
                 print(f"{label:32} ferry {amount / seconds_ferry:8.1f} {unit}  "
                       f"naive {amount / seconds_naive:8.1f} {unit}  "
-                      f"ratio {(seconds_naive / seconds_ferry):5.2f}", flush=True)
+                      f"ratio {(seconds_naive / seconds_ferry):5.2f}  "
+                      f"server CPU s: ferry {cpu_ferry:6.2f} naive {cpu_naive:6.2f}", flush=True)
             print(f"{'peak RSS (VmHWM)':32} ferry {ferry_server.peak_rss_mib():8.1f} MiB   "
                   f"naive {naive.peak_rss_mib():8.1f} MiB")
         finally:

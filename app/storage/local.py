@@ -11,8 +11,8 @@ import anyio
 import anyio.to_thread
 
 from app.storage.backend import StoredObject
+from app.storage.range_reader import read_range_prefetching
 from app.storage.sniff import Category
-from app.storage.staging import read_file_range
 
 
 class LocalBackend:
@@ -74,8 +74,8 @@ class LocalBackend:
         """Nothing lives outside staging for an unfinished local upload."""
 
     async def open_range(self, key: str, start: int, length: int) -> AsyncIterator[bytes]:
-        """Stream a slice of a stored file."""
-        async for block in read_file_range(self.path_for(key), start, length):
+        """Stream a slice of a stored file (big blocks, read one ahead; see range_reader)."""
+        async for block in read_range_prefetching(self.path_for(key), start, length):
             yield block
 
     async def delete(self, key: str) -> None:
@@ -84,15 +84,14 @@ class LocalBackend:
 
 
 def _durable_rename(source: Path, target: Path) -> None:
-    fd = os.open(source, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """Rename and fsync the target folder, so the new name survives a crash.
+
+    The file's bytes were fdatasync'ed when they were staged. If the old name survives a
+    crash too, start-up reconciliation removes it as a staging file without a live upload.
+    """
     os.replace(source, target)
-    for directory in {source.parent, target.parent}:
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    dir_fd = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
