@@ -1,0 +1,112 @@
+"""The pages in a real browser: upload an MP4 through the upload page, play and seek it.
+
+Headless Debian Chromium (``/usr/bin/chromium``, installed by ``scripts/install-test-deps.sh``)
+driven by Playwright; Playwright never downloads a browser. The MP4 is made by ffmpeg in
+the test. The server is a real ``ferry serve`` process.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.services import require_service, running_ferry
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--autoplay-policy=no-user-gesture-required",
+]
+DURATION_SECONDS = 6
+
+
+def make_mp4(path: Path) -> None:
+    """A 6 s H.264 + AAC test pattern, ``moov`` first so playback starts at once."""
+    subprocess.run(
+        [
+            "ffmpeg", "-loglevel", "error", "-y",
+            "-f", "lavfi", "-i", f"testsrc=size=320x240:rate=25:duration={DURATION_SECONDS}",
+            "-f", "lavfi", "-i", f"sine=frequency=440:duration={DURATION_SECONDS}",
+            "-c:v", "libx264", "-pix_fmt", "yuv420p", "-preset", "ultrafast",
+            "-c:a", "aac", "-shortest", "-movflags", "+faststart", str(path),
+        ],
+        check=True,
+        timeout=120,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def browser_page(tmp_path: Path) -> Iterator[Any]:
+    """A fresh Chromium page (and its browser, closed afterwards)."""
+    require_service(CHROMIUM.exists(), "Debian chromium is not installed (/usr/bin/chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            context = browser.new_context(viewport={"width": 1100, "height": 800})
+            yield context.new_page()
+        finally:
+            browser.close()
+
+
+def test_mp4_uploaded_through_the_page_plays_and_seeks_with_206s(
+    tmp_path: Path, browser_page: Any
+) -> None:
+    require_service(shutil.which("ffmpeg") is not None, "ffmpeg is not installed")
+    video = tmp_path / "clip.mp4"
+    make_mp4(video)
+    page = browser_page
+    statuses: list[tuple[int, str]] = []
+    page.on("response", lambda response: statuses.append((response.status, response.url)))
+
+    with running_ferry(tmp_path) as ferry:
+        page.goto(f"{ferry.url}/")
+        page.set_input_files("#file-input", str(video))
+        player_link = page.locator(".finished-item a.player-link")
+        player_link.wait_for(timeout=30_000)
+        page.screenshot(path=str(tmp_path / "upload-page.png"), full_page=True)
+
+        player_link.click()
+        page.wait_for_url(f"{ferry.url}/player/**")
+        page.wait_for_function(
+            "() => { const v = document.getElementById('media'); return v && v.readyState >= 1; }",
+            timeout=30_000,
+        )
+        assert page.locator("#file-sha256").inner_text().strip() != ""
+        signed_link = page.locator("#signed-link").input_value()
+        assert "sig=" in signed_link
+        assert "expires=" in signed_link
+        assert page.eval_on_selector("#media", "v => v.currentSrc") == signed_link
+
+        page.eval_on_selector("#media", "v => { v.muted = true; return v.play(); }")
+        page.wait_for_function(
+            "() => document.getElementById('media').currentTime > 0.5", timeout=30_000
+        )
+        middle = DURATION_SECONDS / 2
+        page.eval_on_selector("#media", f"v => {{ v.currentTime = {middle}; }}")
+        page.wait_for_function(
+            f"() => document.getElementById('media').currentTime > {middle + 0.5}",
+            timeout=30_000,
+        )
+        assert page.eval_on_selector("#media", "v => v.paused") is False
+        assert page.eval_on_selector("#media", "v => v.error") is None
+        page.screenshot(path=str(tmp_path / "player-page.png"), full_page=True)
+
+    media_responses = [status for status, url in statuses if "/files/" in url and "sig=" in url]
+    assert 206 in media_responses, statuses
+    assert all(status in (200, 206) for status in media_responses), statuses
