@@ -108,6 +108,8 @@ class _Shipment:
     scheduled_upto: int = 0
     loaded: bool = False
     lost: bool = False
+    finished: StoredObject | None = None
+    """The object, when the multipart upload turned out to be completed already."""
     last_error: BaseException | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     pump: asyncio.Task[None] | None = None
@@ -136,8 +138,6 @@ class S3Backend:
         self._global_slots: asyncio.Semaphore | None = None
         self.retry_pause_max = 30.0
         """Longest pause between attempts of a background part upload."""
-        self.completion_timeout = 300.0
-        """How long :meth:`store` waits for the remaining parts before answering 503."""
 
     # ------------------------------------------------------------------ life cycle
 
@@ -152,7 +152,7 @@ class S3Backend:
             retries={"mode": "standard", "max_attempts": 5},
             max_pool_connections=max(16, concurrency * 4),
             connect_timeout=5,
-            read_timeout=60,
+            read_timeout=self.settings.s3_timeout_seconds,
             # S3-compatible servers often lack the newer default integrity checksums.
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
@@ -263,30 +263,41 @@ class S3Backend:
             shipment.pump = asyncio.create_task(self._pump(shipment))
 
     async def _pump(self, shipment: _Shipment) -> None:
-        try:
-            async with shipment.lock:
-                await self._ensure_loaded(shipment)
-                while True:
-                    seen = shipment.durable_offset
-                    plan = self._plan_of(shipment)
-                    whole = plan.whole_parts_within(seen)
-                    single = shipment.length is not None and shipment.length <= plan.size_of(1)
-                    if whole == 0 or (single and shipment.multipart is None):
-                        return  # nothing whole yet, or a one-part upload: store() PUTs it
-                    if shipment.multipart is None:
-                        await self._begin_multipart(shipment, plan)
-                    self._schedule_parts(
-                        shipment, range(shipment.scheduled_upto + 1, whole + 1), plan
-                    )
-                    shipment.scheduled_upto = max(shipment.scheduled_upto, whole)
-                    if shipment.durable_offset == seen:
-                        return
-        except TRANSIENT_ERRORS as exc:
-            # S3 is down before the multipart upload exists: the next PATCH tries again.
-            shipment.last_error = exc
-            logger.warning("upload %s: cannot start parts yet: %r", shipment.upload_id, exc)
-        except PartsLost:
-            logger.error("upload %s: S3 lost parts whose staging was reclaimed", shipment.upload_id)
+        """Schedule whole parts; while S3 refuses to start the upload, keep trying."""
+        pause = 0.5
+        while True:
+            try:
+                async with shipment.lock:
+                    await self._ensure_loaded(shipment)
+                    await self._schedule_whole_parts(shipment)
+                return
+            except TRANSIENT_ERRORS as exc:
+                shipment.last_error = exc
+                logger.warning("upload %s: cannot start parts yet: %r", shipment.upload_id, exc)
+            except PartsLost:
+                logger.error("upload %s: S3 lost reclaimed parts", shipment.upload_id)
+                return
+            await asyncio.sleep(pause * (0.5 + random.random()))  # noqa: S311 - jitter
+            pause = min(pause * 2, self.retry_pause_max)
+
+    async def _schedule_whole_parts(self, shipment: _Shipment) -> None:
+        """Start every whole part staged so far, beginning the multipart upload (lock held).
+
+        A one-part upload waits for :meth:`store`, which sends it with one PutObject.
+        """
+        while shipment.finished is None:
+            seen = shipment.durable_offset
+            plan = self._plan_of(shipment)
+            whole = plan.whole_parts_within(seen)
+            single = shipment.length is not None and shipment.length <= plan.size_of(1)
+            if whole == 0 or (single and shipment.multipart is None):
+                return
+            if shipment.multipart is None:
+                await self._begin_multipart(shipment, plan)
+            self._schedule_parts(shipment, range(shipment.scheduled_upto + 1, whole + 1), plan)
+            shipment.scheduled_upto = max(shipment.scheduled_upto, whole)
+            if shipment.durable_offset == seen:
+                return
 
     def _plan_of(self, shipment: _Shipment) -> PartPlan:
         if shipment.multipart is not None:
@@ -437,6 +448,13 @@ class S3Backend:
         }
         in_s3 = await self._list_parts(multipart)
         if in_s3 is None:
+            found = await self._head(multipart.key)
+            if found is not None:
+                # Completed before a crash hid the answer: nothing left to send.
+                shipment.multipart = multipart
+                shipment.finished = found
+                shipment.loaded = True
+                return
             # The multipart upload is gone (aborted outside Ferry): start again if every
             # recorded part is still staged, else the upload cannot be finished.
             if recorded and not await self._all_staged(shipment, recorded.values(), plan):
@@ -535,6 +553,8 @@ class S3Backend:
     ) -> StoredObject:
         async with shipment.lock:
             await self._ensure_loaded(shipment)
+            if shipment.finished is not None and shipment.finished.size == size:
+                return shipment.finished
             plan = self._plan_of(shipment)
             if shipment.multipart is None and size <= plan.size_of(1):
                 return await self._put_single(shipment, size, category, content_type)
@@ -554,24 +574,26 @@ class S3Backend:
         return await self._complete(multipart, [shipment.recorded[p.number] for p in wanted], size)
 
     async def _wait_for_parts(self, shipment: _Shipment, count: int) -> None:
-        deadline = asyncio.get_running_loop().time() + self.completion_timeout
-        while True:
-            pending = [t for t in shipment.in_flight.values() if not t.done()]
-            if not pending:
-                break
-            remaining = deadline - asyncio.get_running_loop().time()
-            if remaining <= 0:
+        """Wait for the scheduled parts; 503 after ``s3_timeout_seconds`` without progress."""
+        loop = asyncio.get_running_loop()
+        # one timed-out attempt plus its retry may pass before a part lands
+        patience = 2.0 * self.settings.s3_timeout_seconds + 5.0
+        last_progress, recorded = loop.time(), len(shipment.recorded)
+        while pending := [t for t in shipment.in_flight.values() if not t.done()]:
+            await asyncio.wait(pending, timeout=1.0)
+            if len(shipment.recorded) != recorded:
+                last_progress, recorded = loop.time(), len(shipment.recorded)
+            elif loop.time() - last_progress > patience:
                 raise ServiceUnavailable(
-                    "object storage did not accept the parts in time; retry later",
+                    "object storage is not accepting parts; retry later",
                     headers={"Retry-After": "10"},
                 )
-            await asyncio.wait(pending, timeout=remaining)
         if not shipment.loaded:
-            # a part found the multipart upload gone; reconcile and send again
+            # A part found the multipart upload gone: reconcile now, send again next time.
             async with shipment.lock:
                 await self._ensure_loaded(shipment)
             raise ServiceUnavailable("the multipart upload was lost; retry to send it again")
-        if len(shipment.recorded) < count and shipment.last_error is not None:
+        if len(shipment.recorded) < count:
             raise ServiceUnavailable("object storage is unavailable; retry later")
 
     async def _put_single(

@@ -51,7 +51,7 @@ class S3View:
         page = self.client.list_multipart_uploads(Bucket=self.endpoint.bucket, Prefix=self.prefix)
         return list(page.get("Uploads", []))
 
-    def keys(self) -> list[str]:
+    def object_keys(self) -> list[str]:
         """Object keys under the prefix."""
         page = self.client.list_objects_v2(Bucket=self.endpoint.bucket, Prefix=self.prefix)
         return [item["Key"] for item in page.get("Contents", [])]

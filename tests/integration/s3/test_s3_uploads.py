@@ -60,7 +60,7 @@ async def test_many_small_patches_become_whole_parts_and_one_verified_object(
     file_info = await s3_client.get(f"/files/{upload_id_of(path)}")
     assert file_info.status_code == 200
     assert file_info.content == data
-    keys = s3_view.keys()
+    keys = s3_view.object_keys()
     assert len(keys) == 1 and keys[0].endswith(upload_id_of(path))
     assert s3_view.sha256_of(keys[0]) == hashlib.sha256(data).hexdigest()
     head_object = s3_view.client.head_object(Bucket=s3_view.endpoint.bucket, Key=keys[0])
@@ -112,7 +112,7 @@ async def test_deferred_length_upload_grows_parts_and_is_never_truncated(
     await send_in_pieces_from(s3_client, path, data[:-77], 0, 3 * MIB)
     last = await patch(s3_client, path, len(data) - 77, data[-77:], Upload_Length=str(len(data)))
     assert last.status_code == 204, last.text
-    keys = s3_view.keys()
+    keys = s3_view.object_keys()
     assert s3_view.sha256_of(keys[0]) == hashlib.sha256(data).hexdigest()
     assert s3_view.open_multipart_uploads() == []
 
@@ -121,7 +121,7 @@ async def test_zero_length_upload_is_an_empty_object(s3_client: Client, s3_view:
     path = await create(s3_client, 0)
     status = await head(s3_client, path)
     assert status.headers["upload-offset"] == "0"
-    keys = s3_view.keys()
+    keys = s3_view.object_keys()
     assert len(keys) == 1
     size = s3_view.client.head_object(Bucket=s3_view.endpoint.bucket, Key=keys[0])["ContentLength"]
     assert size == 0
@@ -135,7 +135,7 @@ async def test_upload_smaller_than_a_part_is_one_put_object(
     data = b"%PDF-1.4\n" + payload(300_000)
     path = await create(s3_client, len(data))
     await send_in_pieces_from(s3_client, path, data, 0, 100_000)
-    keys = s3_view.keys()
+    keys = s3_view.object_keys()
     etag = s3_view.client.head_object(Bucket=s3_view.endpoint.bucket, Key=keys[0])["ETag"]
     assert "-" not in etag, "a PutObject ETag, not a multipart one"
     assert keys[0] == f"{s3_view.prefix}other/{upload_id_of(path)}" or "/" in keys[0]
@@ -152,7 +152,7 @@ async def test_terminate_aborts_the_multipart_upload_and_removes_everything(
     response = await s3_client.delete(path, headers=TUS)
     assert response.status_code == 204
     assert s3_view.open_multipart_uploads() == []
-    assert s3_view.keys() == []
+    assert s3_view.object_keys() == []
     assert not staging_file(s3_settings.data_dir, path).exists()
     assert await ledger_counts(s3_settings) == (0, 0)
 

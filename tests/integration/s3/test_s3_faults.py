@@ -1,0 +1,151 @@
+"""S3 misbehaving (503 SlowDown, resets, stalls, 200-with-error, down) never loses a byte.
+
+Ferry talks to SeaweedFS through :mod:`tests.support.faulty_proxy`; every test ends with
+the object's SHA-256 checked in S3 and no multipart upload left open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+from app.db.engine import migrate
+from app.main import FerryApp, create_app
+from app.settings import Settings
+from tests.conftest import MakeSettings
+from tests.integration.s3.conftest import MIB, PART, S3View
+from tests.integration.tus_helpers import create, patch, upload_id_of
+from tests.support.faulty_proxy import ERROR_IN_200, FaultyProxy, faulty_proxy
+from tests.support.seaweed import S3Endpoint
+
+UPLOAD_PART = "partNumber="
+COMPLETE = ("POST ", "uploadId=")
+
+
+@pytest.fixture
+def proxy(seaweed: S3Endpoint) -> Iterator[FaultyProxy]:
+    with faulty_proxy(seaweed.url) as running:
+        yield running
+
+
+@pytest.fixture(params=["sqlite"])
+def database_url(request: pytest.FixtureRequest, tmp_path) -> str:  # type: ignore[no-untyped-def]
+    """Fault handling is storage logic: one database is enough here (keeps the suite fast)."""
+    return f"sqlite+aiosqlite:///{tmp_path / 'ferry.db'}"
+
+
+@pytest.fixture
+def proxied_settings(
+    make_settings: MakeSettings, seaweed: S3Endpoint, proxy: FaultyProxy, s3_prefix: str
+) -> Settings:
+    values = seaweed.settings_overrides(s3_prefix)
+    values.update(
+        s3_endpoint_url=proxy.url,
+        s3_min_part_size=PART,
+        s3_timeout_seconds=2,
+        s3_staging_budget=12 * MIB,
+    )
+    built = make_settings(**values)
+    migrate(built)
+    return built
+
+
+@pytest.fixture
+async def client(proxied_settings: Settings) -> AsyncIterator[AsyncTestClient[FerryApp]]:
+    app = create_app(proxied_settings)
+    async with AsyncTestClient(app=app, base_url="http://ferry.local") as test_client:
+        app.state.backend.retry_pause_max = 0.5  # retry fast in tests
+        yield test_client
+
+
+def payload(size: int) -> bytes:
+    block = hashlib.sha256(str(size).encode()).digest() * 2048
+    return (block * (size // len(block) + 1))[:size]
+
+
+async def upload_in_pieces(client: AsyncTestClient[FerryApp], data: bytes, piece: int) -> str:
+    path = await create(client, len(data))
+    for offset in range(0, len(data), piece):
+        response = await patch(client, path, offset, data[offset : offset + piece])
+        assert response.status_code == 204, response.text
+    return path
+
+
+def assert_stored_exactly(s3_view: S3View, path: str, data: bytes) -> None:
+    keys = [k for k in s3_view.object_keys() if k.endswith(upload_id_of(path))]
+    assert len(keys) == 1
+    assert s3_view.sha256_of(keys[0]) == hashlib.sha256(data).hexdigest()
+    assert s3_view.open_multipart_uploads() == []
+
+
+async def test_slow_down_503s_on_parts_and_completion_are_retried(
+    client: AsyncTestClient[FerryApp], proxy: FaultyProxy, s3_view: S3View
+) -> None:
+    proxy.respond(UPLOAD_PART, status=503, times=4)
+    proxy.respond(*COMPLETE, status=503, times=2)
+    data = payload(2 * PART + 1000)
+    path = await upload_in_pieces(client, data, 2 * MIB)
+    assert_stored_exactly(s3_view, path, data)
+    assert proxy.count(UPLOAD_PART) >= 3 + 4
+
+
+async def test_connection_resets_during_parts_and_completion_are_retried(
+    client: AsyncTestClient[FerryApp], proxy: FaultyProxy, s3_view: S3View
+) -> None:
+    proxy.reset(UPLOAD_PART, times=3)
+    proxy.reset(*COMPLETE, times=1)
+    data = payload(2 * PART + 5)
+    path = await upload_in_pieces(client, data, 3 * MIB)
+    assert_stored_exactly(s3_view, path, data)
+
+
+async def test_completion_answered_200_with_an_error_body_is_not_taken_for_success(
+    client: AsyncTestClient[FerryApp], proxy: FaultyProxy, s3_view: S3View
+) -> None:
+    proxy.respond(*COMPLETE, status=200, body=ERROR_IN_200, times=1)
+    data = payload(PART + 7)
+    path = await upload_in_pieces(client, data, 3 * MIB)
+    assert_stored_exactly(s3_view, path, data)
+    assert proxy.count(*COMPLETE) >= 2, "the error-in-200 completion was sent again"
+
+
+async def test_stalled_part_upload_times_out_and_is_sent_again(
+    client: AsyncTestClient[FerryApp], proxy: FaultyProxy, s3_view: S3View
+) -> None:
+    proxy.stall(UPLOAD_PART, seconds=6, times=1)
+    data = payload(2 * PART)
+    path = await upload_in_pieces(client, data, 5 * MIB)
+    assert_stored_exactly(s3_view, path, data)
+
+
+async def test_while_s3_is_down_patches_land_in_staging_until_the_budget_then_503(
+    client: AsyncTestClient[FerryApp], proxy: FaultyProxy, s3_view: S3View
+) -> None:
+    proxy.down()
+    data = payload(4 * PART)
+    path = await create(client, len(data))
+    offset = 0
+    refused = None
+    for _ in range(4):
+        response = await patch(client, path, offset, data[offset : offset + PART])
+        if response.status_code == 503:
+            refused = response
+            break
+        assert response.status_code == 204, response.text
+        offset += PART
+    assert refused is not None, "the staging budget (12 MiB) stops PATCHes while S3 is down"
+    assert offset == 3 * PART, "everything under the budget was accepted"
+    assert "retry-after" in refused.headers
+    proxy.up()
+    for _ in range(200):  # the parts staged while S3 was down drain on their own
+        response = await patch(client, path, offset, data[offset:])
+        if response.status_code == 204:
+            break
+        assert response.status_code == 503, response.text
+        await asyncio.sleep(0.1)
+    assert response.status_code == 204
+    assert_stored_exactly(s3_view, path, data)
