@@ -86,6 +86,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     s3_staging_budget: PositiveInt = 8 * 1024 * 1024 * 1024
     """Staged bytes not yet in S3 above which new PATCHes get 503 (S3 down or slow)."""
 
+    s3_timeout_seconds: PositiveInt = 60
+    """S3 read timeout, and how long completion waits for parts without progress (then 503)."""
+
     max_size: NonNegativeInt = 1024**4
     """Largest upload in bytes, announced as ``Tus-Max-Size``."""
 
