@@ -91,8 +91,14 @@ def _listing_filters(
     content_type: str | None,
     created_after: datetime | None,
     created_before: datetime | None,
+    uids: list[uuid.UUID] | None = None,
+    sha256: str | None = None,
 ) -> list[ColumnElement[bool]]:
     conditions: list[ColumnElement[bool]] = []
+    if uids:
+        conditions.append(File.id.in_(uids))
+    if sha256:
+        conditions.append(File.sha256 == sha256.lower())
     if owner is not None:
         conditions.append(File.owner == owner)
     if category:
@@ -129,8 +135,15 @@ async def list_files(
         datetime | None, Parameter(description="exclusive upper bound (ISO 8601)")
     ] = None,
     sort: SortField = "-created",
+    uid: Annotated[
+        list[uuid.UUID] | None,
+        Parameter(description="only these UIDs (repeatable; how `ferry ingest` verifies)"),
+    ] = None,
+    sha256: Annotated[str | None, Parameter(description="only files with this SHA-256")] = None,
 ) -> FilePage:
     """List files, newest first by default; filters combine with AND."""
+    if uid is not None and len(uid) > MAX_PAGE:
+        raise BadRequest(f"at most {MAX_PAGE} uid values per request")
     if created_after and created_before and created_after >= created_before:
         raise BadRequest("created_after must be earlier than created_before")
     descending = sort.startswith("-")
@@ -143,6 +156,8 @@ async def list_files(
             content_type,
             created_after,
             created_before,
+            uid,
+            sha256,
         ),
         LimitOffset(limit=limit, offset=offset),
     ]

@@ -1,0 +1,165 @@
+"""``ferry ingest``: the command-line face of :mod:`app.ingest.runner`."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import click
+
+from app.ingest.journal import DEFAULT_STATE_FILE
+
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+class ByteSize(click.ParamType):  # type: ignore[type-arg]
+    """``64M``, ``512k``, ``1G`` or plain bytes."""
+
+    name = "size"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> int:
+        text = str(value).strip().lower().removesuffix("ib").removesuffix("b")
+        unit = text[-1:] if text[-1:] in _SIZE_UNITS and text[-1:] else ""
+        number = text[: len(text) - len(unit)]
+        try:
+            size = int(float(number) * _SIZE_UNITS[unit])
+        except ValueError:
+            self.fail(f"{value!r} is not a size like 64M, 512k or 1048576", param, ctx)
+        if size <= 0:
+            self.fail("must be positive", param, ctx)
+        return size
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("paths", nargs=-1, required=True)
+@click.option(
+    "--server",
+    envvar="FERRY_SERVER",
+    required=True,
+    help="Base URL of the Ferry server, e.g. http://127.0.0.1:8000 (or FERRY_SERVER).",
+)
+@click.option(
+    "--api-key",
+    envvar="FERRY_API_KEY",
+    default=None,
+    help="API key sent as 'Authorization: Bearer KEY' (or FERRY_API_KEY).",
+)
+@click.option(
+    "--exclude",
+    multiple=True,
+    metavar="PATTERN",
+    help="Skip files whose relative path or any path component matches this glob "
+    "(repeatable), e.g. --exclude '*.tmp' --exclude .git.",
+)
+@click.option(
+    "--follow-symlinks",
+    is_flag=True,
+    help="Follow symbolic links to files and directories (default: skip them).",
+)
+@click.option(
+    "--parallel",
+    "-j",
+    type=click.IntRange(1, 64),
+    default=8,
+    show_default=True,
+    help="Files uploaded at the same time.",
+)
+@click.option(
+    "--chunk-size",
+    type=ByteSize(),
+    default="64M",
+    show_default=True,
+    help="Bytes per tus PATCH request (k, M, G suffixes); smaller chunks lose less on a "
+    "broken link, larger ones make fewer requests.",
+)
+@click.option(
+    "--state",
+    "state_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=DEFAULT_STATE_FILE,
+    show_default=True,
+    help="Journal of upload URLs and verified files; a rerun with the same file resumes "
+    "unfinished uploads and skips verified ones.",
+)
+@click.option(
+    "--retries",
+    type=click.IntRange(0, 100),
+    default=8,
+    show_default=True,
+    help="Retries per file for transient failures (exponential backoff up to 15 s).",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write a machine-readable report (every file's outcome) to this path.",
+)
+@click.option(
+    "--progress",
+    type=click.Choice(["auto", "rich", "plain", "none"]),
+    default="auto",
+    show_default=True,
+    help="Progress display: bars on a terminal (auto), periodic lines (plain), or none.",
+)
+def ingest(
+    paths: tuple[str, ...],
+    server: str,
+    api_key: str | None,
+    exclude: tuple[str, ...],
+    follow_symlinks: bool,
+    parallel: int,
+    chunk_size: int,
+    state_path: Path,
+    retries: int,
+    json_path: Path | None,
+    progress: str,
+) -> None:
+    """Upload files and directory trees to a Ferry server over tus, resumably.
+
+    PATHS are files, directories (walked recursively) or quoted globs ('photos/**/*.jpg').
+    Every file is uploaded once: rerunning the same command after Ctrl-C, kill -9, a lost
+    connection or a server restart resumes unfinished uploads from the server's offset
+    and skips files already verified. Each finished file's SHA-256 is checked against the
+    server's record. Exits with status 1 and names the files that failed.
+    """
+    from rich.console import Console
+
+    from app.ingest.progress import choose_view
+    from app.ingest.report import print_summary, write_json_report
+    from app.ingest.runner import IngestOptions, run_ingest
+
+    options = IngestOptions(
+        server=server,
+        paths=paths,
+        exclude=exclude,
+        follow_symlinks=follow_symlinks,
+        parallel=parallel,
+        chunk_size=chunk_size,
+        state_path=state_path,
+        api_key=api_key,
+        retries=retries,
+    )
+    console = Console()
+    try:
+        report = asyncio.run(run_ingest(options, choose_view(progress, console)))
+    except KeyboardInterrupt:
+        click.echo(
+            f"ferry ingest: interrupted; rerun the same command to resume (state: {state_path})",
+            err=True,
+        )
+        sys.exit(130)
+    if json_path is not None:
+        write_json_report(report, json_path)
+    print_summary(report, console)
+    if not report.files:
+        click.echo("ferry ingest: no files matched", err=True)
+        sys.exit(1)
+    if report.failed:
+        names = ", ".join(item.relative for item in report.failed[:20])
+        more = f" and {len(report.failed) - 20} more" if len(report.failed) > 20 else ""
+        click.echo(f"ferry ingest: {len(report.failed)} file(s) failed: {names}{more}", err=True)
+        sys.exit(1)
