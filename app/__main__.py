@@ -68,5 +68,9 @@ def cleanup() -> None:
     click.echo(f"expired {removed} uploads")
 
 
+from app.ingest.cli import ingest  # noqa: E402 - registered after ``main``
+
+main.add_command(ingest)
+
 if __name__ == "__main__":
     main()
