@@ -1,0 +1,123 @@
+"""tus expiration: Upload-Expires on every answer, 410 after it, the reaper removes files."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+
+import anyio
+import anyio.to_thread
+from click.testing import CliRunner
+from litestar.testing import AsyncTestClient
+
+from app.__main__ import main as ferry_cli
+from app.db.engine import create_engine, create_session_factory, migrate
+from app.main import create_app
+from app.settings import Settings
+from app.storage.local import LocalBackend
+from app.storage.staging import StagingArea
+from app.uploads.service import UploadService
+from tests.conftest import MakeSettings
+from tests.integration.tus_helpers import (
+    OCTETS,
+    TUS,
+    Client,
+    create,
+    head,
+    patch,
+    path_of,
+    staging_file,
+    upload,
+)
+
+
+async def expire_due_now(settings: Settings) -> int:
+    """Run ``UploadService.expire_due()`` once, as the reaper does."""
+    engine = create_engine(settings.resolved_database_url)
+    try:
+        staging = StagingArea(settings.staging_dir)
+        uploads = UploadService(
+            sessions=create_session_factory(engine),
+            staging=staging,
+            backend=LocalBackend(settings.files_dir),
+            settings=settings,
+        )
+        return await uploads.expire_due()
+    finally:
+        await engine.dispose()
+
+
+def parse_expires(value: str) -> datetime:
+    assert value.endswith(" GMT"), value
+    moment = parsedate_to_datetime(value)
+    assert moment.tzinfo is not None
+    return moment
+
+
+async def test_upload_expires_is_an_rfc9110_date_on_post_patch_and_head(
+    client: Client, settings: Settings
+) -> None:
+    now = datetime.now(UTC)
+    created = await client.post("/files/", headers={**TUS, "Upload-Length": "10"})
+    path = path_of(created.headers["location"])
+    patched = await patch(client, path, 0, b"abc")
+    status = await head(client, path)
+    for response in (created, patched, status):
+        expires = parse_expires(response.headers["upload-expires"])
+        ttl = timedelta(seconds=settings.upload_ttl_seconds)
+        assert now + ttl - timedelta(seconds=5) <= expires <= now + ttl + timedelta(seconds=60)
+    # a finished file no longer expires
+    done = await patch(client, path, 3, b"defghij")
+    assert done.status_code == 204
+    assert "upload-expires" not in (await head(client, path)).headers
+
+
+async def test_expired_upload_answers_410_and_reaper_and_cleanup_remove_staging(
+    make_settings: MakeSettings,
+) -> None:
+    short = make_settings(upload_ttl_seconds=1, reaper_interval_seconds=3600)
+    await anyio.to_thread.run_sync(migrate, short)
+    app = create_app(short)
+    async with AsyncTestClient(app=app) as short_client:
+        reaped = await create(short_client, 10)
+        cleaned = await create(short_client, 10)
+        await patch(short_client, reaped, 0, b"abc")
+        await patch(short_client, cleaned, 0, b"abc")
+        finished = await upload(short_client, b"kept forever")
+        await anyio.sleep(1.3)
+        for path in (reaped, cleaned):
+            assert (await head(short_client, path)).status_code == 410
+            late = await short_client.patch(
+                path,
+                content=b"d",
+                headers={**TUS, "Upload-Offset": "3", "Content-Type": OCTETS},
+            )
+            assert late.status_code == 410
+            assert staging_file(short.data_dir, path).exists()
+
+        # the in-process reaper's work: expire_due() (own engine: the app runs in its own loop)
+        assert await expire_due_now(short) == 2
+        assert not staging_file(short.data_dir, reaped).exists()
+        assert not staging_file(short.data_dir, cleaned).exists()
+        assert (await head(short_client, reaped)).status_code == 410
+        assert (await short_client.get(finished)).content == b"kept forever"
+
+        # `ferry cleanup` does the same from the command line
+        stale = await create(short_client, 10)
+        await anyio.sleep(1.3)
+        env = {
+            "FERRY_DATA_DIR": str(short.data_dir),
+            "FERRY_DATABASE_URL": short.resolved_database_url,
+            "FERRY_LOG_DIR": str(short.log_dir),
+            "FERRY_AUTH": "none",
+        }
+        result = await anyio.to_thread.run_sync(
+            lambda: CliRunner().invoke(ferry_cli, ["cleanup"], env=env)
+        )
+        assert result.exit_code == 0, result.output
+        assert "expired 1 uploads" in result.output
+        assert not staging_file(short.data_dir, stale).exists()
+        assert (await head(short_client, stale)).status_code == 410
+        assert (await short_client.get(finished)).content == b"kept forever"
+    assert os.listdir(short.data_dir / "staging") == []
