@@ -204,10 +204,14 @@ async def update_file(
 
 
 @delete("/{uid:uuid}", status_code=HTTP_204_NO_CONTENT)
-async def delete_file(request: AnyRequest, uid: uuid.UUID, files: Files, uploads: Uploads) -> None:
-    """Delete the stored object, the file row and any staging; 204."""
+async def delete_file(request: AnyRequest, uid: uuid.UUID, uploads: Uploads) -> None:
+    """Delete the stored object, the file row and any staging; 204.
+
+    Goes through the upload service (its own sessions): the lock it takes keeps a delete
+    from racing a finishing upload, and on SQLite the one pooled connection stays free.
+    """
     owner = request_owner(request)
-    await files.visible(uid, owner)
+    await uploads.get_file(uid, owner)
     await uploads.terminate(uid, owner)
 
 

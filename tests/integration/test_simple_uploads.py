@@ -22,7 +22,11 @@ PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + os.urandom(200)
 
 def _staging_and_files(settings: Settings) -> tuple[list[Path], list[Path]]:
     staging = list(settings.staging_dir.glob("*")) if settings.staging_dir.exists() else []
-    files = [p for p in settings.files_dir.rglob("*") if p.is_file()] if settings.files_dir.exists() else []
+    files = (
+        [p for p in settings.files_dir.rglob("*") if p.is_file()]
+        if settings.files_dir.exists()
+        else []
+    )
     return staging, files
 
 
@@ -73,9 +77,7 @@ async def test_put_with_wrong_digest_is_422_and_leaves_nothing(
 
 
 @pytest.mark.parametrize("name", ["..", "a\\b", "bad\x01name"])
-async def test_put_refuses_traversal_in_name(
-    client: AsyncTestClient[FerryApp], name: str
-) -> None:
+async def test_put_refuses_traversal_in_name(client: AsyncTestClient[FerryApp], name: str) -> None:
     response = await client.put(f"/api/files/{quote(name, safe='')}", content=b"x")
     assert response.status_code in (400, 404, 405)
     assert (await client.get("/api/files")).json()["total"] == 0
@@ -114,7 +116,9 @@ async def test_multipart_without_file_part_is_400(client: AsyncTestClient[FerryA
 
 
 async def test_post_without_multipart_is_415(client: AsyncTestClient[FerryApp]) -> None:
-    response = await client.post("/api/files", content=b"raw", headers={"Content-Type": "text/plain"})
+    response = await client.post(
+        "/api/files", content=b"raw", headers={"Content-Type": "text/plain"}
+    )
     assert response.status_code == 415
 
 
@@ -134,7 +138,7 @@ def _zero_stream(total: int, piece: int = 1024 * 1024) -> Iterator[bytes]:
 
 def _multipart_stream(boundary: str, name: str, total: int) -> Iterator[bytes]:
     yield (
-        f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n"
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
         "Content-Type: application/octet-stream\r\n\r\n"
     ).encode()
     yield from _zero_stream(total)
@@ -154,7 +158,9 @@ def big_server(tmp_path: Path) -> Iterator[object]:
         yield server
 
 
-def test_multi_gib_put_and_multipart_stream_with_flat_rss(big_server: object, tmp_path: Path) -> None:
+def test_multi_gib_put_and_multipart_stream_with_flat_rss(
+    big_server: object, tmp_path: Path
+) -> None:
     """2 GiB by PUT and 1 GiB by multipart through a real server: peak RSS stays < 150 MiB."""
     from tests.support.services import FerryProcess
 

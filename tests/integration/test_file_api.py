@@ -1,0 +1,143 @@
+"""The JSON file API: listing with pagination, filters and sorting; metadata; rename; delete."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from datetime import UTC, datetime, timedelta
+
+from litestar.testing import AsyncTestClient
+
+from app.main import FerryApp
+from app.settings import Settings
+
+PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + os.urandom(300)
+
+
+async def _put(client: AsyncTestClient[FerryApp], name: str, body: bytes) -> dict[str, object]:
+    response = await client.put(f"/api/files/{name}", content=body)
+    assert response.status_code == 201, response.text
+    data: dict[str, object] = response.json()
+    return data
+
+
+async def _seed(client: AsyncTestClient[FerryApp]) -> list[dict[str, object]]:
+    made = []
+    for index in range(5):
+        made.append(
+            await _put(client, f"report-{index}.txt", f"text {index}\n".encode() * (index + 1))
+        )
+    for index in range(2):
+        made.append(await _put(client, f"photo-{index}.png", PNG + bytes([index])))
+    made.append(await _put(client, "blob.bin", b"\x00\x01\x02" * 100))
+    return made
+
+
+async def test_listing_pages_through_every_file_once(client: AsyncTestClient[FerryApp]) -> None:
+    made = await _seed(client)
+    seen: list[str] = []
+    offset: int | None = 0
+    while offset is not None:
+        page = (await client.get("/api/files", params={"limit": 3, "offset": offset})).json()
+        assert page["total"] == len(made)
+        assert len(page["items"]) <= 3
+        seen += [item["uid"] for item in page["items"]]
+        offset = page["next_offset"]
+    assert sorted(seen) == sorted(str(item["uid"]) for item in made)
+
+
+async def test_listing_filters_combine(client: AsyncTestClient[FerryApp]) -> None:
+    await _seed(client)
+
+    async def names(**params: object) -> list[str]:
+        page = (await client.get("/api/files", params={**params, "sort": "name"})).json()
+        return [item["name"] for item in page["items"]]
+
+    assert await names(category="images") == ["photo-0.png", "photo-1.png"]
+    assert await names(name_prefix="report-") == [f"report-{i}.txt" for i in range(5)]
+    assert await names(content_type="image/png") == ["photo-0.png", "photo-1.png"]
+    assert await names(content_type="image/*") == ["photo-0.png", "photo-1.png"]
+    assert await names(category="text", name_prefix="report-3") == ["report-3.txt"]
+    future = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    past = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
+    assert await names(created_after=future) == []
+    assert len(await names(created_after=past, created_before=future)) == 8
+    bad = await client.get("/api/files", params={"created_after": future, "created_before": past})
+    assert bad.status_code == 400
+
+
+async def test_listing_sorts_by_size_and_name_prefix_is_literal(
+    client: AsyncTestClient[FerryApp],
+) -> None:
+    await _seed(client)
+    await _put(client, "100%_done", b"percent")
+    page = (await client.get("/api/files", params={"sort": "-size"})).json()
+    sizes = [item["size"] for item in page["items"]]
+    assert sizes == sorted(sizes, reverse=True)
+    # LIKE wildcards in a prefix are taken literally.
+    literal = (await client.get("/api/files", params={"name_prefix": "100%"})).json()
+    assert [item["name"] for item in literal["items"]] == ["100%_done"]
+    assert (await client.get("/api/files", params={"name_prefix": "1_0"})).json()["total"] == 0
+
+
+async def test_get_and_patch_metadata_and_name(client: AsyncTestClient[FerryApp]) -> None:
+    made = await _put(client, "draft.txt", b"draft\n")
+    uid = made["uid"]
+    fetched = (await client.get(f"/api/files/{uid}")).json()
+    assert fetched["sha256"] == made["sha256"]
+    patched = await client.patch(
+        f"/api/files/{uid}", json={"name": "final.txt", "metadata": {"project": "Ørsted"}}
+    )
+    assert patched.status_code == 200, patched.text
+    assert patched.json()["name"] == "final.txt"
+    assert patched.json()["metadata"]["project"] == "Ørsted"
+    removed = await client.patch(f"/api/files/{uid}", json={"metadata": {"project": None}})
+    assert "project" not in removed.json()["metadata"]
+    assert (await client.patch(f"/api/files/{uid}", json={"name": "../evil"})).status_code == 400
+    assert (await client.patch(f"/api/files/{uid}", json={"colour": "red"})).status_code == 400
+    download = await client.get(f"/files/{uid}")
+    assert "final.txt" in download.headers["content-disposition"]
+
+
+async def test_delete_removes_object_row_and_is_then_404(
+    client: AsyncTestClient[FerryApp], settings: Settings
+) -> None:
+    made = await _put(client, "gone.bin", os.urandom(1000))
+    uid = made["uid"]
+    stored = [p for p in settings.files_dir.rglob("*") if p.is_file()]
+    assert len(stored) == 1
+    deleted = await client.delete(f"/api/files/{uid}")
+    assert deleted.status_code == 204
+    assert [p for p in settings.files_dir.rglob("*") if p.is_file()] == []
+    assert (await client.get(f"/api/files/{uid}")).status_code == 404
+    assert (await client.get(f"/files/{uid}")).status_code in (404, 410)
+    assert (await client.delete(f"/api/files/{uid}")).status_code == 404
+    assert (await client.get("/api/files")).json()["total"] == 0
+
+
+async def test_unknown_uid_is_404_and_malformed_uid_is_4xx(
+    client: AsyncTestClient[FerryApp],
+) -> None:
+    missing = await client.get("/api/files/8a4f1f7e-0000-4000-8000-000000000000")
+    assert missing.status_code == 404
+    assert 400 <= (await client.get("/api/files/not-a-uid")).status_code < 500
+
+
+async def test_listing_by_uid_and_sha256_for_batch_verification(
+    client: AsyncTestClient[FerryApp],
+) -> None:
+    made = await _seed(client)
+    wanted = [str(made[0]["uid"]), str(made[5]["uid"])]
+    page = (await client.get("/api/files", params=[("uid", u) for u in wanted])).json()
+    assert sorted(item["uid"] for item in page["items"]) == sorted(wanted)
+    by_hash = (await client.get("/api/files", params={"sha256": made[1]["sha256"]})).json()
+    assert [item["uid"] for item in by_hash["items"]] == [made[1]["uid"]]
+
+
+async def test_openapi_schema_documents_the_file_api(client: AsyncTestClient[FerryApp]) -> None:
+    schema = (await client.get("/schema/openapi.json")).json()
+    assert schema["info"]["title"] == "Ferry"
+    assert "/api/files" in schema["paths"]
+    assert "/api/files/{uid}" in schema["paths"]
+    assert not any(path.startswith("/files/") and "{upload_id}" in path for path in schema["paths"])
+    await asyncio.sleep(0)
