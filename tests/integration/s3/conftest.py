@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +22,15 @@ from tests.support.seaweed import MakeS3Settings, S3Endpoint
 MIB = 1024 * 1024
 PART = 5 * MIB
 TEST_PART_SIZE = PART
+
+
+@pytest.fixture
+def database_url(tmp_path: Path) -> str:
+    """SQLite for the S3 tests: the storage logic is what they test, and time is short.
+
+    The ledger's SQL runs on PostgreSQL in the crash tests (``test_s3_crashes.py``).
+    """
+    return f"sqlite+aiosqlite:///{tmp_path / 'ferry.db'}"
 
 
 @pytest.fixture

@@ -32,12 +32,6 @@ def proxy(seaweed: S3Endpoint) -> Iterator[FaultyProxy]:
         yield running
 
 
-@pytest.fixture(params=["sqlite"])
-def database_url(request: pytest.FixtureRequest, tmp_path) -> str:  # type: ignore[no-untyped-def]
-    """Fault handling is storage logic: one database is enough here (keeps the suite fast)."""
-    return f"sqlite+aiosqlite:///{tmp_path / 'ferry.db'}"
-
-
 @pytest.fixture
 def proxied_settings(
     make_settings: MakeSettings, seaweed: S3Endpoint, proxy: FaultyProxy, s3_prefix: str

@@ -1,0 +1,183 @@
+"""``kill -9`` of a real ``ferry serve`` storing in S3, at each dangerous moment.
+
+After the restart the upload resumes from the right offset, completes with the right
+SHA-256 in S3, and no multipart upload is left open. The crash windows are opened
+deterministically with the fault proxy (no test hooks in the server): it forwards a
+request to S3 and keeps the answer, so S3 has done the work the server never hears of.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.integration.s3.conftest import MIB, PART, S3View
+from tests.support.faulty_proxy import FaultyProxy, faulty_proxy
+from tests.support.seaweed import S3Endpoint
+from tests.support.services import FerryProcess, ferry_env, postgres_database
+
+TUS = {"Tus-Resumable": "1.0.0"}
+OCTETS = {"Content-Type": "application/offset+octet-stream"}
+UPLOAD_PART = "partNumber="
+COMPLETE = ("POST ", "uploadId=")
+
+
+@pytest.fixture
+def crash_database_url() -> Iterator[str]:
+    """PostgreSQL, the production database, for the crash tests."""
+    with postgres_database() as url:
+        yield url
+
+
+@pytest.fixture
+def proxy(seaweed: S3Endpoint) -> Iterator[FaultyProxy]:
+    with faulty_proxy(seaweed.url) as running:
+        yield running
+
+
+@pytest.fixture
+def server(
+    tmp_path: Path, seaweed: S3Endpoint, proxy: FaultyProxy, s3_prefix: str, crash_database_url: str
+) -> Iterator[FerryProcess]:
+    """``ferry serve`` on S3 through the proxy; the test kills and restarts it."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    env = ferry_env(
+        data_dir,
+        {
+            **seaweed.env(s3_prefix),
+            "FERRY_S3_ENDPOINT_URL": proxy.url,
+            "FERRY_S3_MIN_PART_SIZE": str(PART),
+            "FERRY_DATABASE_URL": crash_database_url,
+            "FERRY_S3_TIMEOUT_SECONDS": "5",
+        },
+    )
+    process = FerryProcess(data_dir=data_dir, env=env)
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+def payload(size: int) -> bytes:
+    block = hashlib.sha256(b"crash").digest() * 2048
+    return (block * (size // len(block) + 1))[:size]
+
+
+def create(server: FerryProcess, length: int) -> str:
+    response = httpx.post(
+        f"{server.url}/files/", headers={**TUS, "Upload-Length": str(length)}, timeout=30
+    )
+    assert response.status_code == 201, response.text
+    return str(httpx.URL(server.url).join(response.headers["location"]))
+
+
+def send(url: str, offset: int, data: bytes) -> httpx.Response:
+    return httpx.patch(
+        url, content=data, headers={**TUS, **OCTETS, "Upload-Offset": str(offset)}, timeout=60
+    )
+
+
+def offset_of(url: str) -> int:
+    response = httpx.head(url, headers=TUS, timeout=60)
+    assert response.status_code == 200, response.text
+    return int(response.headers["upload-offset"])
+
+
+def finish_from_server_offset(url: str, data: bytes) -> None:
+    offset = offset_of(url)
+    if offset < len(data):
+        response = send(url, offset, data[offset:])
+        assert response.status_code == 204, response.text
+
+
+def assert_complete_in_s3(s3_view: S3View, url: str, data: bytes, parts: int) -> None:
+    uid = url.rstrip("/").rsplit("/", 1)[-1]
+    keys = [k for k in s3_view.object_keys() if k.endswith(uid)]
+    assert len(keys) == 1
+    assert s3_view.sha256_of(keys[0]) == hashlib.sha256(data).hexdigest()
+    etag = s3_view.client.head_object(Bucket=s3_view.endpoint.bucket, Key=keys[0])["ETag"]
+    assert etag.strip('"').endswith(f"-{parts}"), "no duplicate or missing part"
+    assert s3_view.open_multipart_uploads() == []
+
+
+def test_kill_mid_patch_resumes_from_the_durable_offset(
+    server: FerryProcess, s3_view: S3View
+) -> None:
+    data = payload(3 * PART + 100)
+    url = create(server, len(data))
+    assert send(url, 0, data[: 7 * MIB]).status_code == 204
+    release = threading.Event()
+
+    def slow_body() -> Iterator[bytes]:
+        yield data[7 * MIB : 9 * MIB]
+        release.wait(30)
+        yield data[9 * MIB :]
+
+    def patch_in_background() -> None:
+        with contextlib.suppress(httpx.HTTPError):
+            httpx.patch(
+                url,
+                content=slow_body(),
+                headers={**TUS, **OCTETS, "Upload-Offset": str(7 * MIB)},
+                timeout=60,
+            )
+
+    sender = threading.Thread(target=patch_in_background)
+    sender.start()
+    threading.Event().wait(1.0)  # the first 2 MiB reach the server
+    server.kill()
+    release.set()
+    sender.join(30)
+    server.start()
+    assert 7 * MIB <= offset_of(url) <= 9 * MIB
+    finish_from_server_offset(url, data)
+    assert_complete_in_s3(s3_view, url, data, parts=4)
+
+
+def test_kill_after_upload_part_before_the_ledger_commit_sends_the_part_once(
+    server: FerryProcess, proxy: FaultyProxy, s3_view: S3View
+) -> None:
+    data = payload(3 * PART + 10)
+    url = create(server, len(data))
+    proxy.hold_response(UPLOAD_PART, times=1)
+    assert send(url, 0, data[: PART + MIB]).status_code == 204
+    assert proxy.held.wait(30), "S3 got part 1; its answer is held"
+    server.kill()
+    assert len(s3_view.open_multipart_uploads()) == 1, "S3 holds a part the ledger lacks"
+    server.start()
+    assert offset_of(url) == PART + MIB, "acknowledged bytes survived"
+    finish_from_server_offset(url, data)
+    assert_complete_in_s3(s3_view, url, data, parts=4)
+
+
+def test_kill_during_complete_multipart_upload_finishes_on_restart(
+    server: FerryProcess, proxy: FaultyProxy, s3_view: S3View
+) -> None:
+    data = payload(2 * PART + 3)
+    url = create(server, len(data))
+    assert send(url, 0, data[: 2 * PART]).status_code == 204
+    proxy.hold_response(*COMPLETE, times=1)
+    last = threading.Thread(target=lambda: _ignore_errors(send, url, 2 * PART, data[2 * PART :]))
+    last.start()
+    assert proxy.held.wait(30), "S3 completed the object; its answer is held"
+    server.kill()
+    last.join(30)
+    server.start()  # start-up reconciliation finishes the upload
+    assert offset_of(url) == len(data)
+    download = httpx.get(url, timeout=60)
+    assert download.status_code == 200
+    assert hashlib.sha256(download.content).hexdigest() == hashlib.sha256(data).hexdigest()
+    assert_complete_in_s3(s3_view, url, data, parts=3)
+
+
+def _ignore_errors(function, *args) -> None:  # type: ignore[no-untyped-def]
+    with contextlib.suppress(httpx.HTTPError):
+        function(*args)
