@@ -156,6 +156,9 @@ class S3Backend:
             # S3-compatible servers often lack the newer default integrity checksums.
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
+            # Presigned URLs (redirect downloads) in SigV4: botocore presigns S3 in SigV2
+            # by default, and SeaweedFS refuses SigV2 URLs that carry response-* overrides.
+            signature_version="s3v4",
             s3={
                 "addressing_style": "path" if self.settings.s3_endpoint_url else "auto",
                 # UNSIGNED-PAYLOAD: parts carry a CRC32C instead of a SHA-256 signature.
