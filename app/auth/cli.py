@@ -5,18 +5,22 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import click
 
-from app.auth.keys import ApiKeyStore
 from app.settings import SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from app.auth.keys import ApiKeyStore
 
 T = TypeVar("T")
 
 
 def _with_store(action: Callable[[ApiKeyStore], Awaitable[T]]) -> T:
     """Run ``action`` against the configured database (migrated first, like ``serve``)."""
+    # Imported here so that ``ferry --help`` stays fast.
+    from app.auth.keys import ApiKeyStore
     from app.db.engine import create_engine, create_session_factory, migrate
 
     try:

@@ -8,6 +8,8 @@ is retired. A worker on every node claims due rows with a compare-and-set on
 with HMAC-SHA256, and on failure retries with doubling delays up to a limit. The event id
 travels as ``Idempotency-Key``: receivers must expect repeats (at-least-once).
 
+Body: ``{"event", "event_id", "occurred_at", "upload": {...}}`` (``upload`` is the file's
+record for post-finish: id, owner, name, size, sha256, content type, category, metadata).
 Signature: ``Ferry-Signature: sha256=<hex HMAC of "<Ferry-Timestamp>.<body>">``.
 """
 
@@ -23,6 +25,7 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
+import anyio
 import httpx
 import msgspec
 from sqlalchemy import event, select, update
@@ -166,13 +169,20 @@ class WebhookOutbox:
         tried = 0
         for row in due:
             if await self._claim(row):
-                await self._attempt(row)
+                try:
+                    await self._attempt(row)
+                except BaseException:
+                    # Stopping (or a bug) mid-attempt: make the event due again at once
+                    # instead of leaving it claimed until the claim runs out.
+                    with anyio.CancelScope(shield=True):
+                        await self._set(row, next_attempt_at=utcnow())
+                    raise
                 tried += 1
         return tried
 
     async def _claim(self, row: WebhookEvent) -> bool:
         # Push the due time past one delivery's duration; only the node whose CAS wins sends.
-        claimed_until = utcnow() + timedelta(seconds=self._settings.hook_timeout_seconds + 30)
+        claimed_until = utcnow() + timedelta(seconds=self._settings.hook_timeout_seconds + 5)
         async with self._sessions() as session, session.begin():
             result: Any = await session.execute(
                 update(WebhookEvent)
@@ -188,7 +198,12 @@ class WebhookOutbox:
 
     async def _attempt(self, row: WebhookEvent) -> None:
         body = msgspec.json.encode(
-            {"id": str(row.id), "event": row.event, "created_at": row.created_at, **row.payload}
+            {
+                "event": row.event,
+                "event_id": str(row.id),
+                "occurred_at": row.created_at,
+                "upload": row.payload,
+            }
         )
         timestamp = str(int(time.time()))
         headers = {
@@ -245,6 +260,9 @@ class WebhookOutbox:
                 "attempts": attempts,
                 "last_error": error,
             }
+        await self._set(row, **values)
+
+    async def _set(self, row: WebhookEvent, **values: Any) -> None:
         async with self._sessions() as session, session.begin():
             await session.execute(
                 update(WebhookEvent)

@@ -86,7 +86,9 @@ def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-def token(owner: str, *, audience: str = JWT_AUDIENCE, lifetime: int = 300, **claims: object) -> str:
+def token(
+    owner: str, *, audience: str = JWT_AUDIENCE, lifetime: int = 300, **claims: object
+) -> str:
     now = int(time.time())
     payload = {"sub": owner, "aud": audience, "iss": JWT_ISSUER, "iat": now, "exp": now + lifetime}
     payload.update(claims)
@@ -192,9 +194,7 @@ async def test_another_owners_uploads_and_files_answer_404_like_missing_ones(
     for path in (unfinished, finished, partial):
         assert await answers(path) == await answers(missing), path
     assert set(await answers(finished)) == {404}
-    concat = await anon.post(
-        "/files/", headers={**TUS, **bob, "Upload-Concat": f"final;{partial}"}
-    )
+    concat = await anon.post("/files/", headers={**TUS, **bob, "Upload-Concat": f"final;{partial}"})
     assert concat.status_code == 404
     listing = await anon.get("/api/files", headers=bob)
     assert listing.status_code == 200
@@ -256,9 +256,11 @@ def test_rs256_tokens_are_checked_against_the_public_key(tmp_path: object) -> No
     from cryptography.hazmat.primitives.asymmetric import rsa
 
     private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    public_pem = private.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
+    public_pem = (
+        private.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
     settings = load_settings(
         {
             "FERRY_AUTH": "jwt",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import base64
 import json
 import re
-from pathlib import Path
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
@@ -38,7 +38,9 @@ async def ferry(make_settings: MakeSettings) -> AsyncIterator[AppFactory]:
     async def start(**overrides: Any) -> AsyncTestClient[FerryApp]:
         settings = make_settings(**overrides)
         await anyio.to_thread.run_sync(migrate, settings)
-        client = AsyncTestClient(app=_with_owner(create_app(settings)), base_url="http://ferry.local")
+        client = AsyncTestClient(
+            app=_with_owner(create_app(settings)), base_url="http://ferry.local"
+        )
         await client.__aenter__()
         clients.append(client)
         return client
@@ -62,7 +64,9 @@ def _with_owner(app: FerryApp) -> FerryApp:
     return app
 
 
-async def _create(client: AsyncTestClient[FerryApp], length: int, owner: str = "alice", **extra: str) -> Any:
+async def _create(
+    client: AsyncTestClient[FerryApp], length: int, owner: str = "alice", **extra: str
+) -> Any:
     return await client.post(
         "/files/", headers={**TUS, "Upload-Length": str(length), "X-Test-Owner": owner, **extra}
     )
@@ -114,7 +118,9 @@ def _hook_decision(request: Received) -> Answer:
     if name == "broken.bin":
         return Answer(500)
     if name == "rename.txt":
-        return Answer(200, json.dumps({"metadata": {"filename": "renamed.txt", "checked": "yes"}}).encode())
+        return Answer(
+            200, json.dumps({"metadata": {"filename": "renamed.txt", "checked": "yes"}}).encode()
+        )
     if name == "veto.txt":
         return Answer(200, json.dumps({"reject": True, "message": "vetoed by policy"}).encode())
     return Answer(200)
@@ -165,7 +171,10 @@ async def test_unreachable_pre_create_hook_refuses_with_503() -> None:
     from tests.support.services import free_port
 
     settings = load_settings(
-        {"FERRY_PRE_CREATE_HOOK_URL": f"http://127.0.0.1:{free_port()}/", "FERRY_HOOK_TIMEOUT_SECONDS": "1"},
+        {
+            "FERRY_PRE_CREATE_HOOK_URL": f"http://127.0.0.1:{free_port()}/",
+            "FERRY_HOOK_TIMEOUT_SECONDS": "1",
+        },
         env_file=None,
     )
     async with httpx.AsyncClient() as http:
@@ -197,7 +206,9 @@ async def test_metrics_move_as_uploads_happen(ferry: AppFactory) -> None:
     before = (await client.get("/metrics")).text
     created = await _create(client, 2048)
     path = path_of(created.headers["location"])
-    patched = await client.patch(path, content=b"a" * 2048, headers={**TUS, **OCTETS, "Upload-Offset": "0"})
+    patched = await client.patch(
+        path, content=b"a" * 2048, headers={**TUS, **OCTETS, "Upload-Offset": "0"}
+    )
     assert patched.status_code == 204
     wrong = await client.patch(path, content=b"b", headers={**TUS, **OCTETS, "Upload-Offset": "5"})
     assert wrong.status_code in {400, 409, 413}

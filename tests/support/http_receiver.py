@@ -61,7 +61,9 @@ class HttpReceiver:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", "0"))
                 request = Received(
-                    self.path, {k.lower(): v for k, v in self.headers.items()}, self.rfile.read(length)
+                    self.path,
+                    {k.lower(): v for k, v in self.headers.items()},
+                    self.rfile.read(length),
                 )
                 receiver.received.append(request)
                 answer = receiver.respond(request)
