@@ -28,26 +28,46 @@ def main() -> None:
 
 @main.command()
 @click.option("--host", default=None, help="Address to bind (default FERRY_HOST, 127.0.0.1).")
-@click.option("--port", default=None, type=int, help="Port to listen on (default FERRY_PORT, 8000).")
-def serve(host: str | None, port: int | None) -> None:
+@click.option(
+    "--port", default=None, type=int, help="Port to listen on (default FERRY_PORT, 8000)."
+)
+@click.option(
+    "--insecure-no-auth",
+    is_flag=True,
+    help="Allow FERRY_AUTH=none on a non-loopback address (same as FERRY_ALLOW_NO_AUTH=true).",
+)
+def serve(host: str | None, port: int | None, insecure_no_auth: bool) -> None:
     """Apply pending migrations (unless FERRY_AUTO_MIGRATE=false) and serve HTTP."""
     import uvicorn
 
     from app.db.engine import migrate
     from app.main import create_app
+    from app.ops.logs import configure_logging
+    from app.ops.shutdown import FerryServer, refuse_open_bind_without_auth
 
     settings = _settings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    bind = host or settings.host
+    problem = refuse_open_bind_without_auth(settings, bind, forced=insecure_no_auth)
+    if problem:
+        click.echo(f"ferry: {problem}", err=True)
+        sys.exit(2)
     if settings.auto_migrate:
         migrate(settings)
-    uvicorn.run(
-        create_app(settings),
-        host=host or settings.host,
+    app = create_app(settings)
+    # Last: Alembic's and Litestar's logging set-ups would replace these handlers.
+    configure_logging(settings)
+    config = uvicorn.Config(
+        app,
+        host=bind,
         port=port if port is not None else settings.port,
-        log_level="info",
-        timeout_graceful_shutdown=30,
+        log_level=settings.log_level.lower(),
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
         proxy_headers=False,
     )
+    FerryServer(config).run()
 
 
 @main.command()
@@ -71,6 +91,10 @@ def cleanup() -> None:
 from app.ingest.cli import ingest  # noqa: E402 - registered after ``main``
 
 main.add_command(ingest)
+
+from app.auth.cli import keys  # noqa: E402 - the group is defined after ``main``
+
+main.add_command(keys)
 
 if __name__ == "__main__":
     main()

@@ -47,6 +47,13 @@ def request_owner(request: AnyRequest) -> str | None:
     return owner if isinstance(owner, str) else None
 
 
+def request_creator(request: AnyRequest) -> str | None:
+    """Who a new upload belongs to: the caller's name, admins included (``None``: auth off)."""
+    principal = request.scope.get("ferry_principal")
+    name = getattr(principal, "name", None)
+    return name if isinstance(name, str) else request_owner(request)
+
+
 def upload_url(request: AnyRequest, upload_id: object) -> str:
     """Absolute URL of an upload (tus: Location MAY be absolute; every client accepts it)."""
     return f"{str(request.base_url).rstrip('/')}{FILES_PATH}/{upload_id}"
@@ -128,7 +135,7 @@ class TusController(Controller):
                 metadata=metadata,
                 is_partial=is_partial,
                 partial_ids=partial_ids or None,
-                owner=request_owner(request),
+                owner=request_creator(request),
             )
         )
         location = upload_url(request, upload.id)

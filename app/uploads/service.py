@@ -19,7 +19,7 @@ import hashlib
 import logging
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -120,6 +120,11 @@ class UploadService:
             bind_database(sessions)  # S3: its parts ledger lives in the same database
         self.policy = UploadPolicy.from_settings(settings)
         """Validation rules shared by every upload path (:mod:`app.uploads.validation`)."""
+        self.admission: Callable[[NewUpload, int | None], Awaitable[NewUpload]] | None = None
+        """Quotas, rate limit and pre-create hook (:mod:`app.ops.admission`); may refuse or
+        change the metadata of a creation."""
+        self.on_terminated: Callable[[Upload], Awaitable[None]] | None = None
+        """Called after an upload was terminated (the post-terminate webhook)."""
 
     # ------------------------------------------------------------------ reading
 
@@ -183,6 +188,8 @@ class UploadService:
             )
         if length is not None:
             self._check_backend_admits(length)
+        if self.admission is not None:
+            request = await self.admission(request, length)
         upload = Upload(
             id=uuid.uuid4(),
             owner=request.owner,
@@ -212,10 +219,11 @@ class UploadService:
         partials: list[Upload] = []
         for partial_id in ids:
             row = by_id.get(partial_id)
+            if row is None or (owner is not None and row.owner != owner):
+                # Another owner's partial answers like a missing one: 404, no oracle.
+                raise NotFound(f"Upload-Concat names {partial_id}, which does not exist")
             usable = (
-                row is not None
-                and row.is_partial
-                and (owner is None or row.owner == owner)
+                row.is_partial
                 and row.state in LIVE_STATES
                 and not self._is_past_expiry(row)
             )
@@ -654,6 +662,8 @@ class UploadService:
         if token is None:
             raise UploadLocked("the upload is being written; stop that request first")
         await self._retire(upload, token, UploadState.TERMINATED)
+        if self.on_terminated is not None:
+            await self.on_terminated(upload)
 
     async def _retire(self, upload: Upload, token: str, state: UploadState) -> None:
         # The row leaves the live states first, so no request can use the bytes while
