@@ -1,0 +1,152 @@
+"""Signed, expiring links: they stream with ranges and refuse anything tampered or expired."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+
+import httpx
+import pytest
+
+from app.db.engine import migrate
+from app.files.links import sign, verify_signed_request
+from app.settings import Settings
+from tests.conftest import MakeSettings
+from tests.integration.tus_helpers import Client, b64, upload
+
+SIGNING_KEY = "signed-links-test-key-0123456789abcdef"
+DATA = bytes(range(256)) * 64
+
+
+@pytest.fixture
+def settings(make_settings: MakeSettings) -> Settings:
+    """A known signing key, so the test can make links the server did not hand out."""
+    built = make_settings(signing_key=SIGNING_KEY)
+    migrate(built)
+    return built
+
+
+async def _file(client: Client) -> tuple[str, str]:
+    path = await upload(client, DATA, Upload_Metadata=f"filename {b64('song.bin')}")
+    return path, path.rsplit("/", 1)[-1]
+
+
+def _path(url: str) -> str:
+    parsed = httpx.URL(url)
+    return f"{parsed.path}?{parsed.query.decode()}"
+
+
+async def test_link_endpoint_returns_url_and_expiry(client: Client) -> None:
+    _, uid = await _file(client)
+    before = int(time.time())
+    response = await client.post(f"/files/{uid}/link", params={"expires_in": "600"})
+    assert response.status_code == 200
+    body = response.json()
+    assert set(body) == {"url", "expires", "expires_at"}
+    assert before + 600 <= body["expires"] <= int(time.time()) + 600
+    assert body["expires_at"].endswith("Z")
+    assert re.fullmatch(
+        rf"http://ferry\.local/files/{uid}\?expires={body['expires']}&sig=[A-Za-z0-9_-]{{43}}",
+        body["url"],
+    )
+
+
+async def test_signed_link_streams_with_ranges_and_head(client: Client) -> None:
+    _, uid = await _file(client)
+    url = (await client.post(f"/files/{uid}/link")).json()["url"]
+    full = await client.get(_path(url))
+    assert full.status_code == 200
+    assert full.content == DATA
+    ranged = await client.get(_path(url), headers={"Range": "bytes=100-199"})
+    assert ranged.status_code == 206
+    assert ranged.content == DATA[100:200]
+    head = await client.head(_path(url))
+    assert head.status_code == 200
+    assert head.headers["content-length"] == str(len(DATA))
+
+
+async def test_expired_link_is_403(client: Client) -> None:
+    _, uid = await _file(client)
+    expired = int(time.time()) - 1
+    signature = sign(SIGNING_KEY.encode(), uid, expired)
+    response = await client.get(f"/files/{uid}?expires={expired}&sig={signature}")
+    assert response.status_code == 403
+    assert (await client.head(f"/files/{uid}?expires={expired}&sig={signature}")).status_code == 403
+
+
+async def test_changed_truncated_or_borrowed_signature_is_403(client: Client) -> None:
+    _, uid = await _file(client)
+    _, other_uid = await _file(client)
+    url = _path((await client.post(f"/files/{uid}/link")).json()["url"])
+    signature = url.rsplit("sig=", 1)[1]
+    expires = re.search(r"expires=(\d+)", url)
+    assert expires is not None
+    flipped = ("A" if signature[0] != "A" else "B") + signature[1:]
+    tampered = [
+        url.replace(signature, flipped),
+        url.replace(signature, signature[:-1]),
+        url.replace(signature, ""),
+        url.replace(f"expires={expires[1]}", f"expires={int(expires[1]) + 1}"),
+        url.replace(uid, other_uid),  # a signature opens one file only
+        f"/files/{uid}?sig={signature}",  # no expiry
+        f"/files/{uid}?expires={expires[1]}",  # no signature
+    ]
+    for candidate in tampered:
+        response = await client.get(candidate)
+        assert response.status_code == 403, candidate
+
+
+async def test_link_for_a_missing_file_is_404_and_bad_expiry_is_400(client: Client) -> None:
+    assert (await client.post(f"/files/{uuid.uuid4()}/link")).status_code == 404
+    _, uid = await _file(client)
+    for value in ("-5", "abc", "1", str(400 * 24 * 3600)):
+        response = await client.post(f"/files/{uid}/link", params={"expires_in": value})
+        assert response.status_code == 400, value
+
+
+def test_verify_signed_request_is_constant_shape_and_strict() -> None:
+    key = b"k" * 32
+    uid = str(uuid.uuid4())
+    expires = 2_000_000_000
+    signature = sign(key, uid, expires)
+    good = {"expires": str(expires), "sig": signature}
+    assert verify_signed_request(good, uid, key, now=expires - 10)
+    assert verify_signed_request(good, uid.upper(), key, now=expires - 10)  # same UUID
+    assert not verify_signed_request(good, uid, key, now=expires + 1)
+    assert not verify_signed_request(good, uid, b"other key", now=expires - 10)
+    assert not verify_signed_request({**good, "sig": signature + "="}, uid, key, now=0)
+    assert not verify_signed_request({**good, "expires": "1e9"}, uid, key, now=0)
+    assert not verify_signed_request({**good, "sig": "é" * 43}, uid, key, now=0)
+    assert not verify_signed_request(good, "not-a-uuid", key, now=0)
+    assert verify_signed_request(
+        {"expires": [str(expires)], "sig": [signature]}, uid, key, now=0
+    )  # parse_qs-style lists
+
+
+async def test_info_endpoint_describes_the_file(client: Client) -> None:
+    _, uid = await _file(client)
+    response = await client.get(f"/files/{uid}/info")
+    assert response.status_code == 200
+    info = response.json()
+    assert info["name"] == "song.bin"
+    assert info["size"] == len(DATA)
+    assert len(info["sha256"]) == 64
+    assert info["download_url"] == f"/files/{uid}"
+    assert (await client.get(f"/files/{uuid.uuid4()}/info")).status_code == 404
+
+
+async def test_pages_and_assets_are_served_with_a_strict_policy(client: Client) -> None:
+    _, uid = await _file(client)
+    for path in ("/", f"/player/{uid}"):
+        page = await client.get(path)
+        assert page.status_code == 200
+        assert page.headers["content-type"].startswith("text/html")
+        assert "default-src 'self'" in page.headers["content-security-policy"]
+        assert "https://" not in page.text  # no CDN
+    script = await client.get("/static/vendor/tus.min.js")
+    assert script.status_code == 200
+    assert script.headers["x-content-type-options"] == "nosniff"
+    assert (await client.get("/static/vendor/tus-js-client.LICENSE")).status_code == 200
+    assert (await client.get("/player/not-a-uid")).status_code == 404
+    assert (await client.get("/static/../app/main.py")).status_code == 404
