@@ -20,8 +20,10 @@ $(STAMP): pyproject.toml
 test-deps: install
 	bash scripts/install-test-deps.sh
 
+# Local use on loopback needs no key (FERRY_AUTH=none unless set); Ferry refuses auth-off
+# on any other address. Set FERRY_AUTH=keys and run `ferry keys create --owner you` to try auth.
 run: install
-	$(BIN)/ferry serve
+	FERRY_AUTH=$${FERRY_AUTH:-none} $(BIN)/ferry serve
 
 test: test-deps
 	$(BIN)/pytest
@@ -37,6 +39,7 @@ format: install
 
 bench: test-deps
 	$(BIN)/python scripts/bench_upload.py
+	$(BIN)/python scripts/bench_download.py
 
 clean:
 	rm -rf $(VENV) data logs .pytest_cache .mypy_cache .ruff_cache
