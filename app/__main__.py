@@ -93,8 +93,10 @@ from app.ingest.cli import ingest  # noqa: E402 - registered after ``main``
 main.add_command(ingest)
 
 from app.auth.cli import keys  # noqa: E402 - the group is defined after ``main``
+from app.ops.healthcheck import healthcheck  # noqa: E402
 
 main.add_command(keys)
+main.add_command(healthcheck)
 
 if __name__ == "__main__":
     main()
