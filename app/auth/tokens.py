@@ -8,15 +8,31 @@ from typing import Any
 import jwt
 
 from app.auth.principal import Principal
-from app.settings import Settings
+from app.settings import Settings, SettingsError
 
 ADMIN_CLAIM = "ferry_admin"
+
+
+def jwt_settings_problem(settings: Settings) -> str | None:
+    """What is missing for JWT auth, naming the variable; ``None`` when JWTs are off or ready."""
+    if "jwt" not in settings.auth:
+        return None
+    if settings.jwt_algorithm == "HS256" and len(settings.jwt_secret) < 32:
+        return "FERRY_JWT_SECRET: at least 32 characters are needed with FERRY_AUTH=jwt"
+    if settings.jwt_algorithm == "RS256" and not settings.jwt_public_key:
+        return "FERRY_JWT_PUBLIC_KEY: required for RS256 with FERRY_AUTH=jwt"
+    if not settings.jwt_audience:
+        return "FERRY_JWT_AUDIENCE: required with FERRY_AUTH=jwt"
+    return None
 
 
 class JwtVerifier:
     """Checks signature, expiry, issuer and audience; the owner comes from a configured claim."""
 
     def __init__(self, settings: Settings) -> None:
+        problem = jwt_settings_problem(settings)
+        if problem:
+            raise SettingsError(problem)
         self._algorithm = settings.jwt_algorithm
         self._key: Any = settings.jwt_secret
         if self._algorithm == "RS256":

@@ -38,8 +38,13 @@ class FerryServer(uvicorn.Server):
 _LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
 
 
-def refuse_open_bind_without_auth(settings: Settings, host: str, *, forced: bool) -> str | None:
-    """Why serving ``host`` with auth off is refused, or ``None`` when it is allowed."""
+def auth_refusal_for_serving(settings: Settings, host: str, *, forced: bool) -> str | None:
+    """Why serving ``host`` with these auth settings is refused, or ``None`` when allowed."""
+    from app.auth.tokens import jwt_settings_problem
+
+    problem = jwt_settings_problem(settings)
+    if problem:
+        return problem
     if "none" not in settings.auth or forced or settings.allow_no_auth:
         return None
     try:

@@ -280,9 +280,14 @@ def test_rs256_tokens_are_checked_against_the_public_key(tmp_path: object) -> No
 
 
 def test_auth_defaults_to_keys_and_jwt_without_secret_stops_start_up() -> None:
+    from app.ops.shutdown import auth_refusal_for_serving
+
     assert load_settings({}, env_file=None).auth == ("keys",)
+    no_secret = load_settings({"FERRY_AUTH": "keys,jwt", "FERRY_JWT_AUDIENCE": "x"}, env_file=None)
+    problem = auth_refusal_for_serving(no_secret, "127.0.0.1", forced=False)
+    assert problem is not None and problem.startswith("FERRY_JWT_SECRET")
     with pytest.raises(ValueError, match="FERRY_JWT_SECRET"):
-        load_settings({"FERRY_AUTH": "keys,jwt", "FERRY_JWT_AUDIENCE": "x"}, env_file=None)
+        JwtVerifier(no_secret)
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -311,13 +316,13 @@ def test_keys_cli_prints_the_key_alone_and_revokes_it(
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_serve_refuses_a_public_bind_with_auth_off_unless_forced(auth_settings: Settings) -> None:
-    from app.ops.shutdown import refuse_open_bind_without_auth
+    from app.ops.shutdown import auth_refusal_for_serving
 
     off = load_settings({"FERRY_AUTH": "none"}, env_file=None)
-    assert refuse_open_bind_without_auth(off, "127.0.0.1", forced=False) is None
-    assert refuse_open_bind_without_auth(off, "::1", forced=False) is None
-    assert refuse_open_bind_without_auth(off, "0.0.0.0", forced=True) is None
-    assert "FERRY_AUTH=none" in (refuse_open_bind_without_auth(off, "0.0.0.0", forced=False) or "")
+    assert auth_refusal_for_serving(off, "127.0.0.1", forced=False) is None
+    assert auth_refusal_for_serving(off, "::1", forced=False) is None
+    assert auth_refusal_for_serving(off, "0.0.0.0", forced=True) is None
+    assert "FERRY_AUTH=none" in (auth_refusal_for_serving(off, "0.0.0.0", forced=False) or "")
     result = CliRunner().invoke(
         ferry_cli,
         ["serve", "--host", "0.0.0.0"],
