@@ -43,12 +43,12 @@ def serve(host: str | None, port: int | None, insecure_no_auth: bool) -> None:
     from app.db.engine import migrate
     from app.main import create_app
     from app.ops.logs import configure_logging
-    from app.ops.shutdown import FerryServer, refuse_open_bind_without_auth
+    from app.ops.shutdown import FerryServer, auth_refusal_for_serving
 
     settings = _settings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     bind = host or settings.host
-    problem = refuse_open_bind_without_auth(settings, bind, forced=insecure_no_auth)
+    problem = auth_refusal_for_serving(settings, bind, forced=insecure_no_auth)
     if problem:
         click.echo(f"ferry: {problem}", err=True)
         sys.exit(2)

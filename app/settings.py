@@ -304,12 +304,5 @@ def _check_consistency(settings: Settings) -> None:
         raise SettingsError("FERRY_S3_BUCKET: required when FERRY_STORAGE=s3")
     if "none" in settings.auth and len(settings.auth) > 1:
         raise SettingsError("FERRY_AUTH: 'none' cannot be combined with other methods")
-    if "jwt" in settings.auth:
-        if settings.jwt_algorithm == "HS256" and len(settings.jwt_secret) < 32:
-            raise SettingsError("FERRY_JWT_SECRET: at least 32 characters with FERRY_AUTH=jwt")
-        if settings.jwt_algorithm == "RS256" and not settings.jwt_public_key:
-            raise SettingsError("FERRY_JWT_PUBLIC_KEY: required for RS256 with FERRY_AUTH=jwt")
-        if not settings.jwt_audience:
-            raise SettingsError("FERRY_JWT_AUDIENCE: required with FERRY_AUTH=jwt")
     if settings.s3_min_part_size < 5 * 1024 * 1024 and settings.storage == "s3":
         raise SettingsError("FERRY_S3_MIN_PART_SIZE: must be at least 5242880 (5 MiB)")
