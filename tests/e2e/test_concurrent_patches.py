@@ -6,9 +6,13 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import socket
+import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -42,6 +46,34 @@ async def send_patch(client: httpx.AsyncClient, url: str, payload: bytes) -> int
     return response.status_code
 
 
+class SlowPatch(threading.Thread):
+    """A PATCH whose body trickles in over a raw socket; records the final status."""
+
+    def __init__(self, url: str, offset: int, body: bytes) -> None:
+        super().__init__(daemon=True)
+        self.url, self.offset, self.body = url, offset, body
+        self.sent = 0
+        self.status: int | None = None
+
+    def run(self) -> None:
+        parts = urlsplit(self.url)
+        head = (
+            f"PATCH {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+            f"Tus-Resumable: 1.0.0\r\nContent-Type: {OCTETS}\r\n"
+            f"Upload-Offset: {self.offset}\r\nContent-Length: {len(self.body)}\r\n"
+            "Connection: close\r\n\r\n"
+        ).encode()
+        with socket.create_connection((parts.hostname, parts.port or 80), timeout=30) as sock:
+            sock.sendall(head)
+            step = 128 * 1024
+            while self.sent < len(self.body):
+                sock.sendall(self.body[self.sent : self.sent + step])
+                self.sent += min(step, len(self.body) - self.sent)
+                time.sleep(0.03)
+            reply = sock.recv(4096)
+        self.status = int(reply.split(b" ", 2)[1])
+
+
 @pytest.mark.parametrize("database", ["sqlite", "postgres"])
 def test_twenty_simultaneous_patches_at_one_offset_exactly_one_wins(
     tmp_path: Path, database: str
@@ -70,3 +102,35 @@ def test_twenty_simultaneous_patches_at_one_offset_exactly_one_wins(
         assert not (ferry.data_dir / "staging" / url.rsplit("/", 1)[-1]).exists() or (
             read_staging(ferry.data_dir, url) == stored
         )
+
+
+def test_while_a_slow_patch_streams_head_answers_and_a_second_patch_is_refused_quickly(
+    tmp_path: Path,
+) -> None:
+    body = os.urandom(8 * MIB)
+    with running_ferry(tmp_path) as ferry:
+        url = create_upload(ferry.url, len(body))
+        slow = SlowPatch(url, 0, body)
+        slow.start()
+        deadline = time.monotonic() + 30
+        while slow.sent < MIB and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert slow.sent >= MIB
+
+        started = time.monotonic()
+        status = httpx.head(url, headers=TUS, timeout=10)
+        assert status.status_code == 200
+        assert int(status.headers["upload-offset"]) == 0  # nothing committed yet
+        second = httpx.patch(
+            url,
+            content=b"intruder",
+            headers={**TUS, "Upload-Offset": "0", "Content-Type": OCTETS},
+            timeout=10,
+        )
+        assert second.status_code in (409, 423)
+        assert time.monotonic() - started < 3, "HEAD or the refused PATCH waited for the writer"
+
+        slow.join(timeout=60)
+        assert slow.status == 204
+        assert tus_offset(url) == len(body)
+        assert httpx.get(url, timeout=60).content == body

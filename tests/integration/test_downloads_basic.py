@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
+from app.settings import Settings
 from tests.integration.tus_helpers import Client, b64, create, patch, upload
 
 PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 4
@@ -22,6 +23,19 @@ async def test_get_of_a_completed_upload_serves_the_file_with_its_headers(
     disposition = response.headers["content-disposition"]
     assert disposition.startswith("inline;")
     assert 'filename="holiday.png"' in disposition
+
+
+async def test_completed_files_are_filed_by_sniffed_category_under_their_uid(
+    client: Client, settings: Settings
+) -> None:
+    # The client's claimed type does not matter: the bytes decide the folder.
+    image = await upload(client, PNG, Upload_Metadata=f"filetype {b64('text/plain')}")
+    text = await upload(client, b"just some words\n")
+    other = await upload(client, bytes(range(256)) * 8)
+    for path, category in ((image, "images"), (text, "text"), (other, "other")):
+        uid = path.rsplit("/", 1)[-1]
+        assert (settings.files_dir / category / uid).is_file(), category
+        assert not (settings.staging_dir / uid).exists()
 
 
 async def test_plain_head_mirrors_get_headers_without_a_body(client: Client) -> None:
