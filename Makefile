@@ -40,6 +40,7 @@ format: install
 bench: test-deps
 	$(BIN)/python scripts/bench_upload.py
 	$(BIN)/python scripts/bench_download.py
+	$(BIN)/python scripts/bench_ingest.py
 
 clean:
 	rm -rf $(VENV) data logs .pytest_cache .mypy_cache .ruff_cache

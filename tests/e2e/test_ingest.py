@@ -130,7 +130,7 @@ def test_ingest_against_a_refusing_server_fails_naming_the_files(tmp_path: Path)
     report = tmp_path / "report.json"
     with running_ferry(tmp_path, {"FERRY_DENIED_TYPES": "image/png"}) as server:
         run = _ingest(server, tree, state, "--json", str(report), "--exclude", "*.tmp")
-        code, out, err = _finish(run)
+        code, _out, err = _finish(run)
         assert code == 1
         for relative in refused:
             assert relative in err
