@@ -360,9 +360,12 @@ class UploadService:
             self.hashes.record(upload.id, new_offset, running)
         else:
             self.hashes.forget(upload.id)
-        await self.backend.staged_bytes_durable(
-            upload.id, self.staging.path_for(upload.id), new_offset, upload.length
-        )
+        if not upload.is_partial:
+            # A partial upload's bytes stay staged whole until a final upload concatenates
+            # them locally, so no backend may ship (and reclaim) them early.
+            await self.backend.staged_bytes_durable(
+                upload.id, self.staging.path_for(upload.id), new_offset, upload.length
+            )
         if old_offset < SNIFF_SIZE <= new_offset and not upload.is_complete:
             # Validation as early as the magic bytes allow: a refused 50 GB upload stops
             # after its first chunk instead of at completion.
