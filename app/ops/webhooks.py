@@ -131,7 +131,8 @@ class WebhookOutbox:
         return bool(self._settings.webhook_url)
 
     async def upload_terminated(self, upload: Upload) -> None:
-        """Queue a post-terminate event."""
+        """Count the termination and queue a post-terminate event."""
+        metrics.UPLOADS_TERMINATED.inc()
         if not self.enabled:
             return
         async with self._sessions() as session, session.begin():

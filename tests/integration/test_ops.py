@@ -202,6 +202,7 @@ async def test_metrics_move_as_uploads_happen(ferry: AppFactory) -> None:
         "ferry_http_responses_total",
         "ferry_upload_requests_failed_total",
         "ferry_storage_operation_seconds_count",
+        "ferry_uploads_terminated_total",
     ]
     before = (await client.get("/metrics")).text
     created = await _create(client, 2048)
@@ -212,9 +213,12 @@ async def test_metrics_move_as_uploads_happen(ferry: AppFactory) -> None:
     assert patched.status_code == 204
     wrong = await client.patch(path, content=b"b", headers={**TUS, **OCTETS, "Upload-Offset": "5"})
     assert wrong.status_code in {400, 409, 413}
+    other = path_of((await _create(client, 5)).headers["location"])
+    assert (await client.delete(other, headers=TUS)).status_code == 204
     after = (await client.get("/metrics")).text
     moved = {name: _metric(after, name) - _metric(before, name) for name in names}
-    assert moved["ferry_uploads_created_total"] == 1
+    assert moved["ferry_uploads_created_total"] == 2
+    assert moved["ferry_uploads_terminated_total"] == 1
     assert moved["ferry_uploads_finished_total"] == 1
     assert moved["ferry_bytes_received_total"] >= 2048
     assert moved["ferry_patch_duration_seconds_count"] == 2
