@@ -478,7 +478,7 @@ class S3Backend:
         missing: list[_PartRecord] = []
         for number, record in recorded.items():
             seen = in_s3.get(number)
-            if seen is not None and seen[0] == record.size and seen[1] == record.etag:
+            if seen is not None and seen[0] == record.size and _same_etag(seen[1], record.etag):
                 kept[number] = record
             else:
                 missing.append(record)
@@ -798,6 +798,11 @@ def _drop_from(
         in_flight.pop(number, None)
 
     return drop
+
+
+def _same_etag(left: str, right: str) -> bool:
+    """ETags compare without their quotes (servers differ in quoting them)."""
+    return left.strip('"') == right.strip('"')
 
 
 def _error_code(exc: ClientError) -> str:
