@@ -38,7 +38,7 @@ from app.filenames import safe_display_name, validate_name
 from app.files.schemas import FileOut, UploadedFiles, encode_metadata_value, file_out
 from app.request_body import stream_request_body
 from app.settings import Settings
-from app.tus.controller import request_owner
+from app.tus.controller import request_creator
 from app.tus.protocol import ChecksumSpec
 from app.uploads.service import NewUpload, UploadService
 
@@ -210,7 +210,7 @@ async def put_file(
         name=name,
         body=stream_request_body(request, settings.read_timeout_seconds),
         length=request.content_length,
-        owner=request_owner(request),
+        owner=request_creator(request),
         checksum=parse_digest_headers(request.headers),
     )
     out = file_out(stored, str(request.base_url))
@@ -233,7 +233,7 @@ async def post_form(request: AnyRequest, uploads: Uploads, settings: Config) -> 
     form = _FormParts(
         stream_request_body(request, settings.read_timeout_seconds), options["boundary"]
     )
-    owner = request_owner(request)
+    owner = request_creator(request)
     stored: list[File] = []
     try:
         async for segment in form.segments():

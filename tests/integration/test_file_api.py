@@ -6,10 +6,14 @@ import asyncio
 import os
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from litestar.testing import AsyncTestClient
 
-from app.main import FerryApp
+from app.auth.keys import ApiKeyStore
+from app.db.engine import create_engine, create_session_factory, migrate
+from app.main import FerryApp, create_app
 from app.settings import Settings
+from tests.conftest import MakeSettings
 
 PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + os.urandom(300)
 
@@ -141,3 +145,37 @@ async def test_openapi_schema_documents_the_file_api(client: AsyncTestClient[Fer
     assert "/api/files/{uid}" in schema["paths"]
     assert not any(path.startswith("/files/") and "{upload_id}" in path for path in schema["paths"])
     await asyncio.sleep(0)
+
+
+@pytest.fixture
+def keyed_settings(make_settings: MakeSettings) -> Settings:
+    """A Ferry that requires API keys."""
+    built = make_settings(auth=("keys",))
+    migrate(built)
+    return built
+
+
+async def test_another_owners_file_is_invisible_and_answers_404(keyed_settings: Settings) -> None:
+    engine = create_engine(keyed_settings.resolved_database_url)
+    try:
+        store = ApiKeyStore(create_session_factory(engine))
+        alice = {"Authorization": f"Bearer {await store.create('alice')}"}
+        bob = {"Authorization": f"Bearer {await store.create('bob')}"}
+        admin = {"Authorization": f"Bearer {await store.create('root', is_admin=True)}"}
+    finally:
+        await engine.dispose()
+    app = create_app(keyed_settings)
+    async with AsyncTestClient(app=app, base_url="http://ferry.local") as client:
+        assert (await client.get("/api/files")).status_code == 401
+        made = await client.put("/api/files/alice.txt", content=b"mine\n", headers=alice)
+        assert made.status_code == 201, made.text
+        uid = made.json()["uid"]
+        assert (await client.get("/api/files", headers=bob)).json()["total"] == 0
+        assert (await client.get(f"/api/files/{uid}", headers=bob)).status_code == 404
+        assert (
+            await client.patch(f"/api/files/{uid}", json={"name": "x"}, headers=bob)
+        ).status_code == 404
+        assert (await client.delete(f"/api/files/{uid}", headers=bob)).status_code == 404
+        assert (await client.get("/api/files", headers=alice)).json()["total"] == 1
+        assert (await client.get("/api/files", headers=admin)).json()["total"] == 1
+        assert (await client.delete(f"/api/files/{uid}", headers=alice)).status_code == 204
