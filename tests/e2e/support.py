@@ -64,7 +64,13 @@ def create_upload(base_url: str, length: int) -> str:
     return str(httpx.URL(base_url).join(response.headers["location"]))
 
 
-def send_partial_patch(url: str, offset: int, declared: int, body: bytes) -> None:
+def send_partial_patch(
+    url: str,
+    offset: int,
+    declared: int,
+    body: bytes,
+    extra_headers: dict[str, str] | None = None,
+) -> None:
     """PATCH announcing ``declared`` bytes, send only ``body``, then drop the connection.
 
     This is the pulled network cable: the server sees the body end early.
@@ -76,7 +82,9 @@ def send_partial_patch(url: str, offset: int, declared: int, body: bytes) -> Non
         "Tus-Resumable: 1.0.0\r\n"
         f"Content-Type: {OCTETS}\r\n"
         f"Upload-Offset: {offset}\r\n"
-        f"Content-Length: {declared}\r\n\r\n"
+        f"Content-Length: {declared}\r\n"
+        + "".join(f"{name}: {value}\r\n" for name, value in (extra_headers or {}).items())
+        + "\r\n"
     ).encode()
     with socket.create_connection((parts.hostname, parts.port or 80), timeout=10) as sock:
         sock.sendall(request)

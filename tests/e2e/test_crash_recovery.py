@@ -33,33 +33,6 @@ def patch(url: str, offset: int, body: bytes) -> httpx.Response:
     )
 
 
-def test_kill_9_after_half_the_file_then_restart_resumes_at_acknowledged_offset(
-    tmp_path: Path,
-) -> None:
-    source = make_file(tmp_path / "source.bin", 16 * MIB + 99)
-    content = source.read_bytes()
-    half = 8 * MIB
-    with running_ferry(tmp_path) as ferry:
-        url = create_upload(ferry.url, len(content))
-        acknowledged = patch(url, 0, content[:half])
-        assert acknowledged.status_code == 204
-        assert int(acknowledged.headers["upload-offset"]) == half
-
-        ferry.kill()
-        ferry.start()
-
-        assert tus_offset(url) == half
-        assert read_staging(ferry.data_dir, url) == content[:half]
-        rest = patch(url, half, content[half:])
-        assert rest.status_code == 204
-        received, digest = download_sha256(url)
-        etag = httpx.head(url, timeout=10).headers["etag"]
-    assert received == len(content)
-    assert digest == sha256_file(source)
-    # The SHA-256 recorded on the file row survived the restart in the middle of the upload.
-    assert etag == f'"{digest}"'
-
-
 class SlowSender(threading.Thread):
     """Sends a PATCH body slowly over a raw socket until told to stop or the peer dies."""
 
@@ -90,40 +63,57 @@ class SlowSender(threading.Thread):
             pass  # the server was killed under us: that is the point
 
 
-def test_patch_killed_mid_body_restarts_with_staging_equal_to_a_durable_offset(
+def test_kill_9_mid_upload_and_mid_patch_then_restart_resumes_both_identically(
     tmp_path: Path,
 ) -> None:
-    source = make_file(tmp_path / "source.bin", 24 * MIB)
-    content = source.read_bytes()
+    # Upload A: half the file acknowledged, then the server dies between PATCHes.
+    # Upload B: a PATCH body is streaming when the server dies.
+    source_a = make_file(tmp_path / "a.bin", 16 * MIB + 99)
+    source_b = make_file(tmp_path / "b.bin", 24 * MIB)
+    content_a, content_b = source_a.read_bytes(), source_b.read_bytes()
+    half = 8 * MIB
     first = 4 * MIB
     with running_ferry(tmp_path) as ferry:
-        url = create_upload(ferry.url, len(content))
-        assert patch(url, 0, content[:first]).status_code == 204
+        url_a = create_upload(ferry.url, len(content_a))
+        acknowledged = patch(url_a, 0, content_a[:half])
+        assert acknowledged.status_code == 204
+        assert int(acknowledged.headers["upload-offset"]) == half
 
-        sender = SlowSender(url, first, content[first:])
+        url_b = create_upload(ferry.url, len(content_b))
+        assert patch(url_b, 0, content_b[:first]).status_code == 204
+        sender = SlowSender(url_b, first, content_b[first:])
         sender.start()
         deadline = time.monotonic() + 30
         while sender.sent < 6 * MIB and time.monotonic() < deadline:
             time.sleep(0.05)
         assert sender.sent >= 6 * MIB, "the slow PATCH never got going"
+
         ferry.kill()
         sender.stop.set()
         sender.join(timeout=10)
         sent_before_kill = first + sender.sent
-
         ferry.start()
-        offset = tus_offset(url)
-        # Only bytes that were made durable and committed may count; reconciliation cut
-        # the staging file back to exactly that offset.
-        assert first <= offset <= sent_before_kill
-        staged = read_staging(ferry.data_dir, url)
-        assert len(staged) == offset
-        assert staged == content[:offset]
 
-        assert patch(url, offset, content[offset:]).status_code == 204
-        received, digest = download_sha256(url)
-        etag = httpx.head(url, timeout=10).headers["etag"]
-    assert received == len(content)
-    assert digest == sha256_file(source)
-    # The SHA-256 recorded on the file row survived the restart in the middle of the upload.
-    assert etag == f'"{digest}"'
+        # A: exactly the acknowledged bytes, nothing lost.
+        assert tus_offset(url_a) == half
+        assert read_staging(ferry.data_dir, url_a) == content_a[:half]
+        # B: only bytes that were made durable and committed count; reconciliation cut
+        # the staging file back to exactly that offset.
+        offset_b = tus_offset(url_b)
+        assert first <= offset_b <= sent_before_kill
+        staged_b = read_staging(ferry.data_dir, url_b)
+        assert len(staged_b) == offset_b
+        assert staged_b == content_b[:offset_b]
+
+        assert patch(url_a, half, content_a[half:]).status_code == 204
+        assert patch(url_b, offset_b, content_b[offset_b:]).status_code == 204
+        results = {}
+        for url, source in ((url_a, source_a), (url_b, source_b)):
+            received, digest = download_sha256(url)
+            etag = httpx.head(url, timeout=10).headers["etag"]
+            results[url] = (received, digest, etag, source)
+    for received, digest, etag, source in results.values():
+        assert received == source.stat().st_size
+        assert digest == sha256_file(source)
+        # The SHA-256 recorded on the file row survived the restart in the middle.
+        assert etag == f'"{digest}"'

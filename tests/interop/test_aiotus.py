@@ -13,7 +13,7 @@ import yarl
 from aiotus import core, creation
 
 from tests.e2e.support import MIB, download_sha256, make_file, sha256_file, tus_offset
-from tests.support.services import running_ferry
+from tests.support.services import FerryProcess
 
 CHUNK = 1 * MIB
 
@@ -31,7 +31,9 @@ class FailingReader(io.BufferedReader):
         return super().read(size)
 
 
-async def test_aiotus_upload_failing_midway_resumes_at_the_server_offset(tmp_path: Path) -> None:
+async def test_aiotus_upload_failing_midway_resumes_at_the_server_offset(
+    tmp_path: Path, live_ferry: FerryProcess
+) -> None:
     source = make_file(tmp_path / "source.bin", 6 * MIB + 4321)
     size = source.stat().st_size
     patch_offsets: list[int] = []
@@ -47,33 +49,30 @@ async def test_aiotus_upload_failing_midway_resumes_at_the_server_offset(tmp_pat
     trace = aiohttp.TraceConfig()
     trace.on_request_start.append(on_request_start)
 
-    with running_ferry(tmp_path) as ferry:
-        endpoint = yarl.URL(f"{ferry.url}/files/")
-        async with aiohttp.ClientSession(trace_configs=[trace]) as session:
-            with FailingReader(source, fail_after=3 * CHUNK) as broken:
-                location = await creation.create(
-                    session, endpoint, broken, {"filename": b"aiotus.bin"}
-                )
-                if not location.is_absolute():
-                    location = endpoint.join(location)
-                with pytest.raises(OSError, match="simulated failure"):
-                    await core.upload_buffer(session, location, broken, chunksize=CHUNK)
-            acknowledged = tus_offset(str(location))
-            assert acknowledged == 3 * CHUNK
-            assert patch_offsets == [0, CHUNK, 2 * CHUNK]
+    endpoint = yarl.URL(f"{live_ferry.url}/files/")
+    async with aiohttp.ClientSession(trace_configs=[trace]) as session:
+        with FailingReader(source, fail_after=3 * CHUNK) as broken:
+            location = await creation.create(session, endpoint, broken, {"filename": b"aiotus.bin"})
+            if not location.is_absolute():
+                location = endpoint.join(location)
+            with pytest.raises(OSError, match="simulated failure"):
+                await core.upload_buffer(session, location, broken, chunksize=CHUNK)
+        acknowledged = tus_offset(str(location))
+        assert acknowledged == 3 * CHUNK
+        assert patch_offsets == [0, CHUNK, 2 * CHUNK]
 
-            patch_offsets.clear()
-            with source.open("rb") as healthy:
-                await core.upload_buffer(session, location, healthy, chunksize=CHUNK)
-            assert patch_offsets == list(range(acknowledged, size, CHUNK))
-            assert await core.offset(session, location) == size
+        patch_offsets.clear()
+        with source.open("rb") as healthy:
+            await core.upload_buffer(session, location, healthy, chunksize=CHUNK)
+        assert patch_offsets == list(range(acknowledged, size, CHUNK))
+        assert await core.offset(session, location) == size
 
-            # The high-level helper works end to end as well.
-            with source.open("rb") as again:
-                second = await aiotus.upload(endpoint, again, client_session=session)
-            assert second is not None
+        # The high-level helper works end to end as well.
+        with source.open("rb") as again:
+            second = await aiotus.upload(endpoint, again, client_session=session)
+        assert second is not None
 
-        for url in (str(location), str(second)):
-            received, digest = download_sha256(url)
-            assert received == size
-            assert digest == sha256_file(source)
+    for url in (str(location), str(second)):
+        received, digest = download_sha256(url)
+        assert received == size
+        assert digest == sha256_file(source)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.support import MIB, download_sha256, make_file, sha256_file
-from tests.support.services import require_service, running_ferry
+from tests.support.services import FerryProcess, require_service
 
 JS_DIR = Path(__file__).parent / "js"
 
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.node
 
 
 def test_tus_js_client_aborted_upload_resumes_without_resending_and_downloads_identical(
-    tmp_path: Path,
+    tmp_path: Path, live_ferry: FerryProcess
 ) -> None:
     node = shutil.which("node")
     require_service(
@@ -28,26 +28,25 @@ def test_tus_js_client_aborted_upload_resumes_without_resending_and_downloads_id
     assert node is not None
     source = make_file(tmp_path / "source.bin", 24 * MIB + 12345)
     chunk = 4 * MIB
-    with running_ferry(tmp_path) as ferry:
-        result = subprocess.run(
-            [
-                node,
-                str(JS_DIR / "upload.mjs"),
-                f"{ferry.url}/files/",
-                str(source),
-                str(chunk),
-                "3",
-                str(tmp_path / "tus-url-storage.json"),
-            ],
-            cwd=JS_DIR,
-            capture_output=True,
-            text=True,
-            timeout=180,
-            check=False,
-        )
-        assert result.returncode == 0, result.stderr
-        report = json.loads(result.stdout.strip().splitlines()[-1])
-        size, digest = download_sha256(report["resumed_url"])
+    result = subprocess.run(
+        [
+            node,
+            str(JS_DIR / "upload.mjs"),
+            f"{live_ferry.url}/files/",
+            str(source),
+            str(chunk),
+            "3",
+            str(tmp_path / "tus-url-storage.json"),
+        ],
+        cwd=JS_DIR,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    size, digest = download_sha256(report["resumed_url"])
 
     assert report["resumed_url"] == report["first_url"]
     assert report["acknowledged"] == 3 * chunk
