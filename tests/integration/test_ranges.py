@@ -1,6 +1,8 @@
 """RFC 9110 range downloads through the whole app: every rule of the downloads issue.
 
-Runs on SQLite and PostgreSQL (the ``client`` fixture) with the local backend.
+Runs on SQLite and PostgreSQL with the local backend. The tests only read, so one app and
+one uploaded file serve the whole module per database (``shared_settings``);
+``test_ranges_s3`` collects the same tests again with the settings pointing at S3.
 """
 
 from __future__ import annotations
@@ -8,20 +10,65 @@ from __future__ import annotations
 import email.parser
 import email.policy
 import hashlib
-import os
+import random
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from pathlib import Path
+from typing import Any
 
+import msgspec
 import pytest
+from litestar.testing import AsyncTestClient
 
+from app.db.engine import migrate
+from app.main import create_app
+from app.settings import Settings
 from tests.integration.tus_helpers import Client, b64, upload
+from tests.support.services import postgres_database
 
 SIZE = 10_000
-DATA = os.urandom(SIZE)
+DATA = b"\x00" + random.Random(4).randbytes(SIZE - 1)  # sniffs as application/octet-stream
 ETAG = f'"{hashlib.sha256(DATA).hexdigest()}"'
 
 
-@pytest.fixture
+def build_settings(tmp: Path, database_url: str, **overrides: Any) -> Settings:
+    """Migrated settings for an isolated Ferry with auth off."""
+    values: dict[str, Any] = {
+        "data_dir": str(tmp / "data"),
+        "log_dir": str(tmp / "logs"),
+        "database_url": database_url,
+        "auth": ["none"],
+        **overrides,
+    }
+    settings = msgspec.convert(values, Settings, strict=False, dec_hook=lambda _, v: Path(v))
+    migrate(settings)
+    return settings
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def shared_settings(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Settings]:
+    """One Ferry per module and database: these tests never change what they read."""
+    tmp = tmp_path_factory.mktemp("ranges")
+    if request.param == "sqlite":
+        yield build_settings(tmp, f"sqlite+aiosqlite:///{tmp / 'ferry.db'}")
+        return
+    with postgres_database() as url:
+        yield build_settings(tmp, url)
+
+
+@pytest.fixture(scope="module")
+async def client(shared_settings: Settings) -> AsyncIterator[Client]:
+    """The app for the whole module, lifespan included."""
+    async with AsyncTestClient(
+        app=create_app(shared_settings), base_url="http://ferry.local"
+    ) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="module")
 async def file_path(client: Client) -> str:
     """A completed 10,000-byte upload; its URL is the download URL."""
     return await upload(client, DATA, Upload_Metadata=f"filename {b64('clip.bin')}")

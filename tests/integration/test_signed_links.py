@@ -5,26 +5,45 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
+from litestar.testing import AsyncTestClient
 
-from app.db.engine import migrate
 from app.files.links import sign, verify_signed_request
+from app.main import create_app
 from app.settings import Settings
-from tests.conftest import MakeSettings
+from tests.integration.test_ranges import build_settings
 from tests.integration.tus_helpers import Client, b64, upload
+from tests.support.services import postgres_database
 
 SIGNING_KEY = "signed-links-test-key-0123456789abcdef"
 DATA = bytes(range(256)) * 64
 
 
-@pytest.fixture
-def settings(make_settings: MakeSettings) -> Settings:
-    """A known signing key, so the test can make links the server did not hand out."""
-    built = make_settings(signing_key=SIGNING_KEY)
-    migrate(built)
-    return built
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def link_settings(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Settings]:
+    """A known signing key, so tests can make links the server did not hand out; one app
+    per module and database (every test makes its own files)."""
+    tmp = tmp_path_factory.mktemp("links")
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp / 'ferry.db'}"
+        yield build_settings(tmp, url, signing_key=SIGNING_KEY)
+        return
+    with postgres_database() as url:
+        yield build_settings(tmp, url, signing_key=SIGNING_KEY)
+
+
+@pytest.fixture(scope="module")
+async def client(link_settings: Settings) -> AsyncIterator[Client]:
+    """The app for the whole module, lifespan included."""
+    async with AsyncTestClient(
+        app=create_app(link_settings), base_url="http://ferry.local"
+    ) as test_client:
+        yield test_client
 
 
 async def _file(client: Client) -> tuple[str, str]:
