@@ -161,3 +161,40 @@ def test_ingest_help_documents_every_option() -> None:
         "--retries",
     ):
         assert option in result.stdout
+
+
+def test_ingest_with_api_key_from_environment_stores_files_for_that_owner(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    expected = make_tree(tree, 12, seed=5)
+    with running_ferry(tmp_path, {"FERRY_AUTH": "keys"}) as server:
+        key = subprocess.run(
+            [str(FERRY), "keys", "create", "--owner", "carol"],
+            env=server.env,
+            cwd=server.data_dir.parent,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        denied = _ingest(server, tree, tmp_path / "s1.json", "--retries", "0")
+        code, _out, err = _finish(denied)
+        assert code == 1
+        assert "401" in err or "failed" in err
+        run = subprocess.Popen(
+            [
+                str(FERRY),
+                "ingest",
+                str(tree),
+                "--server",
+                server.url,
+                "--state",
+                str(tmp_path / "s2.json"),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**server.env, "FERRY_API_KEY": key},
+        )
+        code, out, err = _finish(run)
+        assert code == 0, (out, err)
+        with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}) as http:
+            page = http.get("/api/files", params={"limit": 100}).json()
+        assert page["total"] == len(expected)
