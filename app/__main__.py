@@ -44,6 +44,7 @@ def serve(host: str | None, port: int | None, insecure_no_auth: bool) -> None:
     from app.main import create_app
     from app.ops.logs import configure_logging
     from app.ops.shutdown import FerryServer, auth_refusal_for_serving
+    from app.server_protocol import TrailerAwareH11Protocol
 
     settings = _settings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -64,6 +65,7 @@ def serve(host: str | None, port: int | None, insecure_no_auth: bool) -> None:
         log_level=settings.log_level.lower(),
         log_config=None,
         access_log=False,
+        http=TrailerAwareH11Protocol,
         timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
         proxy_headers=False,
     )
@@ -88,15 +90,15 @@ def cleanup() -> None:
     click.echo(f"expired {removed} uploads")
 
 
-from app.ingest.cli import ingest  # noqa: E402 - registered after ``main``
-
-main.add_command(ingest)
-
 from app.auth.cli import keys  # noqa: E402 - the group is defined after ``main``
 from app.ops.healthcheck import healthcheck  # noqa: E402
 
 main.add_command(keys)
 main.add_command(healthcheck)
+
+from app.ingest.cli import ingest  # noqa: E402 - registered after ``main``
+
+main.add_command(ingest)
 
 if __name__ == "__main__":
     main()

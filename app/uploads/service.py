@@ -31,7 +31,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.db.models import File, Upload, UploadState
 from app.errors import (
     BadRequest,
-    ChecksumMismatch,
     ClientDisconnected,
     FerryError,
     Forbidden,
@@ -46,7 +45,7 @@ from app.filenames import safe_display_name
 from app.storage.backend import StorageBackend, StoredObject
 from app.storage.sniff import SNIFF_SIZE, category_for, sniff_content_type
 from app.storage.staging import StagingArea
-from app.tus.protocol import ChecksumSpec, ChunkDigest, decode_metadata_value
+from app.tus.protocol import ChecksumSpec, ChunkDigest, ChunkVerifier, decode_metadata_value
 from app.uploads.hashing import RunningHashes
 from app.uploads.locking import UploadLocks, utcnow
 from app.uploads.validation import UploadPolicy
@@ -82,6 +81,8 @@ class AppendRequest:
     owner: str | None = None
     content_length: int | None = None
     checksum: ChecksumSpec | None = None
+    checksum_trailer: Callable[[], str | None] | None = None
+    """checksum-trailer: reads the ``Upload-Checksum`` trailer once the body has ended."""
     declared_length: int | None = None
     """``Upload-Length`` sent with the PATCH, to fix a deferred length."""
 
@@ -329,8 +330,8 @@ class UploadService:
         room: int,
     ) -> Upload:
         running = self.hashes.resume_at(upload.id, upload.offset)
-        chunk_digest = request.checksum.new_digest() if request.checksum else None
-        digests: list[ChunkDigest] = [d for d in (running, chunk_digest) if d is not None]
+        verifier = ChunkVerifier(request.checksum, request.checksum_trailer)
+        digests: list[ChunkDigest] = [*verifier.digests, *([running] if running else [])]
         received = await self._stream_to_staging(upload, token, body, room, digests)
 
         if received.lease_lost:
@@ -339,16 +340,8 @@ class UploadService:
         discard_reason: Exception | None = None
         if received.too_large:
             discard_reason = PayloadTooLarge("the body goes past the upload's end")
-        elif request.checksum is not None and chunk_digest is not None:
-            # checksum extension: a chunk that cannot be verified is discarded whole.
-            if received.disconnected:
-                discard_reason = ClientDisconnected(
-                    "disconnected before the checksum could be checked"
-                )
-            elif chunk_digest.digest() != request.checksum.expected:
-                discard_reason = ChecksumMismatch(
-                    f"the chunk's {request.checksum.algorithm} does not match Upload-Checksum"
-                )
+        elif verifier.active:
+            discard_reason = verifier.failure(disconnected=received.disconnected)
         if discard_reason is not None:
             await self.staging.truncate(upload.id, upload.offset)
             raise discard_reason
