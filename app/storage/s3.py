@@ -175,7 +175,8 @@ class S3Backend:
             config=config,
         )
         self._client = await self._exit_stack.enter_async_context(client)
-        self._global_slots = asyncio.Semaphore(max(concurrency * 4, 8))
+        # S3 servers saturate with a few parts in flight; more only costs memory.
+        self._global_slots = asyncio.Semaphore(concurrency * 2)
 
     async def close(self) -> None:
         """Stop background parts (their bytes stay staged) and close the client."""
@@ -262,6 +263,8 @@ class S3Backend:
         shipment = self._shipment(upload_id, staged_path)
         shipment.durable_offset = max(shipment.durable_offset, durable_offset)
         shipment.length = length
+        if shipment.multipart is None and self._is_single_part(length):
+            return  # store() sends it with one PutObject (and loads the ledger first)
         if shipment.pump is None or shipment.pump.done():
             shipment.pump = asyncio.create_task(self._pump(shipment))
 
@@ -301,6 +304,16 @@ class S3Backend:
             shipment.scheduled_upto = max(shipment.scheduled_upto, whole)
             if shipment.durable_offset == seen:
                 return
+
+    def _is_single_part(self, length: int | None) -> bool:
+        if length is None:
+            return False
+        settings = self.settings
+        try:
+            plan = plan_for_length(length, settings.s3_min_part_size, settings.s3_max_parts)
+        except PartTooLarge:
+            return False
+        return length <= plan.size_of(1)
 
     def _plan_of(self, shipment: _Shipment) -> PartPlan:
         if shipment.multipart is not None:
@@ -433,14 +446,14 @@ class S3Backend:
                     )
                 )
             ).first()
+            if row is None:  # parts rows only ever exist beside a multipart row
+                shipment.multipart = None
+                shipment.recorded = {}
+                shipment.loaded = True
+                return
             rows = (
                 await session.execute(select(parts).where(parts.c.upload_id == shipment.upload_id))
             ).all()
-        if row is None:
-            shipment.multipart = None
-            shipment.recorded = {}
-            shipment.loaded = True
-            return
         plan = PartPlan(
             base_size=row.base_part_size, max_parts=row.max_parts, growth_step=row.growth_step
         )
@@ -678,6 +691,8 @@ class S3Backend:
         if shipment is not None:
             for task in list(shipment.in_flight.values()):
                 task.cancel()
+            if shipment.loaded and shipment.multipart is None:
+                return  # known to have no ledger rows: spare a transaction per small file
         async with self.sessions() as session, session.begin():
             await session.execute(delete(parts).where(parts.c.upload_id == upload_id))
             await session.execute(
