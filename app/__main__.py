@@ -23,7 +23,12 @@ def _settings() -> Settings:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="ferry")
 def main() -> None:
-    """Ferry: resumable uploads (tus 1.0), local or S3 storage, range downloads."""
+    """Ferry: resumable uploads (tus 1.0), local or S3 storage, range downloads.
+
+    Configuration comes from FERRY_* environment variables or a .env file in the working
+    directory (FERRY_DATA_DIR, FERRY_DATABASE_URL, FERRY_STORAGE, FERRY_AUTH, ...; see the
+    README). Run 'ferry COMMAND --help' for each command.
+    """
 
 
 @main.command()
@@ -74,7 +79,11 @@ def serve(host: str | None, port: int | None, insecure_no_auth: bool) -> None:
 
 @main.command()
 def migrate() -> None:
-    """Apply every pending database migration."""
+    """Apply every pending database migration (alembic upgrade heads).
+
+    Uses FERRY_DATABASE_URL (default: a SQLite file under FERRY_DATA_DIR). Safe to run
+    again: an up-to-date database is left as it is.
+    """
     from app.db.engine import migrate as run_migrations
 
     run_migrations(_settings())
@@ -83,7 +92,12 @@ def migrate() -> None:
 
 @main.command()
 def cleanup() -> None:
-    """Expire abandoned uploads now and remove their staging files and S3 leftovers."""
+    """Expire abandoned uploads now and remove their staging files and S3 leftovers.
+
+    An unfinished upload expires FERRY_UPLOAD_TTL_SECONDS after its last activity; the
+    running server does this every FERRY_REAPER_INTERVAL_SECONDS, this command does it at
+    once (e.g. from cron while the server is stopped). Completed files are never touched.
+    """
     from app.cli_tasks import run_cleanup
 
     removed = asyncio.run(run_cleanup(_settings()))
