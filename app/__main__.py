@@ -96,7 +96,7 @@ def cleanup() -> None:
 
     An unfinished upload expires FERRY_UPLOAD_TTL_SECONDS after its last activity; the
     running server does this every FERRY_REAPER_INTERVAL_SECONDS, this command does it at
-    once (e.g. from cron while the server is stopped). Completed files are never touched.
+    once (e.g. from cron). Completed files are never touched.
     """
     from app.cli_tasks import run_cleanup
 
