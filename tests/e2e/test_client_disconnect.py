@@ -59,6 +59,8 @@ def test_disconnect_mid_patch_keeps_received_bytes_and_upload_can_continue(
     received, digest = download_sha256(url)
     assert received == len(content)
     assert digest == sha256_file(source)
+    # the running SHA-256 kept across the cut-off PATCHes is the file's real digest
+    assert httpx.head(url, timeout=10).headers["etag"] == f'"{digest}"'
 
 
 def test_disconnect_mid_patch_with_checksum_discards_the_unverifiable_chunk(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import uuid
 
 import anyio.to_thread
@@ -213,9 +214,14 @@ async def test_malformed_upload_id_is_404_without_touching_disk(
     assert (await head(client, f"/files/{uuid.uuid4()}")).status_code == 404
 
 
-async def test_health_is_200_when_database_and_storage_work(client: Client) -> None:
+async def test_health_is_200_when_database_and_storage_work_and_503_when_storage_is_gone(
+    client: Client, settings: Settings
+) -> None:
     response = await client.get("/health")
     assert response.status_code == 200
+    shutil.rmtree(settings.files_dir)  # the volume holding the files went away
+    broken = await client.get("/health")
+    assert broken.status_code == 503
 
 
 async def test_cors_preflight_and_exposed_headers_for_an_allowed_origin(client: Client) -> None:
