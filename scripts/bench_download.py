@@ -8,7 +8,9 @@ client would cost more CPU than the servers) then measures, per server:
 
 * full GET of the whole file on one connection (median of ``--repeat`` runs), MiB/s;
 * ``--ranges`` random 1 MiB ``Range`` reads on one keep-alive connection: per-request
-  latency p50/p99 and MiB/s.
+  latency p50/p99 and MiB/s;
+* the same with the file in S3 (a SeaweedFS started for the run): Ferry proxying ranged
+  GetObjects against SeaweedFS itself through a presigned URL (``--no-s3`` skips it).
 
 It prints the numbers, the client's CPU seconds, Ferry's ratio to Starlette, and whether
 the targets hold (full GET >= 2x Starlette; p99 of a 1 MiB range <= 20 ms).
@@ -25,6 +27,7 @@ import random
 import resource
 import shutil
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -63,6 +66,7 @@ class RawClient:
     """Blocking HTTP/1.1 keep-alive client that reads bodies into one reused buffer."""
 
     def __init__(self, port: int) -> None:
+        self.port = port
         self.sock = socket.create_connection(("127.0.0.1", port))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buffer = bytearray(RECV_BUFFER)
@@ -71,7 +75,7 @@ class RawClient:
 
     def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, int]:
         """Send a GET, read the whole body; returns (status, body bytes)."""
-        lines = [f"GET {path} HTTP/1.1", "Host: 127.0.0.1"]
+        lines = [f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{self.port}"]
         lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
         self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
         head = self.pending
@@ -121,14 +125,16 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def process_cpu_seconds(pid: int) -> float:
+def process_cpu_seconds(pid: int | None) -> float:
     """CPU time (user + system, all threads) a server process has used so far."""
+    if pid is None:
+        return float("nan")
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def measure(
-    port: int, pid: int, path: str, size: int, repeat: int, ranges: int, seed: int
+    port: int, pid: int | None, path: str, size: int, repeat: int, ranges: int, seed: int
 ) -> Result:
     """Full downloads, then random 1 MiB ranges, against one server."""
     cpu_before = cpu_seconds()
@@ -227,53 +233,36 @@ def stored_file(data_dir: Path, uid: str) -> Path:
     return next((data_dir / "files").glob(f"*/{uid}"))
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size-mib", type=int, default=1024)
-    parser.add_argument("--ranges", type=int, default=1000)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=4)
-    parser.add_argument(
-        "--serve-starlette", nargs=2, metavar=("PATH", "PORT"), help=argparse.SUPPRESS
-    )
-    args = parser.parse_args()
-    if args.serve_starlette:
-        serve_starlette(args.serve_starlette[0], int(args.serve_starlette[1]))
-        return 0
-
+def bench_disk(args: argparse.Namespace, workdir: Path) -> dict[str, Result]:
+    """Ferry on local disk against Starlette's FileResponse of the very same file."""
     size = args.size_mib * MiB
-    workdir = Path(tempfile.mkdtemp(prefix="ferry-bench-dl-"))
     starlette: subprocess.Popen[bytes] | None = None
-    ferry: FerryProcess | None = None
+    data_dir = workdir / "disk" / "data"
+    data_dir.mkdir(parents=True)
+    ferry = FerryProcess(data_dir=data_dir, env=ferry_env(data_dir))
+    ferry.start()
     try:
-        data_dir = workdir / "data"
-        data_dir.mkdir()
         source = workdir / "source.bin"
-        print(f"writing {args.size_mib} MiB of random bytes ...", flush=True)
-        make_source(source, size)
-        ferry = FerryProcess(data_dir=data_dir, env=ferry_env(data_dir))
-        ferry.start()
-        print("uploading it to Ferry ...", flush=True)
+        print("disk: uploading to Ferry ...", flush=True)
         file_path = upload_to_ferry(ferry.port, source, size)
-        source.unlink()
         on_disk = stored_file(data_dir, file_path.rsplit("/", 1)[-1])
         starlette_port = free_port()
         starlette = subprocess.Popen(
             [sys.executable, __file__, "--serve-starlette", str(on_disk), str(starlette_port)],
         )
         wait_for_port(starlette_port)
-
         assert ferry.process is not None
         ferry_pid = ferry.process.pid
         # Warm the page cache once, so neither server pays for the first disk read.
         warm = RawClient(ferry.port)
         warm.get(file_path)
         warm.close()
-        results = {
-            "starlette FileResponse": measure(
+        print("disk: measuring ...", flush=True)
+        return {
+            "disk: starlette FileResponse": measure(
                 starlette_port, starlette.pid, "/file", size, args.repeat, args.ranges, args.seed
             ),
-            "ferry": measure(
+            "disk: ferry": measure(
                 ferry.port, ferry_pid, file_path, size, args.repeat, args.ranges, args.seed
             ),
         }
@@ -281,15 +270,63 @@ def main() -> int:
         if starlette is not None and starlette.poll() is None:
             starlette.terminate()
             starlette.wait(timeout=20)
-        if ferry is not None:
-            ferry.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+        ferry.stop()
 
+
+def bench_s3(args: argparse.Namespace, workdir: Path) -> dict[str, Result]:
+    """Ferry on S3 (SeaweedFS) against SeaweedFS itself through a presigned URL."""
+    import botocore.session
+    from botocore.config import Config
+
+    from tests.support.seaweed import run_seaweedfs
+
+    size = args.size_mib * MiB
+    data_dir = workdir / "s3" / "data"
+    data_dir.mkdir(parents=True)
+    with run_seaweedfs(workdir / "s3", bucket="ferry-bench") as endpoint:
+        ferry = FerryProcess(data_dir=data_dir, env=ferry_env(data_dir, endpoint.env("bench/")))
+        ferry.start()
+        try:
+            print("s3: uploading to Ferry ...", flush=True)
+            file_path = upload_to_ferry(ferry.port, workdir / "source.bin", size)
+            uid = file_path.rsplit("/", 1)[-1]
+            with sqlite3.connect(data_dir / "ferry.db") as db:
+                (key,) = db.execute("SELECT storage_key FROM files WHERE storage = 's3'").fetchone()
+            s3 = botocore.session.get_session().create_client(
+                "s3",
+                endpoint_url=endpoint.url,
+                region_name=endpoint.region,
+                aws_access_key_id=endpoint.access_key,
+                aws_secret_access_key=endpoint.secret_key,
+                config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
+            )
+            presigned = s3.generate_presigned_url(
+                "get_object", Params={"Bucket": endpoint.bucket, "Key": key}, ExpiresIn=3600
+            )
+            direct_path = presigned.split(endpoint.url, 1)[1]
+            s3_port = int(endpoint.url.rsplit(":", 1)[1])
+            assert ferry.process is not None
+            print(f"s3: measuring ({uid}) ...", flush=True)
+            return {
+                "s3: seaweedfs direct": measure(
+                    s3_port, None, direct_path, size, args.repeat, args.ranges, args.seed
+                ),
+                "s3: ferry (proxy)": measure(
+                    ferry.port, ferry.process.pid, file_path, size, args.repeat, args.ranges,
+                    args.seed,
+                ),
+            }  # fmt: skip
+        finally:
+            ferry.stop()
+
+
+def print_results(args: argparse.Namespace, results: dict[str, Result]) -> None:
+    """The table, the ratio and the verdicts."""
     print()
-    print(f"download of {args.size_mib} MiB on disk, {args.ranges} random 1 MiB ranges")
+    print(f"download of {args.size_mib} MiB, {args.ranges} random 1 MiB ranges")
     columns = ("full MiB/s", "p50 ms", "p99 ms", "ranges MiB/s", "srv CPU/full s",
                "srv CPU/range ms", "client CPU s")  # fmt: skip
-    print(f"{'server':<24}" + "".join(f"{c:>17}" for c in columns))
+    print(f"{'server':<30}" + "".join(f"{c:>17}" for c in columns))
     for name, result in results.items():
         values = (
             f"{result.full_mib_s:.0f}",
@@ -300,14 +337,45 @@ def main() -> int:
             f"{result.server_cpu_per_range_ms:.2f}",
             f"{result.client_cpu_s:.1f}",
         )
-        print(f"{name:<24}" + "".join(f"{v:>17}" for v in values))
-    ferry_result = results["ferry"]
-    ratio = ferry_result.full_mib_s / results["starlette FileResponse"].full_mib_s
+        print(f"{name:<30}" + "".join(f"{v:>17}" for v in values))
+    ferry_result = results["disk: ferry"]
+    ratio = ferry_result.full_mib_s / results["disk: starlette FileResponse"].full_mib_s
     verdict = "OK" if ratio >= 2 else "MISSED"
-    print(f"ferry / starlette full GET: {ratio:.2f}x (target >= 2x): {verdict}")
-    verdict = "OK" if ferry_result.range_p99_ms <= 20 else "MISSED"
-    print(f"ferry 1 MiB range p99: {ferry_result.range_p99_ms:.2f} ms (target <= 20 ms): {verdict}")
-    print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(f"disk: ferry / starlette full GET: {ratio:.2f}x (target >= 2x): {verdict}")
+    p99 = ferry_result.range_p99_ms
+    verdict = "OK" if p99 <= 20 else "MISSED"
+    print(f"disk: ferry 1 MiB range p99: {p99:.2f} ms (target <= 20 ms): {verdict}")
+    if "s3: ferry (proxy)" in results:
+        ratio = results["s3: ferry (proxy)"].full_mib_s / results["s3: seaweedfs direct"].full_mib_s
+        print(f"s3: ferry proxy / seaweedfs direct full GET: {ratio:.2f}x")
+    print(f"load average after the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--ranges", type=int, default=1000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=4)
+    parser.add_argument("--no-s3", action="store_true", help="only the local-disk comparison")
+    parser.add_argument(
+        "--serve-starlette", nargs=2, metavar=("PATH", "PORT"), help=argparse.SUPPRESS
+    )
+    args = parser.parse_args()
+    if args.serve_starlette:
+        serve_starlette(args.serve_starlette[0], int(args.serve_starlette[1]))
+        return 0
+
+    workdir = Path(tempfile.mkdtemp(prefix="ferry-bench-dl-"))
+    try:
+        print(f"writing {args.size_mib} MiB of random bytes ...", flush=True)
+        make_source(workdir / "source.bin", args.size_mib * MiB)
+        results = bench_disk(args, workdir)
+        if not args.no_s3:
+            results.update(bench_s3(args, workdir))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print_results(args, results)
     return 0
 
 

@@ -17,7 +17,7 @@ from litestar import Request, Response
 from litestar.response import Stream
 
 from app.db.models import File
-from app.errors import NotFound, PreconditionFailed, RangeNotSatisfiable
+from app.errors import NotFound, PreconditionFailed, RangeNotSatisfiable, ServiceUnavailable
 from app.filenames import content_disposition
 from app.files.links import check_signed_request
 from app.files.ranges import (
@@ -39,6 +39,8 @@ from app.uploads.service import UploadService
 INLINE_TYPES = ("video/", "audio/", "image/", "text/plain")
 INLINE_EXCLUDED = frozenset({"image/svg+xml"})
 DEFAULT_MAX_RANGES = 100
+#: Bodies up to this size are read before the response starts (one local read block).
+EAGER_BODY_LIMIT = 4 * 1024 * 1024
 #: Served files never run script or load anything in our origin, even if a browser sniffs.
 FILE_CSP = (
     "default-src 'none'; img-src 'self'; media-src 'self'; style-src 'unsafe-inline'; sandbox"
@@ -98,7 +100,7 @@ class DownloadService:
         presign = getattr(self.backend, "presigned_get_url", None)
         if self.redirect and presign is not None:
             return await self._redirect(presign, stored)
-        return self.file_response(request, stored, head_only=head_only)
+        return await self.file_response(request, stored, head_only=head_only)
 
     async def _redirect(self, presign: Callable[..., Any], stored: File) -> Response[Any]:
         """307 to a short-lived presigned URL; the object store then answers ranges itself."""
@@ -117,7 +119,7 @@ class DownloadService:
             headers={"Location": str(url), "Cache-Control": "no-store"},
         )
 
-    def file_response(
+    async def file_response(
         self, request: Request[Any, Any, Any], stored: File, *, head_only: bool
     ) -> Response[Any]:
         """The response for one file row."""
@@ -170,7 +172,7 @@ class DownloadService:
         key = stored.storage_key
         if ranges is None:
             headers["Content-Length"] = str(stored.size)
-            return self._body(
+            return await self._body(
                 content_type,
                 200,
                 headers,
@@ -181,16 +183,16 @@ class DownloadService:
             only = ranges[0]
             headers["Content-Range"] = only.content_range(stored.size)
             headers["Content-Length"] = str(only.length)
-            return self._body(
+            return await self._body(
                 content_type,
                 206,
                 headers,
                 head_only,
                 lambda: self.backend.open_range(key, only.start, only.length),
             )
-        return self._multipart(stored, ranges, content_type, headers, head_only)
+        return await self._multipart(stored, ranges, content_type, headers, head_only)
 
-    def _multipart(
+    async def _multipart(
         self,
         stored: File,
         ranges: list[ByteRange],
@@ -221,12 +223,12 @@ class DownloadService:
                     yield block
             yield closing
 
-        return self._body(
+        return await self._body(
             f"multipart/byteranges; boundary={boundary}", 206, headers, head_only, multipart
         )
 
     @staticmethod
-    def _body(
+    async def _body(
         media_type: str,
         status: int,
         headers: dict[str, str],
@@ -238,5 +240,16 @@ class DownloadService:
         if head_only:
             # b"", not None: Litestar cannot "serialize" None as e.g. application/octet-stream.
             return Response(b"", status_code=status, headers=headers, media_type=media_type)
-        # A Stream is a Response whose body is an iterator; typed as bodiless for HEAD's sake.
+        length = int(headers["Content-Length"])
+        if length <= EAGER_BODY_LIMIT:
+            # A player's typical request: one block. Reading it before answering costs the
+            # same memory as streaming it, skips the streaming machinery (a task group and a
+            # disconnect listener per response), and turns a missing or short file into an
+            # error status instead of a connection cut after a 206.
+            blocks = [block async for block in open_stream()]
+            body = b"".join(blocks)
+            if len(body) != length:
+                raise ServiceUnavailable("the stored file is shorter than its record")
+            return Response(body, status_code=status, headers=headers, media_type=media_type)
+        # A Stream is a Response whose body is an iterator.
         return Stream(open_stream(), status_code=status, headers=headers, media_type=media_type)

@@ -44,9 +44,14 @@ class LocalBackend:
         return f"{Category(category).value}/{upload_id}"
 
     def path_for(self, key: str) -> Path:
-        """Absolute path of a stored key; keys are only ever built by :meth:`_key_for`."""
-        path = (self.files_dir / key).resolve()
-        if not path.is_relative_to(self.files_dir.resolve()):
+        """Absolute path of a stored key; keys are only ever built by :meth:`_key_for`.
+
+        The check is lexical (no ``resolve()``): it runs on every download request, and
+        resolving costs an ``lstat`` per path component each time.
+        """
+        root = Path(os.path.abspath(self.files_dir))
+        path = Path(os.path.normpath(root / key))
+        if not path.is_relative_to(root) or path == root:
             raise ValueError(f"storage key {key!r} escapes the files directory")
         return path
 
