@@ -2,13 +2,14 @@
 
 Headless Debian Chromium (``/usr/bin/chromium``, installed by ``scripts/install-test-deps.sh``)
 driven by Playwright; Playwright never downloads a browser. The MP4 is made by ffmpeg in
-the test. The server is a real ``ferry serve`` process.
+the test. The server is a real ``ferry serve`` process, storing on local disk or in S3 (SeaweedFS).
 """
 
 from __future__ import annotations
 
 import shutil
 import subprocess
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -64,17 +65,22 @@ def browser_page(tmp_path: Path) -> Iterator[Any]:
             browser.close()
 
 
+@pytest.mark.parametrize("storage", ["local", "s3"])
 def test_mp4_uploaded_through_the_page_plays_and_seeks_with_206s(
-    tmp_path: Path, browser_page: Any
+    tmp_path: Path, browser_page: Any, storage: str, request: pytest.FixtureRequest
 ) -> None:
     require_service(shutil.which("ffmpeg") is not None, "ffmpeg is not installed")
+    env: dict[str, str] = {}
+    if storage == "s3":
+        seaweed = request.getfixturevalue("seaweed")
+        env = seaweed.env(f"t-{uuid.uuid4().hex[:12]}/")
     video = tmp_path / "clip.mp4"
     make_mp4(video)
     page = browser_page
     statuses: list[tuple[int, str]] = []
     page.on("response", lambda response: statuses.append((response.status, response.url)))
 
-    with running_ferry(tmp_path) as ferry:
+    with running_ferry(tmp_path, env) as ferry:
         page.goto(f"{ferry.url}/")
         page.set_input_files("#file-input", str(video))
         player_link = page.locator(".finished-item a.player-link")
