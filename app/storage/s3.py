@@ -37,6 +37,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy import delete, insert, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.errors import PayloadTooLarge, ServiceUnavailable
@@ -69,6 +70,8 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     asyncio.TimeoutError,
 )
+#: Errors a background task waits out: S3 trouble, or the database holding the ledger.
+RETRYABLE_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT_ERRORS, SQLAlchemyError)
 DOWNLOAD_BLOCK_SIZE = 1024 * 1024
 ORPHAN_GRACE = timedelta(minutes=10)
 """A multipart upload no ledger row names is aborted only when older than this (it may be
@@ -277,7 +280,7 @@ class S3Backend:
                     await self._ensure_loaded(shipment)
                     await self._schedule_whole_parts(shipment)
                 return
-            except TRANSIENT_ERRORS as exc:
+            except RETRYABLE_ERRORS as exc:
                 shipment.last_error = exc
                 logger.warning("upload %s: cannot start parts yet: %r", shipment.upload_id, exc)
             except PartsLost:
@@ -352,7 +355,11 @@ class S3Backend:
                     shipment.last_error = exc
                     return
                 shipment.last_error = exc
-            except TRANSIENT_ERRORS as exc:
+            except FileNotFoundError:
+                return  # the staging file is gone: the upload was finished or removed
+            except RETRYABLE_ERRORS as exc:
+                # S3 or the database (the ledger) is unwell: S3 may hold the part already;
+                # sending it again under the same number replaces it.
                 shipment.last_error = exc
             logger.warning(
                 "upload %s part %d failed (%r); retrying in %.1fs",
