@@ -31,9 +31,20 @@
     player.href = "/player/" + encodeURIComponent(id);
     const download = element("a", "download-link", "Download");
     download.href = "/files/" + encodeURIComponent(id);
+    download.setAttribute("download", file.name);
     item.append(player, download);
     finishedList.prepend(item);
     noFinished.hidden = true;
+    // A signed link downloads without the access key (and can be shared as it is).
+    fetch("/files/" + encodeURIComponent(id) + "/link", {
+      method: "POST",
+      headers: window.ferry.authHeaders(),
+    })
+      .then((response) => (response.ok ? response.json() : null))
+      .then((link) => {
+        if (link) download.href = link.url;
+      })
+      .catch(() => { /* the plain URL still works with a key or without auth */ });
   }
 
   function startUpload(file) {

@@ -85,6 +85,10 @@ def test_mp4_uploaded_through_the_page_plays_and_seeks_with_206s(
         page.set_input_files("#file-input", str(video))
         player_link = page.locator(".finished-item a.player-link")
         player_link.wait_for(timeout=30_000)
+        page.wait_for_function(
+            "() => document.querySelector('.finished-item a.download-link').href.includes('sig=')",
+            timeout=10_000,
+        )  # the finished list links a signed download
         page.screenshot(path=str(tmp_path / "upload-page.png"), full_page=True)
 
         player_link.click()
