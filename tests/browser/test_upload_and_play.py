@@ -14,9 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
-from tests.support.services import require_service, running_ferry
+from tests.support.services import FERRY, require_service, running_ferry
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -48,6 +49,19 @@ def make_mp4(path: Path) -> None:
     )  # fmt: skip
 
 
+def create_api_key(env: dict[str, str], owner: str) -> str:
+    """``ferry keys create`` against the running server's database."""
+    created = subprocess.run(
+        [str(FERRY), "keys", "create", "--owner", owner],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return created.stdout.strip()
+
+
 @pytest.fixture
 def browser_page(tmp_path: Path) -> Iterator[Any]:
     """A fresh Chromium page (and its browser, closed afterwards)."""
@@ -65,15 +79,21 @@ def browser_page(tmp_path: Path) -> Iterator[Any]:
             browser.close()
 
 
-@pytest.mark.parametrize("storage", ["local", "s3"])
+@pytest.mark.parametrize(
+    ("storage", "auth"),
+    [("local", "none"), ("s3", "keys")],
+    ids=["local-disk-no-auth", "s3-with-api-key"],
+)
 def test_mp4_uploaded_through_the_page_plays_and_seeks_with_206s(
-    tmp_path: Path, browser_page: Any, storage: str, request: pytest.FixtureRequest
+    tmp_path: Path, browser_page: Any, storage: str, auth: str, request: pytest.FixtureRequest
 ) -> None:
+    """With auth on, the page sends the key for tus and the JSON calls, and the
+    ``<video>`` (which cannot send it) plays through the signed link."""
     require_service(shutil.which("ffmpeg") is not None, "ffmpeg is not installed")
-    env: dict[str, str] = {}
+    env: dict[str, str] = {"FERRY_AUTH": auth, "FERRY_SIGNING_KEY": "browser-test-signing-key"}
     if storage == "s3":
         seaweed = request.getfixturevalue("seaweed")
-        env = seaweed.env(f"t-{uuid.uuid4().hex[:12]}/")
+        env.update(seaweed.env(f"t-{uuid.uuid4().hex[:12]}/"))
     video = tmp_path / "clip.mp4"
     make_mp4(video)
     page = browser_page
@@ -82,6 +102,11 @@ def test_mp4_uploaded_through_the_page_plays_and_seeks_with_206s(
 
     with running_ferry(tmp_path, env) as ferry:
         page.goto(f"{ferry.url}/")
+        if auth != "none":
+            key = create_api_key(ferry.env, "alice")
+            page.click(".access summary")
+            page.fill("#api-key", key)
+            page.press("#api-key", "Tab")  # "change" stores it for this browser
         page.set_input_files("#file-input", str(video))
         player_link = page.locator(".finished-item a.player-link")
         player_link.wait_for(timeout=30_000)
@@ -116,6 +141,9 @@ def test_mp4_uploaded_through_the_page_plays_and_seeks_with_206s(
         assert page.eval_on_selector("#media", "v => v.paused") is False
         assert page.eval_on_selector("#media", "v => v.error") is None
         page.screenshot(path=str(tmp_path / "player-page.png"), full_page=True)
+        if auth != "none":
+            unsigned = httpx.get(signed_link.split("?", 1)[0], timeout=10)
+            assert unsigned.status_code == 401  # only the signature let the video in
 
     media_responses = [status for status, url in statuses if "/files/" in url and "sig=" in url]
     assert 206 in media_responses, statuses
