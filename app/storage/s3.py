@@ -53,7 +53,12 @@ from app.storage.parts import (
 )
 from app.storage.s3_ledger import multipart_uploads, parts
 from app.storage.sniff import SNIFF_SIZE, Category, category_for, sniff_content_type
-from app.storage.staged_parts import StagedRangeReader, crc32c_of_range, reclaim_range
+from app.storage.staged_parts import (
+    StagedRangeReader,
+    crc32c_of_range,
+    limit_malloc_retention,
+    reclaim_range,
+)
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -151,6 +156,7 @@ class S3Backend:
     async def start(self) -> None:
         """Open the one S3 client of the process."""
         concurrency = self.settings.s3_part_concurrency
+        limit_malloc_retention()
         config = AioConfig(
             retries={"mode": "standard", "max_attempts": 5},
             max_pool_connections=max(16, concurrency * 4),
