@@ -219,6 +219,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     download_redirect_seconds: PositiveInt = 300
     """Lifetime of the presigned URL a redirect download points to."""
 
+    max_ranges: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100
+    """Most byte ranges one ``Range`` header may ask for; more are ignored (the whole file)."""
+
     log_dir: Path = Path("logs")
     """Where ``ferry.log`` and ``error.log`` are written."""
 

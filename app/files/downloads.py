@@ -74,7 +74,7 @@ class DownloadService:
     ) -> None:
         self.uploads = uploads
         self.backend = backend
-        self.max_ranges = max_ranges
+        self.max_ranges = settings.max_ranges if settings is not None else max_ranges
         self.redirect = settings is not None and settings.download_mode == "redirect"
         self.redirect_seconds = settings.download_redirect_seconds if settings else 300
 
