@@ -104,11 +104,11 @@ def test_ingest_killed_with_sigkill_then_rerun_stores_every_file_once(tmp_path: 
 
 def test_ingest_survives_a_server_restart_in_the_middle(tmp_path: Path) -> None:
     tree = tmp_path / "tree"
-    expected = make_tree(tree, 120, big_mib=30, seed=11)
+    expected = make_tree(tree, 60, big_mib=16, seed=11)
     state = tmp_path / "state.json"
     with running_ferry(tmp_path) as server:
         run = _ingest(server, tree, state, "--parallel", "4", "--chunk-size", "2M")
-        _wait_for_journal_lines(state, 60, run)
+        _wait_for_journal_lines(state, 30, run)
         server.kill()
         time.sleep(1.0)
         server.start()
