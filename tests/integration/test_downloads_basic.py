@@ -5,7 +5,15 @@ from __future__ import annotations
 import hashlib
 
 from app.settings import Settings
-from tests.integration.tus_helpers import Client, b64, create, patch, upload
+from tests.integration.tus_helpers import (  # noqa: F401 - fixtures for this module
+    Client,
+    b64,
+    create,
+    database_url,
+    patch,
+    tus_postgres_database,
+    upload,
+)
 
 PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 4
 

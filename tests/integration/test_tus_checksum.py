@@ -8,15 +8,17 @@ import hashlib
 import google_crc32c
 
 from app.settings import Settings
-from tests.integration.tus_helpers import (
+from tests.integration.tus_helpers import (  # noqa: F401 - fixtures for this module
     OCTETS,
     TUS,
     Client,
     create,
+    database_url,
     head,
     patch,
     path_of,
     staging_file,
+    tus_postgres_database,
 )
 
 

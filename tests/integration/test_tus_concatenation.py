@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import uuid
 
-from tests.integration.tus_helpers import TUS, Client, create, head, patch, path_of
+from tests.integration.tus_helpers import (  # noqa: F401 - fixtures for this module
+    TUS,
+    Client,
+    create,
+    database_url,
+    head,
+    patch,
+    path_of,
+    tus_postgres_database,
+)
 
 
 async def create_final(client: Client, *parts: str) -> tuple[int, str]:

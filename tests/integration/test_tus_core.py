@@ -12,7 +12,17 @@ from app.db.engine import migrate
 from app.main import create_app
 from app.settings import Settings
 from tests.conftest import MakeSettings
-from tests.integration.tus_helpers import OCTETS, TUS, Client, create, head, patch, staging_file
+from tests.integration.tus_helpers import (  # noqa: F401 - fixtures for this module
+    OCTETS,
+    TUS,
+    Client,
+    create,
+    database_url,
+    head,
+    patch,
+    staging_file,
+    tus_postgres_database,
+)
 
 
 async def test_options_describes_the_server_without_needing_tus_resumable(

@@ -9,16 +9,18 @@ from app.db.engine import migrate
 from app.main import create_app
 from app.settings import Settings
 from tests.conftest import MakeSettings
-from tests.integration.tus_helpers import (
+from tests.integration.tus_helpers import (  # noqa: F401 - fixtures for this module
     OCTETS,
     TUS,
     Client,
     b64,
     create,
+    database_url,
     head,
     patch,
     path_of,
     staging_file,
+    tus_postgres_database,
 )
 
 

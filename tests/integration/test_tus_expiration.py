@@ -19,15 +19,17 @@ from app.storage.local import LocalBackend
 from app.storage.staging import StagingArea
 from app.uploads.service import UploadService
 from tests.conftest import MakeSettings
-from tests.integration.tus_helpers import (
+from tests.integration.tus_helpers import (  # noqa: F401 - fixtures for this module
     OCTETS,
     TUS,
     Client,
     create,
+    database_url,
     head,
     patch,
     path_of,
     staging_file,
+    tus_postgres_database,
     upload,
 )
 

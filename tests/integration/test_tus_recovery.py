@@ -16,7 +16,16 @@ from app.db.models import Upload
 from app.main import create_app
 from app.settings import Settings
 from tests.conftest import MakeSettings
-from tests.integration.tus_helpers import TUS, Client, create, head, patch, staging_file
+from tests.integration.tus_helpers import (  # noqa: F401 - fixtures for this module
+    TUS,
+    Client,
+    create,
+    database_url,
+    head,
+    patch,
+    staging_file,
+    tus_postgres_database,
+)
 
 
 async def set_upload_columns(settings: Settings, path: str, **values: Any) -> None:

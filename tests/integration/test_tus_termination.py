@@ -3,7 +3,17 @@
 from __future__ import annotations
 
 from app.settings import Settings
-from tests.integration.tus_helpers import TUS, Client, create, head, patch, staging_file, upload
+from tests.integration.tus_helpers import (  # noqa: F401 - fixtures for this module
+    TUS,
+    Client,
+    create,
+    database_url,
+    head,
+    patch,
+    staging_file,
+    tus_postgres_database,
+    upload,
+)
 
 
 async def test_delete_unfinished_upload_is_204_then_gone_and_staging_removed(
