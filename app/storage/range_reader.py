@@ -34,6 +34,14 @@ def _open_for_range(path: Path, start: int, length: int) -> int:
     return fd
 
 
+def _read_once(path: Path, start: int, length: int) -> bytes:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        return os.pread(fd, length, start)
+    finally:
+        os.close(fd)
+
+
 async def read_range_prefetching(path: Path, start: int, length: int) -> AsyncIterator[bytes]:
     """Yield ``length`` bytes of ``path`` from ``start`` in blocks, reading one block ahead.
 
@@ -44,6 +52,12 @@ async def read_range_prefetching(path: Path, start: int, length: int) -> AsyncIt
     if length <= 0:
         return
     loop = asyncio.get_running_loop()
+    if length <= RANGE_BLOCK_SIZE:
+        # A player's typical request: open, read and close in one trip to a thread.
+        block = await loop.run_in_executor(None, _read_once, path, start, length)
+        if block:
+            yield block
+        return
     fd = await loop.run_in_executor(None, _open_for_range, path, start, length)
     end = start + length
     position = start
