@@ -23,7 +23,7 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 from app.auth.keys import KEY_PREFIX, ApiKeyStore
 from app.auth.principal import OWNER_SCOPE_KEY, PRINCIPAL_SCOPE_KEY, Principal
 from app.auth.tokens import JwtVerifier
-from app.errors import Unauthorized
+from app.errors import Forbidden, Unauthorized
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -70,20 +70,20 @@ _PUBLIC_PATHS = re.compile(r"^(/|/health(/.*)?|/metrics|/static/.*|/player/[^/]+
 _SIGNED_LINK_PATH = re.compile(r"^/files/(?P<uid>[^/]+)(?:/info)?/?$")
 
 
-def _is_signed_link(scope: Scope) -> bool:
-    """Whether the request is a GET/HEAD of one file with a valid signed link.
+def _signed_link_verdict(scope: Scope) -> bool | None:
+    """``None`` when the request is no signed-link download, else whether its link is valid.
 
     The signature is checked here, not just its presence: an unchecked ``?sig=`` would open
-    the tus HEAD at the same URL to anyone. An invalid one falls back to the bearer check.
+    the tus HEAD at the same URL to anyone.
     """
     if scope.get("method") not in {"GET", "HEAD"}:
-        return False
+        return None
     match = _SIGNED_LINK_PATH.match(scope["path"])
     if match is None or b"sig=" not in scope.get("query_string", b""):
-        return False
+        return None
     signer = getattr(scope["litestar_app"].state, "link_signer", None)
     if signer is None:
-        return False
+        return None
     query = {key: value for key, value in parse_qsl(scope["query_string"].decode("latin-1"))}
     if not signer.verify(query, match["uid"]):
         return False
@@ -115,11 +115,15 @@ class AuthenticationMiddleware(ASGIMiddleware):
         if authenticator is None:
             # Auth is required but start-up did not build the authenticator: fail closed.
             raise Unauthorized("authentication is not available", headers=dict(CHALLENGE))
-        if _is_signed_link(scope):
-            await next_app(scope, receive, send)
-            return
         headers = dict(scope["headers"])
         raw = headers.get(b"authorization")
+        verdict = _signed_link_verdict(scope)
+        if verdict:
+            await next_app(scope, receive, send)
+            return
+        if verdict is False and raw is None:
+            # An expired, changed or truncated link is refused as such, not as a missing login.
+            raise Forbidden("the signed link is invalid or has expired")
         principal = await authenticator.principal_for(raw.decode("latin-1") if raw else None)
         scope[PRINCIPAL_SCOPE_KEY] = principal  # type: ignore[literal-required]
         if not principal.is_admin:

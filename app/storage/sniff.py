@@ -14,6 +14,10 @@ TEXT_APPLICATION_TYPES = frozenset(
 )
 
 
+#: puremagic names a few types outside the IANA registry; browsers know the standard ones.
+NONSTANDARD_TYPES = {"text/ascii": "text/plain", "text/utf-8": "text/plain"}
+
+
 class Category(enum.StrEnum):
     """Folders of the original service: where a completed file is filed."""
 
@@ -32,7 +36,7 @@ def sniff_content_type(head: bytes) -> str:
     except (puremagic.PureError, ValueError):
         mime = ""
     if mime:
-        return str(mime)
+        return NONSTANDARD_TYPES.get(str(mime), str(mime))
     return "text/plain" if _looks_like_text(head) else "application/octet-stream"
 
 
