@@ -255,7 +255,11 @@ class UploadService:
                 f"the body of {request.content_length} bytes goes past the upload's end "
                 f"({room} bytes left)"
             )
-        if upload.state == UploadState.COMPLETED or (room == 0 and length is not None):
+        if upload.state == UploadState.COMPLETED or (
+            room == 0 and length is not None and length == upload.length
+        ):
+            # Nothing to write or record. A deferred length declared equal to the offset
+            # (an empty final PATCH) must go on, to record the length and finish.
             return upload
         check_staging_room = getattr(self.backend, "check_staging_room", None)
         if check_staging_room is not None:
