@@ -200,3 +200,20 @@ async def test_deferred_length_is_announced_then_set_by_a_later_patch_and_then_f
     assert (await head(client, path)).headers["upload-offset"] == "5"
     assert (await patch(client, path, 5, b"fgh", Upload_Length="8")).status_code == 204
     assert (await client.get(path)).content == b"abcdefgh"
+
+
+async def test_deferred_length_declared_by_an_empty_final_patch_completes_the_upload(
+    client: Client,
+) -> None:
+    # tus-js-client does this when a stream ends exactly on a chunk boundary.
+    path = await create(client, None, Upload_Defer_Length="1")
+    assert (await patch(client, path, 0, b"abc")).status_code == 204
+    final = await patch(client, path, 3, b"", Upload_Length="3")
+    assert final.status_code == 204
+    assert final.headers["upload-offset"] == "3"
+    status = await head(client, path)
+    assert status.headers["upload-length"] == "3"
+    assert "upload-defer-length" not in status.headers
+    download = await client.get(path)
+    assert download.status_code == 200
+    assert download.content == b"abc"
