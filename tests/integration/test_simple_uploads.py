@@ -15,6 +15,10 @@ from litestar.testing import AsyncTestClient
 
 from app.main import FerryApp
 from app.settings import Settings
+from tests.integration.tus_helpers import (  # noqa: F401 - per-module PostgreSQL database
+    database_url,
+    tus_postgres_database,
+)
 from tests.support.services import postgres_database, running_ferry
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + os.urandom(200)

@@ -15,6 +15,10 @@ from app.db.models import File, Upload, UploadState
 from app.main import FerryApp, create_app
 from app.settings import Settings
 from tests.conftest import MakeSettings
+from tests.integration.tus_helpers import (  # noqa: F401 - per-module PostgreSQL database
+    database_url,
+    tus_postgres_database,
+)
 
 PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + os.urandom(20_000)
 TEXT = b"just some words\n" * 1000
