@@ -560,8 +560,9 @@ class UploadService:
 
         Returns ``False`` while some partial is unfinished (concatenation-unfinished).
         """
-        if final.is_complete:
-            return True
+        if final.is_complete and final.offset > 0:
+            return True  # assembled before a crash stopped it from being filed
+        # (Only assembly sets a final's offset, so an empty final still gets its empty file.)
         part_ids = [uuid.UUID(p) for p in final.concat_parts or []]
         async with self._sessions() as session:
             rows = (await session.scalars(select(Upload).where(Upload.id.in_(set(part_ids))))).all()
