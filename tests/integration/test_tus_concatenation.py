@@ -105,3 +105,14 @@ async def test_final_created_before_its_partials_finish_completes_when_they_do(
     done = await head(client, final)
     assert done.headers["upload-offset"] == done.headers["upload-length"] == "7"
     assert (await client.get(final)).content == b"abcdefg"
+
+
+async def test_final_of_empty_partials_is_an_empty_file(client: Client) -> None:
+    empty = await create(client, 0, Upload_Concat="partial")
+    status, final = await create_final(client, empty, empty)
+    assert status == 201
+    done = await head(client, final)
+    assert done.headers["upload-offset"] == done.headers["upload-length"] == "0"
+    download = await client.get(final)
+    assert download.status_code == 200
+    assert download.content == b""
