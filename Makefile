@@ -41,6 +41,7 @@ bench: test-deps
 	$(BIN)/python scripts/bench_upload.py
 	$(BIN)/python scripts/bench_download.py
 	$(BIN)/python scripts/bench_ingest.py
+	$(BIN)/python scripts/bench_s3.py
 
 clean:
 	rm -rf $(VENV) data logs .pytest_cache .mypy_cache .ruff_cache
