@@ -7,6 +7,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.e2e.support import MIB, download_sha256, make_file, sha256_file
@@ -17,15 +18,21 @@ JS_DIR = Path(__file__).parent / "js"
 pytestmark = pytest.mark.node
 
 
-def test_tus_js_client_aborted_upload_resumes_without_resending_and_downloads_identical(
-    tmp_path: Path, live_ferry: FerryProcess
-) -> None:
+def node_or_skip() -> str:
+    """The node binary, once node and the npm packages are known to be installed."""
     node = shutil.which("node")
     require_service(
         bool(node) and (JS_DIR / "node_modules" / "tus-js-client").is_dir(),
         "node and tests/interop/js/node_modules (run scripts/install-test-deps.sh)",
     )
     assert node is not None
+    return node
+
+
+def test_tus_js_client_aborted_upload_resumes_without_resending_and_downloads_identical(
+    tmp_path: Path, live_ferry: FerryProcess
+) -> None:
+    node = node_or_skip()
     source = make_file(tmp_path / "source.bin", 24 * MIB + 12345)
     chunk = 4 * MIB
     result = subprocess.run(
@@ -56,5 +63,28 @@ def test_tus_js_client_aborted_upload_resumes_without_resending_and_downloads_id
     resumed = report["resumed_offsets"]
     assert resumed[0] >= report["acknowledged"]
     assert resumed == list(range(resumed[0], report["size"], chunk))
+    assert size == source.stat().st_size
+    assert digest == sha256_file(source)
+
+
+def test_tus_js_client_stream_with_deferred_length_completes_and_records_the_length(
+    tmp_path: Path, live_ferry: FerryProcess
+) -> None:
+    node = node_or_skip()
+    chunk = MIB
+    source = make_file(tmp_path / "stream.bin", 4 * chunk + 1234)
+    result = subprocess.run(
+        [node, str(JS_DIR / "deferred.mjs"), f"{live_ferry.url}/files/", str(source), str(chunk)],
+        cwd=JS_DIR,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    status = httpx.head(report["url"], headers={"Tus-Resumable": "1.0.0"}, timeout=10)
+    assert status.headers["upload-length"] == str(source.stat().st_size)
+    size, digest = download_sha256(report["url"])
     assert size == source.stat().st_size
     assert digest == sha256_file(source)
