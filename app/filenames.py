@@ -46,6 +46,6 @@ def content_disposition(disposition: str, name: str) -> str:
     ascii_name = (
         unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode("ascii") or "file"
     )
-    ascii_name = _UNSAFE.sub("_", ascii_name).replace("%", "_")
+    ascii_name = _UNSAFE.sub("_", ascii_name).replace("%", "_").strip(" .") or "file"
     encoded = quote(name, safe="")
     return f"{disposition}; filename=\"{ascii_name}\"; filename*=UTF-8''{encoded}"

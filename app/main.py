@@ -16,6 +16,7 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.exceptions import HTTPException
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import __version__
@@ -71,7 +72,9 @@ class FerryApp(Litestar):
             return
         headers = dict(scope["headers"])
         override = headers.get(b"x-http-method-override")
-        if override:
+        if override and scope["method"] == "POST":
+            # tus core: clients that cannot send PATCH or DELETE tunnel them through POST.
+            # Only POST is rewritten, so a GET or HEAD never turns into a write.
             scope = {**scope, "method": override.decode("latin-1").strip().upper()}
         if scope["method"] == "OPTIONS" and b"access-control-request-method" not in headers:
             await self._describe_tus_server(scope, send)
@@ -214,6 +217,7 @@ def create_app(settings: Settings | None = None) -> FerryApp:
             HTTPException: _http_error,
             OperationalError: _database_error,
             DBAPIError: _database_error,
+            PoolTimeoutError: _database_error,
             Exception: _unexpected_error,
         },
         openapi_config=OpenAPIConfig(
