@@ -34,25 +34,23 @@ if _fallocate is not None:
     _fallocate.restype = ctypes.c_int
 
 
-_M_MMAP_THRESHOLD = -3
 _M_ARENA_MAX = -8
 
 
 def limit_malloc_retention() -> None:
-    """Make glibc give part-sized buffers back to the OS instead of keeping them per thread.
+    """Cap glibc at two malloc arenas so part-sized buffers of worker threads are reused.
 
-    Parts are read in worker threads in 256 KiB - 1 MiB blocks. With glibc's defaults each
-    thread gets its own arena and, after the first free of a large block, the mmap threshold
-    rises so later blocks stay in those arenas: RSS grows by tens of MiB under parallel
-    uploads. A fixed 256 KiB threshold (large blocks are mmap'ed and unmapped on free) and
-    at most two arenas keep peak RSS near the local backend's. No-op off glibc.
+    Parts are read in worker threads in 256 KiB - 1 MiB blocks; with glibc's defaults every
+    thread gets an arena of its own that keeps what it freed, and RSS grows by tens of MiB
+    under parallel uploads (16 x 256 MiB: 186 MiB peak; 165 MiB with two arenas). A fixed
+    mmap threshold would return even more memory but costs ~10x the CPU per byte read
+    (page faults on every fresh block), so it is not set. No-op off glibc.
     """
     mallopt = getattr(_libc, "mallopt", None)
     if mallopt is None:
         return
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
-    mallopt(_M_MMAP_THRESHOLD, 256 * 1024)
     mallopt(_M_ARENA_MAX, 2)
 
 
