@@ -20,7 +20,7 @@ from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
 from litestar import Request, Router, delete, get, patch
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, JSONBody, Parameter
 from litestar.status_codes import HTTP_204_NO_CONTENT
 from sqlalchemy import ColumnElement, and_
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -123,8 +123,8 @@ async def list_files(
     files: Files,
     limit: Annotated[int, Parameter(ge=1, le=MAX_PAGE)] = 100,
     offset: Annotated[int, Parameter(ge=0)] = 0,
-    category: str | None = None,
-    name_prefix: str | None = None,
+    category: FromQuery[str | None] = None,
+    name_prefix: FromQuery[str | None] = None,
     content_type: Annotated[
         str | None, Parameter(description="exact type, or a major type as `image/*`")
     ] = None,
@@ -134,7 +134,7 @@ async def list_files(
     created_before: Annotated[
         datetime | None, Parameter(description="exclusive upper bound (ISO 8601)")
     ] = None,
-    sort: SortField = "-created",
+    sort: FromQuery[SortField] = "-created",
     uid: Annotated[
         list[uuid.UUID] | None,
         Parameter(description="only these UIDs (repeatable; how `ferry ingest` verifies)"),
@@ -176,14 +176,14 @@ async def list_files(
 
 
 @get("/{uid:uuid}")
-async def get_file(request: AnyRequest, uid: uuid.UUID, files: Files) -> FileOut:
+async def get_file(request: AnyRequest, uid: FromPath[uuid.UUID], files: Files) -> FileOut:
     """One file's metadata, including its SHA-256 (what ``ferry ingest`` verifies)."""
     return file_out(await files.visible(uid, request_owner(request)), str(request.base_url))
 
 
 @patch("/{uid:uuid}")
 async def update_file(
-    request: AnyRequest, uid: uuid.UUID, data: FileUpdate, files: Files
+    request: AnyRequest, uid: FromPath[uuid.UUID], data: JSONBody[FileUpdate], files: Files
 ) -> FileOut:
     """Rename a file and/or set metadata keys (``null`` removes a key)."""
     stored = await files.visible(uid, request_owner(request))
@@ -204,7 +204,7 @@ async def update_file(
 
 
 @delete("/{uid:uuid}", status_code=HTTP_204_NO_CONTENT)
-async def delete_file(request: AnyRequest, uid: uuid.UUID, uploads: Uploads) -> None:
+async def delete_file(request: AnyRequest, uid: FromPath[uuid.UUID], uploads: Uploads) -> None:
     """Delete the stored object, the file row and any staging; 204.
 
     Goes through the upload service (its own sessions): the lock it takes keeps a delete

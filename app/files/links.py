@@ -26,6 +26,7 @@ from typing import Any
 import msgspec
 from litestar import Request, post
 from litestar.di import NamedDependency
+from litestar.params import FromPath
 
 from app.errors import BadRequest, Forbidden, NotFound
 from app.settings import Settings
@@ -139,7 +140,7 @@ def _link_seconds(text: str | None) -> int:
 
 @post("/files/{uid:str}/link", status_code=200)
 async def create_signed_link(
-    request: Request[Any, Any, Any], uid: str, uploads: NamedDependency[UploadService]
+    request: Request[Any, Any, Any], uid: FromPath[str], uploads: NamedDependency[UploadService]
 ) -> SignedLink:
     """Sign a link to a file the caller may read; ``?expires_in=SECONDS`` (default 1 day)."""
     from app.tus.controller import request_owner

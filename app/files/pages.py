@@ -17,6 +17,7 @@ import anyio
 import msgspec
 from litestar import Request, Response, get
 from litestar.di import NamedDependency
+from litestar.params import FromPath
 from litestar.static_files import create_static_files_router
 from litestar.types import ControllerRouterHandler
 
@@ -65,7 +66,7 @@ async def upload_page() -> Response[bytes]:
 
 
 @get("/player/{uid:str}", include_in_schema=False)
-async def player_page(uid: str) -> Response[bytes]:
+async def player_page(uid: FromPath[str]) -> Response[bytes]:
     """Plays, shows or offers one file, with its checksum and a copyable signed link."""
     parse_upload_id(uid)  # a malformed id is a 404 before any HTML is sent
     return await _page("player.html")
@@ -73,7 +74,7 @@ async def player_page(uid: str) -> Response[bytes]:
 
 @get("/files/{uid:str}/info")
 async def file_info(
-    request: Request[Any, Any, Any], uid: str, uploads: NamedDependency[UploadService]
+    request: Request[Any, Any, Any], uid: FromPath[str], uploads: NamedDependency[UploadService]
 ) -> FileInfo:
     """A completed file's name, size, type and SHA-256 (the caller must be allowed to read it)."""
     from app.tus.controller import request_owner

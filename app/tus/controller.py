@@ -10,6 +10,7 @@ from typing import Any, cast
 
 from litestar import Controller, Request, Response, delete, get, head, patch, post
 from litestar.di import NamedDependency
+from litestar.params import FromPath
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from app.db.models import Upload, UploadState
@@ -101,7 +102,6 @@ class TusController(Controller):
 
     path = FILES_PATH
     include_in_schema = False  # tus is specified by its own protocol, not OpenAPI
-    include_in_schema = False  # tus is specified by its own protocol, not OpenAPI
 
     @post("/", status_code=HTTP_201_CREATED, request_max_body_size=None)
     async def create(
@@ -164,7 +164,7 @@ class TusController(Controller):
 
     @head("/{upload_id:str}", status_code=HTTP_200_OK)
     async def status(
-        self, request: AnyRequest, upload_id: str, uploads: Uploads, downloads: Downloads
+        self, request: AnyRequest, upload_id: FromPath[str], uploads: Uploads, downloads: Downloads
     ) -> Response[None]:
         """tus core §HEAD, or — without ``Tus-Resumable`` — plain HTTP HEAD of the file."""
         if "tus-resumable" not in request.headers:
@@ -191,14 +191,14 @@ class TusController(Controller):
 
     @get("/{upload_id:str}")
     async def download(
-        self, request: AnyRequest, upload_id: str, downloads: Downloads
+        self, request: AnyRequest, upload_id: FromPath[str], downloads: Downloads
     ) -> Response[None]:
         """Plain HTTP GET of the completed file at its upload URL, with ranges."""
         return await downloads.respond(request, upload_id, request_owner(request), head_only=False)
 
     @patch("/{upload_id:str}", status_code=HTTP_204_NO_CONTENT, request_max_body_size=None)
     async def append(
-        self, request: AnyRequest, upload_id: str, uploads: Uploads, settings: Config
+        self, request: AnyRequest, upload_id: FromPath[str], uploads: Uploads, settings: Config
     ) -> Response[None]:
         """tus core §PATCH: append the body at ``Upload-Offset``."""
         headers = request.headers
@@ -229,7 +229,9 @@ class TusController(Controller):
         )
 
     @delete("/{upload_id:str}", status_code=HTTP_204_NO_CONTENT)
-    async def terminate(self, request: AnyRequest, upload_id: str, uploads: Uploads) -> None:
+    async def terminate(
+        self, request: AnyRequest, upload_id: FromPath[str], uploads: Uploads
+    ) -> None:
         """termination: free the upload; later requests answer 410."""
         require_tus_version(request.headers.get("tus-resumable"))
         await uploads.terminate(parse_upload_id(upload_id), request_owner(request))

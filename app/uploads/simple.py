@@ -24,6 +24,7 @@ import anyio
 from litestar import Request, Response, post, put
 from litestar.datastructures import Headers
 from litestar.di import NamedDependency
+from litestar.params import FromPath
 from litestar.status_codes import HTTP_201_CREATED
 from multipart import (
     MultipartSegment,
@@ -198,7 +199,7 @@ Config = NamedDependency[Settings]
 
 @put("/{name:str}", status_code=HTTP_201_CREATED, request_max_body_size=None)
 async def put_file(
-    request: AnyRequest, name: str, uploads: Uploads, settings: Config
+    request: AnyRequest, name: FromPath[str], uploads: Uploads, settings: Config
 ) -> Response[FileOut]:
     """Store the raw body as a file named ``name``; optional Digest/Content-MD5 check.
 
