@@ -54,6 +54,7 @@ from app.storage.parts import (
 from app.storage.s3_ledger import multipart_uploads, parts
 from app.storage.sniff import SNIFF_SIZE, Category, category_for, sniff_content_type
 from app.storage.staged_parts import (
+    StagedPartBody,
     StagedRangeReader,
     crc32c_of_range,
     limit_malloc_retention,
@@ -384,7 +385,7 @@ class S3Backend:
             crc = await anyio.to_thread.run_sync(
                 crc32c_of_range, shipment.staged_path, span.start, span.size
             )
-            with StagedRangeReader(shipment.staged_path, span.start, span.size) as body:
+            with StagedPartBody(shipment.staged_path, span.start, span.size) as body:
                 response = await self.client.upload_part(
                     Bucket=self.bucket,
                     Key=multipart.key,

@@ -15,8 +15,10 @@ import ctypes.util
 import errno
 import io
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import anyio.to_thread
 import google_crc32c
 
 from app.storage.sniff import SNIFF_SIZE
@@ -105,6 +107,47 @@ class StagedRangeReader(io.RawIOBase):
 
     def __len__(self) -> int:
         return self._size
+
+
+class StagedPartBody:
+    """A part body for the HTTP client, read from staging in 1 MiB blocks in a worker thread.
+
+    aiohttp sends an async iterable as it comes; reading 1 MiB per thread hop instead of
+    the 256 KiB it reads from a file object costs a quarter of the hops. ``read``/``seek``
+    keep botocore's contract (it validates the body and seeks back to 0 on a retry; every
+    new iteration starts from the current position).
+    """
+
+    def __init__(self, path: Path, start: int, size: int) -> None:
+        self._reader = StagedRangeReader(path, start, size)
+
+    def read(self, size: int = -1) -> bytes:
+        return self._reader.read(size)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._reader.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._reader.tell()
+
+    def __len__(self) -> int:
+        return len(self._reader)
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._blocks()
+
+    async def _blocks(self) -> AsyncIterator[bytes]:
+        while block := await anyio.to_thread.run_sync(self._reader.read, READ_SIZE):
+            yield block
+
+    def close(self) -> None:
+        self._reader.close()
+
+    def __enter__(self) -> StagedPartBody:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
 
 
 def crc32c_of_range(path: Path, start: int, size: int) -> str:
