@@ -49,7 +49,6 @@ def serve(host: str | None, port: int | None, insecure_no_auth: bool) -> None:
     from app.main import create_app
     from app.ops.logs import configure_logging
     from app.ops.shutdown import FerryServer, auth_refusal_for_serving
-    from app.server_protocol import TrailerAwareH11Protocol
 
     settings = _settings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -70,7 +69,7 @@ def serve(host: str | None, port: int | None, insecure_no_auth: bool) -> None:
         log_level=settings.log_level.lower(),
         log_config=None,
         access_log=False,
-        http=TrailerAwareH11Protocol,
+        http="httptools",
         timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
         proxy_headers=False,
     )

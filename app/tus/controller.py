@@ -82,11 +82,7 @@ def _require_offset_content_type(request: AnyRequest) -> None:
 
 
 def _checksum_trailer_reader(request: AnyRequest) -> Callable[[], str | None] | None:
-    """checksum-trailer: how to read ``Upload-Checksum`` once the body has been received.
-
-    The server protocol (:mod:`app.server_protocol`) adds trailer fields to the request's
-    raw header list when the body ends.
-    """
+    """checksum-trailer: how to read ``Upload-Checksum`` once the body has been received."""
     if not announces_checksum_trailer(request.headers.get("trailer")):
         return None
     raw_headers = cast("list[tuple[bytes, bytes]]", request.scope["headers"])
@@ -205,6 +201,7 @@ class TusController(Controller):
         require_tus_version(headers.get("tus-resumable"))
         parsed_id = parse_upload_id(upload_id)
         _require_offset_content_type(request)
+        trailer = _checksum_trailer_reader(request)
         offset_header = headers.get("upload-offset")
         if offset_header is None:
             raise BadRequest("Upload-Offset header is required")
@@ -214,8 +211,9 @@ class TusController(Controller):
                 offset=parse_integer("Upload-Offset", offset_header),
                 owner=request_owner(request),
                 content_length=request.content_length,
-                checksum=parse_upload_checksum(headers.get("upload-checksum")),
-                checksum_trailer=_checksum_trailer_reader(request),
+                # With a trailer announced, the value is read once the body has ended.
+                checksum=None if trailer else parse_upload_checksum(headers.get("upload-checksum")),
+                checksum_trailer=trailer,
                 declared_length=parse_optional_integer(
                     "Upload-Length", headers.get("upload-length")
                 ),

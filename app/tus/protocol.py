@@ -301,10 +301,14 @@ def announces_checksum_trailer(trailer_header: str | None) -> bool:
 
 
 def trailer_value(raw_headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
-    """A request trailer field, which the server protocol stores as ``trailer:<name>``."""
-    wanted = b"trailer:" + name
-    for key, value in raw_headers:
-        if key == wanted:
+    """The last value of a field, read after the body: a trailer if one was sent.
+
+    uvicorn's httptools protocol appends trailer fields to the request's header list when
+    the chunked body ends. Whether they arrive before or after the handler starts depends
+    on packet timing, so the last occurrence is taken rather than a slice.
+    """
+    for key, value in reversed(raw_headers):
+        if key == name:
             return value.decode("latin-1")
     return None
 
