@@ -223,11 +223,7 @@ class UploadService:
             if row is None or (owner is not None and row.owner != owner):
                 # Another owner's partial answers like a missing one: 404, no oracle.
                 raise NotFound(f"Upload-Concat names {partial_id}, which does not exist")
-            usable = (
-                row.is_partial
-                and row.state in LIVE_STATES
-                and not self._is_past_expiry(row)
-            )
+            usable = row.is_partial and row.state in LIVE_STATES and not self._is_past_expiry(row)
             if not usable or row is None:
                 raise BadRequest(f"Upload-Concat names {partial_id}, which is not a partial upload")
             partials.append(row)
@@ -268,13 +264,13 @@ class UploadService:
         try:
             if length != upload.length:
                 await self._set_length(upload, length)
-            upload = await self._receive_and_commit(upload, token, request, body, room)
+            upload, released = await self._receive_and_commit(upload, token, request, body, room)
         except BaseException:
             await self.locks.release(upload.id, token)
             raise
         if upload.is_complete and upload.state == UploadState.ACTIVE:
             upload = await self._finish(upload, token)
-        else:
+        elif not released:
             await self.locks.release(upload.id, token)
         return upload
 
@@ -332,7 +328,9 @@ class UploadService:
         request: AppendRequest,
         body: AsyncIterator[bytes],
         room: int,
-    ) -> Upload:
+    ) -> tuple[Upload, bool]:
+        """Stream, verify and commit one body; returns the upload and whether the lock
+        was released with the commit (it is kept when finishing or validation follows)."""
         running = self.hashes.resume_at(upload.id, upload.offset)
         verifier = ChunkVerifier(request.checksum, request.checksum_trailer)
         digests: list[ChunkDigest] = [*verifier.digests, *([running] if running else [])]
@@ -352,7 +350,10 @@ class UploadService:
 
         new_offset = received.durable_end
         old_offset = upload.offset
-        await self._commit_offset(upload, token, new_offset)
+        completes = upload.length is not None and new_offset == upload.length
+        checks_policy = old_offset < SNIFF_SIZE <= new_offset and not completes
+        release = not completes and not checks_policy
+        await self._commit_offset(upload, token, new_offset, release_lock=release)
         if running is not None:
             self.hashes.record(upload.id, new_offset, running)
         else:
@@ -363,13 +364,13 @@ class UploadService:
             await self.backend.staged_bytes_durable(
                 upload.id, self.staging.path_for(upload.id), new_offset, upload.length
             )
-        if old_offset < SNIFF_SIZE <= new_offset and not upload.is_complete:
+        if checks_policy:
             # Validation as early as the magic bytes allow: a refused 50 GB upload stops
             # after its first chunk instead of at completion.
             await self._enforce_content_policy(upload, token, upload.length)
         if received.disconnected:
             raise ClientDisconnected(f"client disconnected; {new_offset} bytes are stored")
-        return upload
+        return upload, release
 
     async def _stream_to_staging(
         self,
@@ -403,8 +404,16 @@ class UploadService:
             await writer.close()
         return outcome
 
-    async def _commit_offset(self, upload: Upload, token: str, new_offset: int) -> None:
+    async def _commit_offset(
+        self, upload: Upload, token: str, new_offset: int, *, release_lock: bool = False
+    ) -> None:
+        """Record the durable offset; one statement also gives the lock back when asked."""
         expires_at = utcnow() + self.ttl
+        lock_values: dict[str, Any] = (
+            {"lock_token": None, "lock_holder": None, "lock_expires_at": None}
+            if release_lock
+            else {}
+        )
         async with self._sessions() as session, session.begin():
             result: Any = await session.execute(
                 update(Upload)
@@ -413,7 +422,9 @@ class UploadService:
                     Upload.lock_token == token,
                     Upload.offset == upload.offset,
                 )
-                .values(offset=new_offset, expires_at=expires_at, updated_at=utcnow())
+                .values(
+                    offset=new_offset, expires_at=expires_at, updated_at=utcnow(), **lock_values
+                )
                 .execution_options(synchronize_session=False)
             )
         if result.rowcount != 1:
@@ -728,8 +739,11 @@ class UploadService:
             return
         async with self._sessions() as session:
             live = set(
-                (await session.scalars(select(Upload.id).where(Upload.state == UploadState.ACTIVE)))
-                .all()
+                (
+                    await session.scalars(
+                        select(Upload.id).where(Upload.state == UploadState.ACTIVE)
+                    )
+                ).all()
             )
         try:
             await abort_orphans(live)
