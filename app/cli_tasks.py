@@ -18,7 +18,9 @@ async def run_cleanup(settings: Settings) -> int:
         staging = StagingArea(settings.staging_dir)
         staging.prepare()
         uploads = UploadService(
-            sessions=create_session_factory(engine), staging=staging, backend=backend,
+            sessions=create_session_factory(engine),
+            staging=staging,
+            backend=backend,
             settings=settings,
         )
         total = 0

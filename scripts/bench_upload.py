@@ -5,8 +5,8 @@ same workloads from a threaded blocking client that sends bodies with ``sendfile
 asyncio client would spend more CPU than the servers; see shared/perf-notes.md):
 
 * 1 GiB in 8 MiB requests and in 64 MiB requests (one connection);
-* 16 × 256 MiB in parallel (16 connections, one request each);
-* 1000 × 64 KiB files over 16 connections (tus: POST + PATCH per file; naive: one PUT).
+* 16 x 256 MiB in parallel (16 connections, one request each);
+* 1000 x 64 KiB files over 16 connections (tus: POST + PATCH per file; naive: one PUT).
 
 It prints MiB/s (or files/s), the server's peak RSS (VmHWM) and Ferry's ratio to the
 baseline, and checks every Ferry upload's SHA-256 against the source.
@@ -142,9 +142,15 @@ def parallel(jobs: list[Callable[[], Any]], workers: int) -> list[Any]:
 def start_naive(data_dir: Path) -> Server:
     """The baseline server process."""
     port = free_port()
-    process = subprocess.Popen(  # noqa: S603
-        [sys.executable, str(ROOT / "scripts" / "naive_put_server.py"), "--port", str(port),
-         "--data-dir", str(data_dir)],
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "naive_put_server.py"),
+            "--port",
+            str(port),
+            "--data-dir",
+            str(data_dir),
+        ],
     )
     wait_for_port(port)
     return Server("naive", port, process)
@@ -187,7 +193,9 @@ def main() -> None:
     """Run every workload on both servers and print a table."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size-mib", type=int, default=1024, help="size of the large upload")
-    parser.add_argument("--parallel-mib", type=int, default=256, help="size of each parallel upload")
+    parser.add_argument(
+        "--parallel-mib", type=int, default=256, help="size of each parallel upload"
+    )
     parser.add_argument("--small-files", type=int, default=1000)
     args = parser.parse_args()
 
@@ -218,15 +226,25 @@ def main() -> None:
                 cpu_naive = naive.cpu_seconds() - cpu_before
                 clear(work / "naive")
                 rows.append(
-                    (label, unit, amount / seconds_ferry, amount / seconds_naive,
-                     (amount / seconds_ferry) / (amount / seconds_naive))
+                    (
+                        label,
+                        unit,
+                        amount / seconds_ferry,
+                        amount / seconds_naive,
+                        (amount / seconds_ferry) / (amount / seconds_naive),
+                    )
                 )
-                print(f"{label:32} ferry {amount / seconds_ferry:8.1f} {unit}  "
-                      f"naive {amount / seconds_naive:8.1f} {unit}  "
-                      f"ratio {(seconds_naive / seconds_ferry):5.2f}  "
-                      f"server CPU s: ferry {cpu_ferry:6.2f} naive {cpu_naive:6.2f}", flush=True)
-            print(f"{'peak RSS (VmHWM)':32} ferry {ferry_server.peak_rss_mib():8.1f} MiB   "
-                  f"naive {naive.peak_rss_mib():8.1f} MiB")
+                print(
+                    f"{label:32} ferry {amount / seconds_ferry:8.1f} {unit}  "
+                    f"naive {amount / seconds_naive:8.1f} {unit}  "
+                    f"ratio {(seconds_naive / seconds_ferry):5.2f}  "
+                    f"server CPU s: ferry {cpu_ferry:6.2f} naive {cpu_naive:6.2f}",
+                    flush=True,
+                )
+            print(
+                f"{'peak RSS (VmHWM)':32} ferry {ferry_server.peak_rss_mib():8.1f} MiB   "
+                f"naive {naive.peak_rss_mib():8.1f} MiB"
+            )
         finally:
             ferry.stop()
             naive.process.terminate()
@@ -253,6 +271,7 @@ def workloads(
         def run() -> None:
             path = tus_upload(ferry.port, source, 0, size, chunk)
             assert ferry_sha256(ferry.port, path) == source_sha, "SHA-256 mismatch"
+
         return run
 
     def many_parallel_ferry() -> None:
@@ -260,7 +279,10 @@ def workloads(
 
     def many_parallel_naive() -> None:
         parallel(
-            [lambda i=i: naive_upload(naive.port, source, 0, each, each, f"p{i}") for i in range(16)],
+            [
+                lambda i=i: naive_upload(naive.port, source, 0, each, each, f"p{i}")
+                for i in range(16)
+            ],
             16,
         )
 
@@ -268,20 +290,45 @@ def workloads(
     count = args.small_files
 
     def small_ferry() -> None:
-        parallel([lambda i=i: tus_upload(ferry.port, source, i * small, small, small)
-                  for i in range(count)], 16)
+        parallel(
+            [
+                lambda i=i: tus_upload(ferry.port, source, i * small, small, small)
+                for i in range(count)
+            ],
+            16,
+        )
 
     def small_naive() -> None:
-        parallel([lambda i=i: naive_upload(naive.port, source, i * small, small, small, f"s{i}")
-                  for i in range(count)], 16)
+        parallel(
+            [
+                lambda i=i: naive_upload(naive.port, source, i * small, small, small, f"s{i}")
+                for i in range(count)
+            ],
+            16,
+        )
 
     return [
-        (f"{mib:.0f} MiB in 8 MiB requests", large(8 * MiB),
-         lambda: naive_upload(naive.port, source, 0, size, 8 * MiB, "big8"), mib, "MiB/s"),
-        (f"{mib:.0f} MiB in 64 MiB requests", large(64 * MiB),
-         lambda: naive_upload(naive.port, source, 0, size, 64 * MiB, "big64"), mib, "MiB/s"),
-        (f"16 x {args.parallel_mib} MiB in parallel", many_parallel_ferry, many_parallel_naive,
-         16 * args.parallel_mib, "MiB/s"),
+        (
+            f"{mib:.0f} MiB in 8 MiB requests",
+            large(8 * MiB),
+            lambda: naive_upload(naive.port, source, 0, size, 8 * MiB, "big8"),
+            mib,
+            "MiB/s",
+        ),
+        (
+            f"{mib:.0f} MiB in 64 MiB requests",
+            large(64 * MiB),
+            lambda: naive_upload(naive.port, source, 0, size, 64 * MiB, "big64"),
+            mib,
+            "MiB/s",
+        ),
+        (
+            f"16 x {args.parallel_mib} MiB in parallel",
+            many_parallel_ferry,
+            many_parallel_naive,
+            16 * args.parallel_mib,
+            "MiB/s",
+        ),
         (f"{count} x 64 KiB, 16 connections", small_ferry, small_naive, count, "files/s"),
     ]
 

@@ -455,10 +455,12 @@ class UploadService:
     async def _finish(self, upload: Upload, token: str) -> Upload:
         """Turn a fully staged upload into a file (or a completed partial); lock held."""
         try:
-            if upload.is_partial:
-                await self._mark_partial_complete(upload, token)
-            else:
-                await self._file_upload(upload, token)
+            # Storing can wait on S3 for the last parts; the lease must outlive that wait.
+            async with self.locks.kept_alive(upload.id, token):
+                if upload.is_partial:
+                    await self._mark_partial_complete(upload, token)
+                else:
+                    await self._file_upload(upload, token)
         except BaseException:
             await self.locks.release(upload.id, token)
             raise

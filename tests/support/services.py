@@ -100,7 +100,7 @@ class FerryProcess:
         """Start the server and wait until ``/health`` answers 200."""
         self.log_path = self.data_dir.parent / f"ferry-{self.port}.log"
         log = self.log_path.open("ab")
-        self.process = subprocess.Popen(  # noqa: S603 - our own CLI
+        self.process = subprocess.Popen(
             [str(FERRY), "serve", "--host", "127.0.0.1", "--port", str(self.port)],
             env=self.env,
             cwd=self.data_dir.parent,
@@ -154,7 +154,9 @@ def ferry_env(data_dir: Path, extra: Mapping[str, str] | None = None) -> dict[st
 
 
 @contextlib.contextmanager
-def running_ferry(tmp_path: Path, extra_env: Mapping[str, str] | None = None) -> Iterator[FerryProcess]:
+def running_ferry(
+    tmp_path: Path, extra_env: Mapping[str, str] | None = None
+) -> Iterator[FerryProcess]:
     """Start ``ferry serve`` for one test and always stop it."""
     data_dir = tmp_path / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
