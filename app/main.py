@@ -35,7 +35,7 @@ from app.ops.setup import (
 from app.settings import Settings, load_settings
 from app.storage.backend import StorageBackend
 from app.storage.local import LocalBackend
-from app.storage.staging import StagingArea
+from app.storage.staging import StagingArea, limit_malloc_retention
 from app.tus.controller import FILES_PATH, TusController
 from app.tus.protocol import EXPOSED_HEADERS, TUS_VERSION, server_description_headers
 from app.uploads.reaper import reap_forever
@@ -151,6 +151,7 @@ def create_app(settings: Settings | None = None) -> FerryApp:
         sessions = create_session_factory(engine)
         staging = StagingArea(settings.staging_dir)
         staging.prepare()
+        limit_malloc_retention()
         backend = build_backend(settings)
         await backend.start()
         uploads = UploadService(

@@ -57,7 +57,6 @@ from app.storage.staged_parts import (
     StagedPartBody,
     StagedRangeReader,
     crc32c_of_range,
-    limit_malloc_retention,
     reclaim_range,
 )
 
@@ -157,7 +156,6 @@ class S3Backend:
     async def start(self) -> None:
         """Open the one S3 client of the process."""
         concurrency = self.settings.s3_part_concurrency
-        limit_malloc_retention()
         config = AioConfig(
             retries={"mode": "standard", "max_attempts": 5},
             max_pool_connections=max(16, concurrency * 4),

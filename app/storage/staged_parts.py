@@ -36,26 +36,6 @@ if _fallocate is not None:
     _fallocate.restype = ctypes.c_int
 
 
-_M_ARENA_MAX = -8
-
-
-def limit_malloc_retention() -> None:
-    """Cap glibc at two malloc arenas so part-sized buffers of worker threads are reused.
-
-    Parts are read in worker threads in 256 KiB - 1 MiB blocks; with glibc's defaults every
-    thread gets an arena of its own that keeps what it freed, and RSS grows by tens of MiB
-    under parallel uploads (16 x 256 MiB: 186 MiB peak; 165 MiB with two arenas). A fixed
-    mmap threshold would return even more memory but costs ~10x the CPU per byte read
-    (page faults on every fresh block), so it is not set. No-op off glibc.
-    """
-    mallopt = getattr(_libc, "mallopt", None)
-    if mallopt is None:
-        return
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    mallopt(_M_ARENA_MAX, 2)
-
-
 class StagedRangeReader(io.RawIOBase):
     """A seekable, read-only view of ``[start, start + size)`` of a staging file.
 

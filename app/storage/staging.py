@@ -23,7 +23,7 @@ import anyio.to_thread
 from app.tus.protocol import ChunkDigest
 
 #: Body pieces are gathered up to this size before one write + hash in a worker thread.
-WRITE_BUFFER_SIZE = 1024 * 1024
+WRITE_BUFFER_SIZE = 512 * 1024
 READ_BUFFER_SIZE = 1024 * 1024
 
 
@@ -152,6 +152,27 @@ def _load_sync_file_range() -> Callable[[int, int, int], None]:
 
 
 start_writeback = _load_sync_file_range()
+
+_M_ARENA_MAX = -8  # from glibc's <malloc.h>
+
+
+def limit_malloc_retention() -> None:
+    """Cap glibc at two malloc arenas so the block buffers of worker threads are reused.
+
+    Blocks are written, hashed and read in worker threads; with glibc's defaults every
+    thread gets an arena of its own that keeps what it freed, and RSS grows by tens of MiB
+    under parallel uploads (S3, 16 x 256 MiB: 186 MiB peak; 165 MiB with two arenas). A fixed
+    mmap threshold would return even more memory but costs ~10x the CPU per byte read
+    (page faults on every fresh block), so it is not set. No-op off glibc.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    mallopt(_M_ARENA_MAX, 2)
 
 
 class StagingWriter:
