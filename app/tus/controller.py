@@ -132,7 +132,8 @@ class TusController(Controller):
                 is_partial=is_partial,
                 partial_ids=partial_ids or None,
                 owner=request_creator(request),
-            )
+            ),
+            with_data=with_upload,
         )
         location = upload_url(request, upload.id)
         if with_upload:
@@ -146,6 +147,7 @@ class TusController(Controller):
                         checksum=checksum,
                     ),
                     stream_request_body(request, settings.read_timeout_seconds),
+                    fresh=upload,
                 )
             except FerryError as error:
                 # The upload exists: tell the client where, so it can resume.

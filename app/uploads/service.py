@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import secrets
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -175,7 +176,7 @@ class UploadService:
 
     # ------------------------------------------------------------------ creation
 
-    async def create(self, request: NewUpload) -> Upload:
+    async def create(self, request: NewUpload, *, with_data: bool = False) -> Upload:
         """Create an upload (tus creation), a partial one, or a final one (concatenation)."""
         partials: list[Upload] = []
         length = request.length
@@ -205,6 +206,12 @@ class UploadService:
             storage=self.backend.name,
             expires_at=utcnow() + self.ttl,
         )
+        if with_data and not upload.is_final and upload.length != 0:
+            # creation-with-upload: the row is born locked for the body that follows, which
+            # saves a lookup and a lock round trip (``append(..., fresh=upload)``).
+            upload.lock_token = secrets.token_hex(16)
+            upload.lock_holder = self.locks.node_id
+            upload.lock_expires_at = utcnow() + self.locks.lease
         if not upload.is_final:
             await self.staging.create(upload.id)
         async with self._sessions() as session, session.begin():
@@ -231,13 +238,53 @@ class UploadService:
 
     # ------------------------------------------------------------------ appending
 
-    async def append(self, request: AppendRequest, body: AsyncIterator[bytes]) -> Upload:
+    async def append(
+        self, request: AppendRequest, body: AsyncIterator[bytes], *, fresh: Upload | None = None
+    ) -> Upload:
         """Write one body at the upload's offset and commit the new, durable offset.
 
         Raises :class:`ClientDisconnected` after committing what arrived when the client
         went away (nothing is committed if a checksum was promised and cannot be checked).
         """
-        upload = await self.get(request.upload_id, request.owner)
+        if fresh is not None and fresh.lock_token is not None:
+            # Created by this same request with the lock already held (creation-with-upload).
+            upload, token = fresh, fresh.lock_token
+        else:
+            upload, token = await self.get(request.upload_id, request.owner), None
+        try:
+            length, room = self._append_bounds(upload, request)
+            if upload.state == UploadState.COMPLETED or (
+                room == 0 and length is not None and length == upload.length
+            ):
+                # Nothing to write or record. A deferred length declared equal to the offset
+                # (an empty final PATCH) must go on, to record the length and finish.
+                if token is not None:
+                    await self.locks.release(upload.id, token)
+                return upload
+            check_staging_room = getattr(self.backend, "check_staging_room", None)
+            if check_staging_room is not None:
+                check_staging_room()  # S3 down or slow: 503 once staging holds the budget
+        except BaseException:
+            if token is not None:
+                await self.locks.release(upload.id, token)
+            raise
+        if token is None:
+            token = await self._lock_for_append(upload, request.offset)
+        try:
+            if length != upload.length:
+                await self._set_length(upload, length)
+            upload, released = await self._receive_and_commit(upload, token, request, body, room)
+        except BaseException:
+            await self.locks.release(upload.id, token)
+            raise
+        if upload.is_complete and upload.state == UploadState.ACTIVE:
+            upload = await self._finish(upload, token)
+        elif not released:
+            await self.locks.release(upload.id, token)
+        return upload
+
+    def _append_bounds(self, upload: Upload, request: AppendRequest) -> tuple[int | None, int]:
+        """The upload's length after this request and the bytes it may still take."""
         if upload.is_final:
             raise Forbidden("PATCH is not allowed on a final upload of a concatenation")
         if request.offset != upload.offset:
@@ -251,28 +298,7 @@ class UploadService:
                 f"the body of {request.content_length} bytes goes past the upload's end "
                 f"({room} bytes left)"
             )
-        if upload.state == UploadState.COMPLETED or (
-            room == 0 and length is not None and length == upload.length
-        ):
-            # Nothing to write or record. A deferred length declared equal to the offset
-            # (an empty final PATCH) must go on, to record the length and finish.
-            return upload
-        check_staging_room = getattr(self.backend, "check_staging_room", None)
-        if check_staging_room is not None:
-            check_staging_room()  # S3 down or slow: 503 once staging holds the budget
-        token = await self._lock_for_append(upload, request.offset)
-        try:
-            if length != upload.length:
-                await self._set_length(upload, length)
-            upload, released = await self._receive_and_commit(upload, token, request, body, room)
-        except BaseException:
-            await self.locks.release(upload.id, token)
-            raise
-        if upload.is_complete and upload.state == UploadState.ACTIVE:
-            upload = await self._finish(upload, token)
-        elif not released:
-            await self.locks.release(upload.id, token)
-        return upload
+        return length, room
 
     def _length_after(self, upload: Upload, declared: int | None) -> int | None:
         if declared is None:
