@@ -58,6 +58,27 @@ class UploadLocks:
         )
         return token if await self._execute(statement) == 1 else None
 
+    async def acquire_and_load(
+        self, upload_id: uuid.UUID, **conditions: Any
+    ) -> tuple[str, Upload] | None:
+        """Like :meth:`acquire`, returning the locked row too: one round trip, not two."""
+        token = secrets.token_hex(16)
+        now = utcnow()
+        statement = (
+            update(Upload)
+            .where(
+                Upload.id == upload_id,
+                or_(Upload.lock_token.is_(None), Upload.lock_expires_at < now),
+                *(getattr(Upload, column) == value for column, value in conditions.items()),
+            )
+            .values(lock_token=token, lock_holder=self.node_id, lock_expires_at=now + self.lease)
+            .returning(Upload)
+            .execution_options(synchronize_session=False)
+        )
+        async with self._sessions() as session, session.begin():
+            row = (await session.scalars(statement)).one_or_none()
+        return None if row is None else (token, row)
+
     async def renew(self, upload_id: uuid.UUID, token: str) -> bool:
         """Extend a held lease; ``False`` means it was lost."""
         statement = (

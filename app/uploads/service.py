@@ -246,11 +246,12 @@ class UploadService:
         Raises :class:`ClientDisconnected` after committing what arrived when the client
         went away (nothing is committed if a checksum was promised and cannot be checked).
         """
+        token: str | None
         if fresh is not None and fresh.lock_token is not None:
             # Created by this same request with the lock already held (creation-with-upload).
             upload, token = fresh, fresh.lock_token
         else:
-            upload, token = await self.get(request.upload_id, request.owner), None
+            upload, token = await self._claim_for_append(request)
         try:
             length, room = self._append_bounds(upload, request)
             if upload.state == UploadState.COMPLETED or (
@@ -323,6 +324,25 @@ class UploadService:
         check_length = getattr(self.backend, "check_length", None)
         if check_length is not None:
             check_length(length)
+
+    async def _claim_for_append(self, request: AppendRequest) -> tuple[Upload, str | None]:
+        """The common case in one statement: lock a free, active upload at this offset.
+
+        Anything else (locked, wrong offset, finished, gone, someone else's) takes the
+        slower road that reads the row first and answers with the precise error.
+        """
+        claimed = await self.locks.acquire_and_load(
+            request.upload_id, state=UploadState.ACTIVE, offset=request.offset
+        )
+        if claimed is None:
+            return await self.get(request.upload_id, request.owner), None
+        token, upload = claimed
+        try:
+            self._visible(upload, request.owner)
+        except BaseException:
+            await self.locks.release(upload.id, token)
+            raise
+        return upload, token
 
     async def _lock_for_append(self, upload: Upload, offset: int) -> str:
         token = await self.locks.acquire(
