@@ -39,42 +39,35 @@ class UploadLocks:
         self.node_id = node_id
         self.lease = timedelta(seconds=lease_seconds)
 
+    def _claim(self, upload_id: uuid.UUID, token: str, conditions: dict[str, Any]) -> Any:
+        """The compare-and-set UPDATE: free (or expired) lease and every condition holds."""
+        now = utcnow()
+        return (
+            update(Upload)
+            .where(
+                Upload.id == upload_id,
+                or_(Upload.lock_token.is_(None), Upload.lock_expires_at < now),
+                *(getattr(Upload, column) == value for column, value in conditions.items()),
+            )
+            .values(lock_token=token, lock_holder=self.node_id, lock_expires_at=now + self.lease)
+            .execution_options(synchronize_session=False)
+        )
+
     async def acquire(self, upload_id: uuid.UUID, **conditions: Any) -> str | None:
         """Take the lease if it is free (or expired) and every ``column == value`` holds.
 
         Returns the lock token, or ``None`` when the lease is held or a condition failed.
         """
         token = secrets.token_hex(16)
-        now = utcnow()
-        statement = (
-            update(Upload)
-            .where(
-                Upload.id == upload_id,
-                or_(Upload.lock_token.is_(None), Upload.lock_expires_at < now),
-                *(getattr(Upload, column) == value for column, value in conditions.items()),
-            )
-            .values(lock_token=token, lock_holder=self.node_id, lock_expires_at=now + self.lease)
-            .execution_options(synchronize_session=False)
-        )
-        return token if await self._execute(statement) == 1 else None
+        claimed = await self._execute(self._claim(upload_id, token, conditions))
+        return token if claimed == 1 else None
 
     async def acquire_and_load(
         self, upload_id: uuid.UUID, **conditions: Any
     ) -> tuple[str, Upload] | None:
         """Like :meth:`acquire`, returning the locked row too: one round trip, not two."""
         token = secrets.token_hex(16)
-        now = utcnow()
-        statement = (
-            update(Upload)
-            .where(
-                Upload.id == upload_id,
-                or_(Upload.lock_token.is_(None), Upload.lock_expires_at < now),
-                *(getattr(Upload, column) == value for column, value in conditions.items()),
-            )
-            .values(lock_token=token, lock_holder=self.node_id, lock_expires_at=now + self.lease)
-            .returning(Upload)
-            .execution_options(synchronize_session=False)
-        )
+        statement = self._claim(upload_id, token, conditions).returning(Upload)
         async with self._sessions() as session, session.begin():
             row = (await session.scalars(statement)).one_or_none()
         return None if row is None else (token, row)
