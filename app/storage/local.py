@@ -76,7 +76,11 @@ class LocalBackend:
         return None
 
     async def discard_upload(self, upload_id: uuid.UUID) -> None:
-        """Nothing lives outside staging for an unfinished local upload."""
+        """Remove a stored file a completion left behind without its row (a crash or a
+        database failure between the rename and the filing transaction)."""
+        found = await self.find_stored(upload_id, "other")
+        if found is not None:
+            await self.delete(found.key)
 
     async def open_range(self, key: str, start: int, length: int) -> AsyncIterator[bytes]:
         """Stream a slice of a stored file (big blocks, read one ahead; see range_reader)."""

@@ -96,6 +96,21 @@ class _Received:
     disconnected: bool = False
     too_large: bool = False
     lease_lost: bool = False
+    head: bytes = b""
+    """The upload's first bytes, when this body started at offset 0."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Appended:
+    """What one body did to its upload."""
+
+    upload: Upload
+    lock_released: bool
+    uncommitted_from: int | None = None
+    """Set when the body completed the upload but its offset is not committed yet: the
+    filing transaction commits it together with the file row (one transaction fewer per
+    small upload). The value is the offset the database still holds."""
+    head: bytes = b""
 
 
 class UploadService:
@@ -212,7 +227,8 @@ class UploadService:
             upload.lock_token = secrets.token_hex(16)
             upload.lock_holder = self.locks.node_id
             upload.lock_expires_at = utcnow() + self.locks.lease
-        if not upload.is_final:
+        if not upload.is_final and upload.lock_token is None:
+            # (A body that follows creates the file when it opens it for writing.)
             await self.staging.create(upload.id)
         async with self._sessions() as session, session.begin():
             session.add(upload)
@@ -274,13 +290,14 @@ class UploadService:
         try:
             if length != upload.length:
                 await self._set_length(upload, length)
-            upload, released = await self._receive_and_commit(upload, token, request, body, room)
+            appended = await self._receive_and_commit(upload, token, request, body, room)
         except BaseException:
             await self.locks.release(upload.id, token)
             raise
+        upload = appended.upload
         if upload.is_complete and upload.state == UploadState.ACTIVE:
-            upload = await self._finish(upload, token)
-        elif not released:
+            upload = await self._finish(upload, token, appended)
+        elif not appended.lock_released:
             await self.locks.release(upload.id, token)
         return upload
 
@@ -374,9 +391,12 @@ class UploadService:
         request: AppendRequest,
         body: AsyncIterator[bytes],
         room: int,
-    ) -> tuple[Upload, bool]:
-        """Stream, verify and commit one body; returns the upload and whether the lock
-        was released with the commit (it is kept when finishing or validation follows)."""
+    ) -> _Appended:
+        """Stream, verify and commit one body.
+
+        The lock is released with the commit unless finishing or validation follows. A
+        body that completes a local upload leaves the commit to the filing transaction.
+        """
         running = self.hashes.resume_at(upload.id, upload.offset)
         verifier = ChunkVerifier(request.checksum, request.checksum_trailer)
         digests: list[ChunkDigest] = [*verifier.digests, *([running] if running else [])]
@@ -397,6 +417,14 @@ class UploadService:
         new_offset = received.durable_end
         old_offset = upload.offset
         completes = upload.length is not None and new_offset == upload.length
+        if completes and not received.disconnected and self._files_in_one_commit(upload):
+            # The rename into place and the file row follow at once; the offset is
+            # committed with the row. A crash in between leaves the stored bytes, which
+            # start-up reconciliation adopts (or termination removes).
+            upload.offset = new_offset
+            if running is not None:
+                self.hashes.record(upload.id, new_offset, running)
+            return _Appended(upload, False, uncommitted_from=old_offset, head=received.head)
         checks_policy = old_offset < SNIFF_SIZE <= new_offset and not completes
         release = not completes and not checks_policy
         await self._commit_offset(upload, token, new_offset, release_lock=release)
@@ -416,7 +444,15 @@ class UploadService:
             await self._enforce_content_policy(upload, token, upload.length)
         if received.disconnected:
             raise ClientDisconnected(f"client disconnected; {new_offset} bytes are stored")
-        return upload, release
+        return _Appended(upload, release, head=received.head)
+
+    def _files_in_one_commit(self, upload: Upload) -> bool:
+        """Whether completing ``upload`` may commit its offset with its file row.
+
+        Not for partial uploads (they are not filed) nor for backends that ship staged
+        bytes as they become durable (S3 must see each committed offset first).
+        """
+        return not upload.is_partial and not getattr(self.backend, "reclaims_staging", False)
 
     async def _stream_to_staging(
         self,
@@ -426,7 +462,7 @@ class UploadService:
         room: int,
         digests: list[ChunkDigest],
     ) -> _Received:
-        writer = await self.staging.open_writer(upload.id, upload.offset, digests)
+        writer = await self.staging.open_writer(upload.id, upload.offset, digests, SNIFF_SIZE)
         outcome = _Received(durable_end=upload.offset)
         try:
             async with self.locks.kept_alive(upload.id, token) as lease:
@@ -448,12 +484,23 @@ class UploadService:
                     outcome.durable_end = await writer.sync()
         finally:
             await writer.close()
+        outcome.head = bytes(writer.head)
         return outcome
 
     async def _commit_offset(
-        self, upload: Upload, token: str, new_offset: int, *, release_lock: bool = False
+        self,
+        upload: Upload,
+        token: str,
+        new_offset: int,
+        *,
+        release_lock: bool = False,
+        committed: int | None = None,
     ) -> None:
-        """Record the durable offset; one statement also gives the lock back when asked."""
+        """Record the durable offset; one statement also gives the lock back when asked.
+
+        ``committed`` is the offset the database holds when ``upload.offset`` already
+        moved on in memory (a completion whose filing failed).
+        """
         expires_at = utcnow() + self.ttl
         lock_values: dict[str, Any] = (
             {"lock_token": None, "lock_holder": None, "lock_expires_at": None}
@@ -466,7 +513,7 @@ class UploadService:
                 .where(
                     Upload.id == upload.id,
                     Upload.lock_token == token,
-                    Upload.offset == upload.offset,
+                    Upload.offset == (upload.offset if committed is None else committed),
                 )
                 .values(
                     offset=new_offset, expires_at=expires_at, updated_at=utcnow(), **lock_values
@@ -498,7 +545,9 @@ class UploadService:
             return refreshed
         return await self._finish(refreshed, token)
 
-    async def _finish(self, upload: Upload, token: str) -> Upload:
+    async def _finish(
+        self, upload: Upload, token: str, appended: _Appended | None = None
+    ) -> Upload:
         """Turn a fully staged upload into a file (or a completed partial); lock held."""
         try:
             # Storing can wait on S3 for the last parts; the lease must outlive that wait.
@@ -506,8 +555,10 @@ class UploadService:
                 if upload.is_partial:
                     await self._mark_partial_complete(upload, token)
                 else:
-                    await self._file_upload(upload, token)
+                    await self._file_upload(upload, token, appended)
         except BaseException:
+            if appended is not None and appended.uncommitted_from is not None:
+                await self._commit_after_failed_filing(upload, token, appended.uncommitted_from)
             await self.locks.release(upload.id, token)
             raise
         self.hashes.forget(upload.id)
@@ -516,6 +567,23 @@ class UploadService:
         if upload.is_partial:
             await self._assemble_finals_waiting_for(upload.id)
         return upload
+
+    async def _commit_after_failed_filing(self, upload: Upload, token: str, committed: int) -> None:
+        """Keep the durable bytes of a completion whose filing failed (a HEAD retries it)."""
+        with anyio.CancelScope(shield=True):
+            try:
+                await self._commit_offset(upload, token, upload.offset, committed=committed)
+            except FerryError:
+                pass  # the upload was retired (refused by validation) or its lock was lost
+            except Exception:
+                logger.warning(
+                    "upload %s: could not commit offset %d after a failed completion; "
+                    "the client resends from %d",
+                    upload.id,
+                    upload.offset,
+                    committed,
+                    exc_info=True,
+                )
 
     async def _mark_partial_complete(self, upload: Upload, token: str) -> None:
         # concatenation: a partial is not processed on its own; its bytes stay staged
@@ -534,11 +602,17 @@ class UploadService:
                 .execution_options(synchronize_session=False)
             )
 
-    async def _file_upload(self, upload: Upload, token: str) -> None:
+    async def _file_upload(
+        self, upload: Upload, token: str, appended: _Appended | None = None
+    ) -> None:
         size = upload.length or 0
         staged_path = self.staging.path_for(upload.id)
-        if await self.staging.size(upload.id) == size:
-            head = await _read_head(self.staging.read_range(upload.id, 0, SNIFF_SIZE))
+        just_staged = appended is not None and appended.uncommitted_from is not None
+        if just_staged or await self.staging.size(upload.id) == size:
+            if appended is not None and len(appended.head) == min(size, SNIFF_SIZE):
+                head = appended.head
+            else:
+                head = await _read_head(self.staging.read_range(upload.id, 0, SNIFF_SIZE))
             content_type = sniff_content_type(head)
             category = category_for(content_type).value
             await self._enforce_content_policy(upload, token, size, head)
@@ -803,7 +877,7 @@ class UploadService:
     async def reconcile(self) -> dict[str, int]:
         """Invariant 2 at start-up: staging files, offsets and leases agree again."""
         report = {"released_locks": await self.locks.release_stale_of_this_node()}
-        truncated = rewound = orphans = finished = 0
+        truncated = rewound = orphans = finished = adopted = 0
         async with self._sessions() as session:
             live = (
                 await session.scalars(
@@ -824,6 +898,9 @@ class UploadService:
             if size is None:
                 if upload.is_complete and upload.state == UploadState.ACTIVE:
                     continue  # possibly stored already; finishing below sorts it out
+                if await self._adopt_stored_bytes(upload):
+                    adopted += 1
+                    continue
                 await self.staging.create(upload.id)
                 size = 0
             if size > upload.offset:
@@ -849,10 +926,32 @@ class UploadService:
                     logger.exception("could not finish upload %s at start-up", upload.id)
                     continue
                 finished += result.state == UploadState.COMPLETED
-        report.update(truncated=truncated, rewound=rewound, orphans=orphans, finished=finished)
+        report.update(
+            truncated=truncated,
+            rewound=rewound,
+            orphans=orphans,
+            adopted=adopted,
+            finished=finished,
+        )
         return report
 
+    async def _adopt_stored_bytes(self, upload: Upload) -> bool:
+        """A completion that crashed between storing its bytes and committing its row.
+
+        The whole upload is in storage (the staging file was moved there), so its offset
+        moves to the end and the finishing pass files it. The bytes were never acknowledged;
+        keeping them only saves the client a resend.
+        """
+        if upload.state != UploadState.ACTIVE or upload.length is None:
+            return False
+        found = await self.backend.find_stored(upload.id, "other")
+        if found is None or found.size != upload.length:
+            return False
+        await self._rewind(upload, upload.length)
+        return True
+
     async def _rewind(self, upload: Upload, size: int) -> None:
+        """Set the committed offset to what storage really holds (start-up only)."""
         async with self._sessions() as session, session.begin():
             await session.execute(
                 update(Upload)

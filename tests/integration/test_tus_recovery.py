@@ -25,6 +25,7 @@ from tests.integration.tus_helpers import (  # noqa: F401 - fixtures for this mo
     patch,
     staging_file,
     tus_postgres_database,
+    upload_id_of,
 )
 
 
@@ -113,3 +114,73 @@ async def test_restart_reconciles_staging_files_with_committed_offsets(
         assert (await patch(second, shorter, 3, b"defghij")).status_code == 204
         for path in (longer, shorter, locked):
             assert (await second.get(path)).content == b"abcdefghij"
+
+
+async def test_completion_stored_but_not_committed_before_a_crash_is_filed_at_restart(
+    make_settings: MakeSettings,
+) -> None:
+    """The last PATCH renames the staging file into place, then the process dies before the
+    transaction that commits the offset with the file row: the restart files the upload."""
+    settings = make_settings()
+    await anyio.to_thread.run_sync(migrate, settings)
+    async with AsyncTestClient(app=create_app(settings)) as first:
+        path = await create(first, 10)
+        assert (await patch(first, path, 0, b"abcd")).status_code == 204
+    # What the crash left: the whole upload renamed into its category folder, the row
+    # still at the offset of the previous PATCH.
+    staged = staging_file(settings.data_dir, path)
+    stored = settings.data_dir / "files" / "text" / staged.name
+    stored.parent.mkdir(parents=True, exist_ok=True)
+    stored.write_bytes(b"abcdefghij")
+    staged.unlink()
+
+    async with AsyncTestClient(app=create_app(settings)) as second:
+        status = await head(second, path)
+        assert status.headers["upload-offset"] == "10"
+        download = await second.get(path)
+        assert download.status_code == 200
+        assert download.content == b"abcdefghij"
+        assert download.headers["content-type"].startswith("text/plain")
+        assert not staged.exists()
+
+
+async def test_terminating_an_upload_removes_bytes_stored_without_a_row(
+    make_settings: MakeSettings,
+) -> None:
+    """A failed filing can leave the renamed file behind; termination deletes it too."""
+    settings = make_settings()
+    await anyio.to_thread.run_sync(migrate, settings)
+    async with AsyncTestClient(app=create_app(settings)) as c:
+        path = await create(c, 10)
+        assert (await patch(c, path, 0, b"abcd")).status_code == 204
+        leftover = settings.data_dir / "files" / "other" / upload_id_of(path)
+        leftover.parent.mkdir(parents=True, exist_ok=True)
+        leftover.write_bytes(b"\x00" * 10)
+        assert (await c.delete(path, headers=TUS)).status_code == 204
+        assert not leftover.exists()
+        assert not staging_file(settings.data_dir, path).exists()
+
+
+async def test_completion_whose_storing_fails_keeps_its_bytes_and_finishes_on_head(
+    make_settings: MakeSettings,
+) -> None:
+    """Storage refuses the rename (its category folder is not a folder): 503, yet the last
+    PATCH's bytes are committed, and a HEAD once storage works again files the upload."""
+    settings = make_settings()
+    await anyio.to_thread.run_sync(migrate, settings)
+    async with AsyncTestClient(app=create_app(settings)) as c:
+        path = await create(c, 10)
+        assert (await patch(c, path, 0, b"abcd")).status_code == 204
+        blocker = settings.data_dir / "files" / "text"
+        blocker.parent.mkdir(parents=True, exist_ok=True)
+        if blocker.is_dir():
+            blocker.rmdir()
+        blocker.write_bytes(b"not a folder")
+        failed = await patch(c, path, 4, b"efghij")
+        assert failed.status_code == 503
+        assert failed.headers["tus-resumable"] == "1.0.0"
+        blocker.unlink()
+        blocker.mkdir()
+        status = await head(c, path)
+        assert status.headers["upload-offset"] == "10"
+        assert (await c.get(path)).content == b"abcdefghij"
