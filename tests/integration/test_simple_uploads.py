@@ -19,7 +19,7 @@ from tests.integration.tus_helpers import (  # noqa: F401 - per-module PostgreSQ
     database_url,
     tus_postgres_database,
 )
-from tests.support.services import postgres_database, running_ferry
+from tests.support.services import FerryProcess, postgres_database, running_ferry, zero_stream
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + os.urandom(200)
 
@@ -131,29 +131,13 @@ async def test_post_without_multipart_is_415(client: AsyncTestClient[FerryApp]) 
 GIB = 1024**3
 
 
-def _zero_stream(total: int, piece: int = 1024 * 1024) -> Iterator[bytes]:
-    block = bytes(piece)
-    sent = 0
-    while sent < total:
-        size = min(piece, total - sent)
-        yield block if size == piece else block[:size]
-        sent += size
-
-
 def _multipart_stream(boundary: str, name: str, total: int) -> Iterator[bytes]:
     yield (
         f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
         "Content-Type: application/octet-stream\r\n\r\n"
     ).encode()
-    yield from _zero_stream(total)
+    yield from zero_stream(total)
     yield f"\r\n--{boundary}--\r\n".encode()
-
-
-def _peak_rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmHWM")
 
 
 @pytest.fixture
@@ -170,18 +154,14 @@ def test_multi_gib_put_and_multipart_stream_with_flat_rss(
     A buffered body would show up as RSS above the limit (the multipart part alone is
     larger than it), so the limit proves both paths stream.
     """
-    from tests.support.services import FerryProcess
-
     assert isinstance(big_server, FerryProcess)
-    assert big_server.process is not None
-    pid = big_server.process.pid
     expected_zero_sha = hashlib.sha256()
-    for block in _zero_stream(2 * GIB):
+    for block in zero_stream(2 * GIB):
         expected_zero_sha.update(block)
     with httpx.Client(base_url=big_server.url, timeout=300) as http:
         put = http.put(
             "/api/files/zeros.bin",
-            content=_zero_stream(2 * GIB),
+            content=zero_stream(2 * GIB),
             headers={"Content-Length": str(2 * GIB)},
         )
         assert put.status_code == 201, put.text
@@ -199,5 +179,5 @@ def test_multi_gib_put_and_multipart_stream_with_flat_rss(
         )
         assert posted.status_code == 201, posted.text
         assert posted.json()["files"][0]["size"] == 256 * 1024 * 1024
-    peak_mib = _peak_rss_kib(pid) / 1024
+    peak_mib = big_server.peak_rss_mib()
     assert peak_mib < 150, f"peak RSS {peak_mib:.0f} MiB"

@@ -120,6 +120,14 @@ class FerryProcess:
         self.stop()
         raise RuntimeError(f"ferry did not become healthy:\n{self.log_path.read_text()[-4000:]}")
 
+    def peak_rss_mib(self) -> float:
+        """The server's peak resident memory so far (VmHWM), in MiB."""
+        assert self.process is not None
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        raise AssertionError("no VmHWM in /proc status")
+
     def kill(self) -> None:
         """``kill -9`` the server: the crash the invariants are about."""
         if self.process is not None and self.process.poll() is None:
@@ -169,3 +177,13 @@ def running_ferry(
 
 
 PYTHON = sys.executable
+
+
+def zero_stream(total: int, piece: int = 1024 * 1024) -> Iterator[bytes]:
+    """``total`` zero bytes in pieces: a multi-GiB body that costs no memory or disk."""
+    block = bytes(piece)
+    sent = 0
+    while sent < total:
+        size = min(piece, total - sent)
+        yield block if size == piece else block[:size]
+        sent += size

@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 
+import httpx
 import pytest
 from litestar.testing import AsyncTestClient
 
@@ -13,7 +15,8 @@ from app.db.engine import migrate
 from app.main import FerryApp, create_app
 from app.settings import Settings
 from tests.integration.s3.conftest import MIB, TEST_PART_SIZE, S3View
-from tests.support.seaweed import MakeS3Settings
+from tests.support.seaweed import MakeS3Settings, S3Endpoint
+from tests.support.services import postgres_database, running_ferry, zero_stream
 
 
 @pytest.fixture
@@ -61,3 +64,33 @@ async def test_refused_type_leaves_no_object_and_no_open_multipart_upload(
     assert response.status_code == 415
     assert s3_view.object_keys() == []
     assert s3_view.open_multipart_uploads() == []
+
+
+def test_multi_gib_put_streams_into_s3_with_flat_rss(
+    seaweed: S3Endpoint, s3_prefix: str, s3_view: S3View, tmp_path: Path
+) -> None:
+    """256 MiB, then 2 GiB by PUT through a real server into S3: right SHA-256, no open
+    multipart upload, and the peak RSS does not grow with the file (a buffered part or
+    body would add its size)."""
+    with (
+        postgres_database() as url,
+        running_ferry(tmp_path, {"FERRY_DATABASE_URL": url, **seaweed.env(s3_prefix)}) as server,
+        httpx.Client(base_url=server.url, timeout=300) as http,
+    ):
+        peaks = []
+        for size in (256 * MIB, 2048 * MIB):
+            expected = hashlib.sha256()
+            for block in zero_stream(size):
+                expected.update(block)
+            put = http.put(
+                f"/api/files/zeros-{size}.bin",
+                content=zero_stream(size),
+                headers={"Content-Length": str(size)},
+            )
+            assert put.status_code == 201, put.text
+            assert put.json()["size"] == size
+            assert put.json()["sha256"] == expected.hexdigest()
+            peaks.append(server.peak_rss_mib())
+    assert len(s3_view.object_keys()) == 2
+    assert s3_view.open_multipart_uploads() == []
+    assert peaks[1] - peaks[0] < 16, f"peak RSS grew from {peaks[0]:.0f} to {peaks[1]:.0f} MiB"
