@@ -29,16 +29,24 @@ class _Bucket:
 class CreationRateLimiter:
     """A token bucket per owner: ``burst`` at once, refilled at ``per_minute``."""
 
-    def __init__(self, per_minute: int, burst: int) -> None:
+    def __init__(self, per_minute: int, burst: int, prune_above: int = 10_000) -> None:
         self._rate = per_minute / 60.0
         self._burst = float(burst)
         self._buckets: dict[str, _Bucket] = {}
+        self._prune_above = prune_above
+
+    @property
+    def tracked_owners(self) -> int:
+        """Owners with a bucket in memory (full buckets are forgotten now and then)."""
+        return len(self._buckets)
 
     def take(self, owner: str) -> None:
         """Spend one token or raise 429 with the seconds until the next one."""
         if self._rate <= 0:
             return
         now = time.monotonic()
+        if owner not in self._buckets and len(self._buckets) >= self._prune_above:
+            self._forget_full_buckets(now)
         bucket = self._buckets.setdefault(owner, _Bucket(self._burst, now))
         bucket.tokens = min(self._burst, bucket.tokens + (now - bucket.updated) * self._rate)
         bucket.updated = now
@@ -50,6 +58,18 @@ class CreationRateLimiter:
             f"{owner} creates uploads too fast; retry in {wait} s",
             headers={"Retry-After": str(wait)},
         )
+
+    def _forget_full_buckets(self, now: float) -> None:
+        """A bucket that has refilled is the same as none: drop those, so memory is bounded
+        by the owners active within one refill period, not by every owner ever seen."""
+        self._buckets = {
+            owner: bucket
+            for owner, bucket in self._buckets.items()
+            if bucket.tokens + (now - bucket.updated) * self._rate < self._burst
+        }
+        # Still crowded (many owners all throttled right now): pruning again at once would
+        # cost a full scan per new owner, so the threshold grows with the live set.
+        self._prune_above = max(self._prune_above, 2 * len(self._buckets))
 
 
 class OwnerQuotas:
