@@ -19,7 +19,7 @@ from app.ops.hooks import PreCreateHook
 from app.ops.limits import CreationRateLimiter, OwnerQuotas
 from app.ops.metrics import InstrumentedBackend, watch_staging_dir
 from app.ops.request_context import RequestContextMiddleware
-from app.ops.webhooks import WebhookOutbox, record_finish_events
+from app.ops.webhooks import WebhookOutbox, record_outbox_events
 from app.settings import Settings
 
 __all__ = [
@@ -51,7 +51,7 @@ async def run_operations(
     watch_staging_dir(settings.staging_dir)
     client = httpx.AsyncClient(follow_redirects=False, trust_env=False)
     outbox = WebhookOutbox(sessions, settings, client)
-    record_finish_events(sessions, enabled=outbox.enabled)
+    record_outbox_events(sessions, enabled=outbox.enabled, wake=outbox.wake)
     app.state.update(
         authenticator=Authenticator(settings, ApiKeyStore(sessions)),
         webhooks=outbox,
@@ -63,7 +63,7 @@ async def run_operations(
     )
     uploads.backend = InstrumentedBackend(uploads.backend)
     uploads.admission = admission.admit
-    uploads.on_terminated = outbox.upload_terminated
+    uploads.on_terminated = outbox.record_termination
     worker = asyncio.create_task(outbox.deliver_forever()) if outbox.enabled else None
     try:
         yield

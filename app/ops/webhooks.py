@@ -1,11 +1,12 @@
 """post-finish and post-terminate webhooks, delivered at least once from a database outbox.
 
 A ``post-finish`` event row is added in the same transaction that records the file (a
-``before_flush`` listener sees the new :class:`~app.db.models.File`), so a finished upload
-always has its event, crash or not. ``post-terminate`` is written right after the upload
-is retired. A worker on every node claims due rows with a compare-and-set on
-``next_attempt_at`` (so two nodes never send one event at the same time), POSTs them signed
-with HMAC-SHA256, and on failure retries with doubling delays up to a limit. The event id
+``before_flush`` listener sees the new :class:`~app.db.models.File`), and a
+``post-terminate`` row in the transaction that retires the upload, so either event exists
+exactly when its change does, crash or not. Committing an event wakes the worker. A
+worker on every node claims due rows with a compare-and-set on ``next_attempt_at`` (so two
+nodes never send one event at the same time), POSTs them signed with HMAC-SHA256, and on
+failure retries with doubling delays up to a limit. The event id
 travels as ``Idempotency-Key``: receivers must expect repeats (at-least-once).
 
 Body: ``{"event", "event_id", "occurred_at", "upload": {...}}`` (``upload`` is the file's
@@ -22,6 +23,7 @@ import hmac
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -92,13 +94,16 @@ def new_event(kind: str, upload_id: uuid.UUID, payload: dict[str, Any]) -> Webho
     )
 
 
-def record_finish_events(sessions: async_sessionmaker[AsyncSession], enabled: bool) -> None:
-    """Count finished uploads and, if webhooks are on, add their outbox rows atomically."""
+def record_outbox_events(
+    sessions: async_sessionmaker[AsyncSession], enabled: bool, wake: Callable[[], None]
+) -> None:
+    """Count finished uploads, add their outbox rows atomically (if webhooks are on), and
+    ``wake`` the delivery worker once a transaction with new events has committed."""
 
-    # A Session subclass of this app's own keeps the listener away from other apps' sessions
-    # (tests run several apps in one process).
+    # A Session subclass of this app's own keeps the listeners away from other apps'
+    # sessions (tests run several apps in one process).
     class OutboxSession(Session):
-        """Ferry's ORM session, with the post-finish outbox listener."""
+        """Ferry's ORM session, with the outbox listeners."""
 
     def before_flush(session: Session, _context: Any, _instances: Any) -> None:
         for added in list(session.new):
@@ -106,9 +111,23 @@ def record_finish_events(sessions: async_sessionmaker[AsyncSession], enabled: bo
                 metrics.UPLOADS_FINISHED.inc()
                 if enabled:
                     session.add(new_event(POST_FINISH, added.id, finish_payload(added)))
+        if any(isinstance(added, WebhookEvent) for added in session.new):
+            session.info[_EVENTS_PENDING] = True
+
+    def after_commit(session: Session) -> None:
+        if session.info.pop(_EVENTS_PENDING, False):
+            wake()
+
+    def after_rollback(session: Session) -> None:
+        session.info.pop(_EVENTS_PENDING, None)
 
     event.listen(OutboxSession, "before_flush", before_flush)
+    event.listen(OutboxSession, "after_commit", after_commit)
+    event.listen(OutboxSession, "after_rollback", after_rollback)
     sessions.configure(sync_session_class=OutboxSession)
+
+
+_EVENTS_PENDING = "ferry.outbox_events_pending"
 
 
 class WebhookOutbox:
@@ -130,24 +149,27 @@ class WebhookOutbox:
         """Whether a webhook URL is configured."""
         return bool(self._settings.webhook_url)
 
-    async def upload_terminated(self, upload: Upload) -> None:
-        """Count the termination and queue a post-terminate event."""
-        metrics.UPLOADS_TERMINATED.inc()
-        if not self.enabled:
-            return
-        async with self._sessions() as session, session.begin():
-            session.add(new_event(POST_TERMINATE, upload.id, terminate_payload(upload)))
+    def wake(self) -> None:
+        """Start a delivery pass now (an event was committed)."""
         self._wake.set()
+
+    def record_termination(self, session: AsyncSession, upload: Upload) -> None:
+        """Count the termination and queue its post-terminate event in the retiring
+        transaction (``session``), so the event exists exactly when the termination does."""
+        metrics.UPLOADS_TERMINATED.inc()
+        if self.enabled:
+            session.add(new_event(POST_TERMINATE, upload.id, terminate_payload(upload)))
 
     async def deliver_forever(self) -> None:
         """The worker: deliver due events until cancelled."""
         while True:
+            # Cleared before the pass: an event committed during it triggers another pass.
+            self._wake.clear()
             try:
                 while await self.deliver_due():
                     pass
             except Exception:
                 logger.exception("webhook outbox pass failed")
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._settings.webhook_poll_seconds)
 

@@ -140,7 +140,8 @@ class UploadService:
         self.admission: Callable[[NewUpload, int | None], Awaitable[NewUpload]] | None = None
         """Quotas, rate limit and pre-create hook (:mod:`app.ops.admission`); may refuse or
         change the metadata of a creation."""
-        self.on_terminated: Callable[[Upload], Awaitable[None]] | None = None
+        self.on_terminated: Callable[[AsyncSession, Upload], None] | None = None
+        """Called inside the transaction that terminates an upload (webhook outbox)."""
         """Called after an upload was terminated (the post-terminate webhook)."""
 
     # ------------------------------------------------------------------ reading
@@ -795,16 +796,20 @@ class UploadService:
         token = await self.locks.acquire(upload.id)
         if token is None:
             raise UploadLocked("the upload is being written; stop that request first")
-        await self._retire(upload, token, UploadState.TERMINATED)
-        if self.on_terminated is not None:
-            await self.on_terminated(upload)
+        await self._retire(upload, token, UploadState.TERMINATED, self.on_terminated)
 
-    async def _retire(self, upload: Upload, token: str, state: UploadState) -> None:
+    async def _retire(
+        self,
+        upload: Upload,
+        token: str,
+        state: UploadState,
+        in_transaction: Callable[[AsyncSession, Upload], None] | None = None,
+    ) -> None:
         # The row leaves the live states first, so no request can use the bytes while
         # they are removed; a crash in between leaves only files the reconciler deletes.
         async with self._sessions() as session, session.begin():
             stored = await session.get(File, upload.id)
-            await session.execute(
+            retired: Any = await session.execute(
                 update(Upload)
                 .where(Upload.id == upload.id, Upload.lock_token == token)
                 .values(
@@ -818,6 +823,8 @@ class UploadService:
             )
             if stored is not None:
                 await session.execute(delete(File).where(File.id == upload.id))
+            if in_transaction is not None and retired.rowcount == 1:
+                in_transaction(session, upload)
         self.hashes.forget(upload.id)
         await self.staging.remove(upload.id)
         await self.backend.discard_upload(upload.id)

@@ -116,6 +116,30 @@ def test_a_failing_receiver_is_retried_until_it_answers_2xx(tmp_path: Path) -> N
         receiver.stop()
 
 
+def test_committed_events_are_delivered_at_once_not_at_the_next_poll(tmp_path: Path) -> None:
+    """Committing a finish or a termination wakes the worker; the poll is only a fallback."""
+    receiver = HttpReceiver().start()
+    env = {
+        "FERRY_WEBHOOK_URL": receiver.url,
+        "FERRY_WEBHOOK_SECRET": SECRET,
+        "FERRY_WEBHOOK_POLL_SECONDS": "600",
+    }
+    try:
+        with running_ferry(tmp_path, env) as server:
+            time.sleep(0.5)  # the worker's first pass is over; it now waits for a wake-up
+            finished = _upload(server, b"wake up")
+            _wait_for(lambda: len(receiver.received) >= 1, 5)
+            terminated = _terminated(server)
+            _wait_for(lambda: len(receiver.received) >= 2, 5)
+        kinds = {r.headers["ferry-event"]: r.json()["upload"]["id"] for r in receiver.received}
+        assert kinds == {
+            "post-finish": finished.rsplit("/", 1)[-1],
+            "post-terminate": terminated.rsplit("/", 1)[-1],
+        }
+    finally:
+        receiver.stop()
+
+
 def test_logs_land_in_the_log_dir_as_json_with_request_ids_and_error_log_holds_errors_only(
     tmp_path: Path,
 ) -> None:
