@@ -869,7 +869,10 @@ class UploadService:
             rows = (
                 await session.execute(
                     select(Upload.id, Upload.state, Upload.is_partial).where(
-                        Upload.state.in_(LIVE_STATES)
+                        or_(
+                            Upload.state == UploadState.ACTIVE,
+                            (Upload.state == UploadState.COMPLETED) & Upload.is_partial,
+                        )
                     )
                 )
             ).all()
@@ -906,7 +909,14 @@ class UploadService:
             if upload.is_final:
                 continue
             if upload.state == UploadState.COMPLETED and self.partials is not None:
-                continue  # a completed partial lives in the partial store, not in staging
+                # A completed partial lives in the partial store, not in staging; one
+                # staged whole by a version that concatenated locally is stored now.
+                if await self.staging.size(upload.id) == upload.length:
+                    try:
+                        await self._store_partial(upload)
+                    except Exception:
+                        logger.exception("could not store partial %s at start-up", upload.id)
+                continue
             size = await self.staging.size(upload.id)
             if size is None:
                 if upload.is_complete and upload.state == UploadState.ACTIVE:

@@ -294,6 +294,33 @@ async def test_expired_partial_loses_its_object_and_the_final_file_stays_whole(
     assert s3_view.object_keys() == []
 
 
+@pytest.fixture
+def local_settings(make_settings: MakeSettings, settings_via_proxy: Settings) -> Settings:
+    """The same database and data directory, storing on the local disk."""
+    return make_settings(storage="local")
+
+
+async def test_partials_staged_whole_before_the_upgrade_are_stored_at_start_up(
+    local_settings: Settings, settings_via_proxy: Settings, s3_view: S3View
+) -> None:
+    """Earlier versions kept completed partials whole in staging, even on S3."""
+    datas = [payload(PART + 1, seed=15), payload(10, seed=16)]
+    app = create_app(local_settings)
+    async with AsyncTestClient(app=app, base_url="http://ferry.local") as local:
+        paths = [await upload_partial(local, data) for data in datas]
+
+    async with AsyncTestClient(
+        app=create_app(settings_via_proxy), base_url="http://ferry.local"
+    ) as client:
+        keys = {f"{s3_view.prefix}partials/{upload_id_of(p)}" for p in paths}
+        assert set(s3_view.object_keys()) == keys, "stored by start-up reconciliation"
+        final = await create_final(client, paths)
+        expected = hashlib.sha256(b"".join(datas)).hexdigest()
+        assert (await file_info(client, final))["sha256"] == expected
+    for path in paths:
+        assert not (settings_via_proxy.staging_dir / upload_id_of(path)).exists()
+
+
 async def test_sweep_deletes_partial_objects_that_no_live_partial_owns(
     client: Client,
     settings_via_proxy: Settings,
