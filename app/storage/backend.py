@@ -8,9 +8,9 @@ to serve byte ranges, and to free what an abandoned upload left behind.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, cast
 
 import msgspec
 
@@ -38,9 +38,19 @@ class StorageBackend(Protocol):
         """Health: the backend can store and read right now."""
 
     async def staged_bytes_durable(
-        self, upload_id: uuid.UUID, staged_path: Path, durable_offset: int, length: int | None
+        self,
+        upload_id: uuid.UUID,
+        staged_path: Path,
+        durable_offset: int,
+        length: int | None,
+        *,
+        partial: bool = False,
     ) -> None:
-        """A PATCH made ``[0, durable_offset)`` durable in staging; backends may ship parts."""
+        """A PATCH made ``[0, durable_offset)`` durable in staging; backends may ship parts.
+
+        ``partial``: the bytes belong to a partial upload (tus concatenation), which only a
+        :class:`PartialStore` is ever told about; it ships them to the partial's own place.
+        """
 
     async def store(
         self, upload_id: uuid.UUID, staged_path: Path, size: int, category: str, content_type: str
@@ -59,3 +69,49 @@ class StorageBackend(Protocol):
 
     async def delete(self, key: str) -> None:
         """Delete a stored file; a missing one is not an error."""
+
+
+class PartialStore(Protocol):
+    """A backend that keeps completed partial uploads and builds final uploads from them.
+
+    Without this capability the upload service keeps partials whole in staging and
+    concatenates them there. With it (S3), partials ship like any upload and a final is
+    assembled inside the backend (UploadPartCopy), so its bytes need not pass through
+    Ferry again. A partial's object is never a file: it has no file row and is deleted
+    when the partial is terminated or expires.
+    """
+
+    stores_partials: bool
+
+    async def store_partial(self, upload_id: uuid.UUID, staged_path: Path, size: int) -> None:
+        """Keep a complete partial upload (its staging file is dropped); idempotent."""
+
+    def partial_object(self, upload_id: uuid.UUID, size: int) -> StoredObject:
+        """Where a stored partial upload of ``size`` bytes lives (readable by ``open_range``)."""
+        ...
+
+    async def concatenate(
+        self,
+        final_id: uuid.UUID,
+        sources: Sequence[StoredObject],
+        spool_path: Path,
+        category: str,
+        content_type: str,
+    ) -> StoredObject:
+        """Store ``sources`` end to end as the final upload's object; size-checked.
+
+        ``spool_path`` is scratch space for pieces too small to be copied on their own.
+        Redoes an assembly a crash interrupted (aborting what it left) and leaves nothing
+        open when it fails.
+        """
+        ...
+
+    async def discard_partial(self, upload_id: uuid.UUID) -> None:
+        """Delete a stored partial upload; a missing one is not an error."""
+
+
+def partial_store_of(backend: StorageBackend) -> PartialStore | None:
+    """The backend as a :class:`PartialStore`, if it has that capability."""
+    if getattr(backend, "stores_partials", False):
+        return cast(PartialStore, backend)
+    return None

@@ -36,7 +36,13 @@ class LocalBackend:
         return await anyio.to_thread.run_sync(os.access, self.files_dir, os.W_OK)
 
     async def staged_bytes_durable(
-        self, upload_id: uuid.UUID, staged_path: Path, durable_offset: int, length: int | None
+        self,
+        upload_id: uuid.UUID,
+        staged_path: Path,
+        durable_offset: int,
+        length: int | None,
+        *,
+        partial: bool = False,
     ) -> None:
         """Local files are moved into place only on completion."""
 

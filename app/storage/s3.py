@@ -15,6 +15,10 @@ Crash safety: parts are numbered by the plan, never by arrival, so re-sending a 
 after a crash replaces it instead of duplicating it. Before an upload's first part in a
 process, the ledger is reconciled with ListParts; a part recorded but missing in S3 is
 sent again from staging (or the upload is reported lost if its bytes were reclaimed).
+
+Concatenation: a partial upload ships the same way into ``{prefix}partials/{uid}`` (not a
+file); a final upload is assembled from those objects inside S3 by
+:mod:`app.storage.s3_concat`.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import contextlib
 import logging
 import random
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -43,6 +47,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.errors import PayloadTooLarge, ServiceUnavailable
 from app.filenames import content_disposition
 from app.storage.backend import StoredObject
+from app.storage.concat_plan import part_floor
 from app.storage.parts import (
     PartPlan,
     PartSpan,
@@ -51,7 +56,8 @@ from app.storage.parts import (
     plan_for_deferred,
     plan_for_length,
 )
-from app.storage.s3_ledger import multipart_uploads, parts
+from app.storage.s3_concat import FinalAssembly
+from app.storage.s3_ledger import Multipart, PartRecord, multipart_uploads, parts
 from app.storage.sniff import SNIFF_SIZE, Category, category_for, sniff_content_type
 from app.storage.staged_parts import (
     StagedPartBody,
@@ -78,6 +84,11 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 #: Errors a background task waits out: S3 trouble, or the database holding the ledger.
 RETRYABLE_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT_ERRORS, SQLAlchemyError)
 DOWNLOAD_BLOCK_SIZE = 1024 * 1024
+_OCTETS = "application/octet-stream"
+PARTIALS_FOLDER = "partials"
+"""Partial uploads (tus concatenation) are kept at ``{prefix}partials/{uid}``."""
+ABORT_PATIENCE = 15.0
+"""Seconds a failed assembly waits for its abort; past that, the next attempt aborts it."""
 ORPHAN_GRACE = timedelta(minutes=10)
 """A multipart upload no ledger row names is aborted only when older than this (it may be
 one whose ledger row is being written right now)."""
@@ -87,31 +98,18 @@ class PartsLost(Exception):
     """S3 lost parts whose staged bytes were already reclaimed; the upload cannot finish."""
 
 
-@dataclass(frozen=True, slots=True)
-class _Multipart:
-    key: str
-    s3_upload_id: str
-    plan: PartPlan
-
-
-@dataclass(frozen=True, slots=True)
-class _PartRecord:
-    number: int
-    size: int
-    etag: str
-    crc32c: str
-
-
 @dataclass(eq=False)
 class _Shipment:
     """What this process knows about one upload's way into S3."""
 
     upload_id: uuid.UUID
     staged_path: Path
+    partial: bool = False
+    """A partial upload's bytes: they go to its partial object, not to a file key."""
     durable_offset: int = 0
     length: int | None = None
-    multipart: _Multipart | None = None
-    recorded: dict[int, _PartRecord] = field(default_factory=dict)
+    multipart: Multipart | None = None
+    recorded: dict[int, PartRecord] = field(default_factory=dict)
     in_flight: dict[int, asyncio.Task[None]] = field(default_factory=dict)
     scheduled_upto: int = 0
     loaded: bool = False
@@ -134,6 +132,8 @@ class S3Backend:
     name = "s3"
     reclaims_staging = True
     """Staged bytes of shipped parts are punched out: SHA-256 must come from S3 then."""
+    stores_partials = True
+    """Partial uploads ship like any upload; finals are assembled in S3 (a PartialStore)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -246,6 +246,15 @@ class S3Backend:
         """The object key of an upload's file."""
         return f"{self.prefix}{Category(category).value}/{upload_id}"
 
+    def partial_key(self, upload_id: uuid.UUID) -> str:
+        """The object key of a partial upload: deterministic, so a restart finds it."""
+        return f"{self.prefix}{PARTIALS_FOLDER}/{upload_id}"
+
+    def _object_key(self, shipment: _Shipment, category: str) -> str:
+        if shipment.partial:
+            return self.partial_key(shipment.upload_id)
+        return self.key_for(shipment.upload_id, category)
+
     def _upload_id_of_key(self, key: str) -> uuid.UUID | None:
         if not key.startswith(self.prefix):
             return None
@@ -265,10 +274,17 @@ class S3Backend:
         return shipment
 
     async def staged_bytes_durable(
-        self, upload_id: uuid.UUID, staged_path: Path, durable_offset: int, length: int | None
+        self,
+        upload_id: uuid.UUID,
+        staged_path: Path,
+        durable_offset: int,
+        length: int | None,
+        *,
+        partial: bool = False,
     ) -> None:
         """Schedule every whole part inside ``[0, durable_offset)``; never waits for S3."""
         shipment = self._shipment(upload_id, staged_path)
+        shipment.partial = shipment.partial or partial
         shipment.durable_offset = max(shipment.durable_offset, durable_offset)
         shipment.length = length
         if shipment.multipart is None and self._is_single_part(length):
@@ -393,12 +409,12 @@ class S3Backend:
                     ContentLength=span.size,
                     ChecksumCRC32C=crc,
                 )
-        record = _PartRecord(span.number, span.size, response["ETag"], crc)
+        record = PartRecord(span.number, span.size, response["ETag"], crc)
         await self._record_part(shipment.upload_id, record)
         shipment.recorded[span.number] = record
         await anyio.to_thread.run_sync(reclaim_range, shipment.staged_path, span.start, span.end)
 
-    async def _record_part(self, upload_id: uuid.UUID, record: _PartRecord) -> None:
+    async def _record_part(self, upload_id: uuid.UUID, record: PartRecord) -> None:
         async with self.sessions() as session, session.begin():
             await session.execute(
                 delete(parts).where(
@@ -421,19 +437,28 @@ class S3Backend:
         content_type = sniff_content_type(head)
         # The service sniffs the same head with the same function, so the category (and
         # the key) chosen now is the one it will ask store() for.
-        key = self.key_for(shipment.upload_id, category_for(content_type).value)
+        key = self._object_key(shipment, category_for(content_type).value)
+        shipment.multipart = await self._begin_registered(
+            shipment.upload_id, key, content_type, plan
+        )
+        shipment.recorded.clear()
+
+    async def _begin_registered(
+        self, upload_id: uuid.UUID, key: str, content_type: str, plan: PartPlan
+    ) -> Multipart:
+        """CreateMultipartUpload, then the ledger row that owns it (and its plan)."""
         response = await self.client.create_multipart_upload(
             Bucket=self.bucket, Key=key, ContentType=content_type, ChecksumAlgorithm="CRC32C"
         )
-        multipart = _Multipart(key=key, s3_upload_id=response["UploadId"], plan=plan)
+        multipart = Multipart(key=key, s3_upload_id=response["UploadId"], plan=plan)
         async with self.sessions() as session, session.begin():
             await session.execute(
-                delete(multipart_uploads).where(multipart_uploads.c.upload_id == shipment.upload_id)
+                delete(multipart_uploads).where(multipart_uploads.c.upload_id == upload_id)
             )
-            await session.execute(delete(parts).where(parts.c.upload_id == shipment.upload_id))
+            await session.execute(delete(parts).where(parts.c.upload_id == upload_id))
             await session.execute(
                 insert(multipart_uploads).values(
-                    upload_id=shipment.upload_id,
+                    upload_id=upload_id,
                     object_key=key,
                     s3_upload_id=multipart.s3_upload_id,
                     base_part_size=plan.base_size,
@@ -442,8 +467,7 @@ class S3Backend:
                     created_at=datetime.now(UTC),
                 )
             )
-        shipment.multipart = multipart
-        shipment.recorded.clear()
+        return multipart
 
     async def _ensure_loaded(self, shipment: _Shipment) -> None:
         """Load the ledger and reconcile it with ListParts (once per process and upload)."""
@@ -469,9 +493,9 @@ class S3Backend:
         plan = PartPlan(
             base_size=row.base_part_size, max_parts=row.max_parts, growth_step=row.growth_step
         )
-        multipart = _Multipart(key=row.object_key, s3_upload_id=row.s3_upload_id, plan=plan)
+        multipart = Multipart(key=row.object_key, s3_upload_id=row.s3_upload_id, plan=plan)
         recorded = {
-            r.part_number: _PartRecord(r.part_number, r.size, r.etag, r.checksum_crc32c)
+            r.part_number: PartRecord(r.part_number, r.size, r.etag, r.checksum_crc32c)
             for r in rows
         }
         in_s3 = await self._list_parts(multipart)
@@ -499,8 +523,8 @@ class S3Backend:
             shipment.recorded = {}
             shipment.loaded = True
             return
-        kept: dict[int, _PartRecord] = {}
-        missing: list[_PartRecord] = []
+        kept: dict[int, PartRecord] = {}
+        missing: list[PartRecord] = []
         for number, record in recorded.items():
             seen = in_s3.get(number)
             if seen is not None and seen[0] == record.size and _same_etag(seen[1], record.etag):
@@ -525,12 +549,12 @@ class S3Backend:
         shipment.loaded = True
 
     async def _all_staged(
-        self, shipment: _Shipment, records: Iterable[_PartRecord], plan: PartPlan
+        self, shipment: _Shipment, records: Iterable[PartRecord], plan: PartPlan
     ) -> bool:
         spans = [plan.span(r.number) for r in records]
         return await anyio.to_thread.run_sync(_ranges_hold_data, shipment.staged_path, spans)
 
-    async def _list_parts(self, multipart: _Multipart) -> dict[int, tuple[int, str]] | None:
+    async def _list_parts(self, multipart: Multipart) -> dict[int, tuple[int, str]] | None:
         """Part number → (size, ETag) as S3 knows them; ``None`` if the upload is gone."""
         found: dict[int, tuple[int, str]] = {}
         marker = 0
@@ -627,9 +651,16 @@ class S3Backend:
     async def _put_single(
         self, shipment: _Shipment, size: int, category: str, content_type: str
     ) -> StoredObject:
-        key = self.key_for(shipment.upload_id, category)
-        crc = await anyio.to_thread.run_sync(crc32c_of_range, shipment.staged_path, 0, size)
-        with StagedRangeReader(shipment.staged_path, 0, size) as body:
+        key = self._object_key(shipment, category)
+        return await self._put_from_file(key, shipment.staged_path, size, content_type)
+
+    async def _put_from_file(
+        self, key: str, path: Path, size: int, content_type: str, crc: str | None = None
+    ) -> StoredObject:
+        """One PutObject of the first ``size`` bytes of a local file, streamed."""
+        if crc is None:
+            crc = await anyio.to_thread.run_sync(crc32c_of_range, path, 0, size)
+        with StagedRangeReader(path, 0, size) as body:
             response = await self.client.put_object(
                 Bucket=self.bucket,
                 Key=key,
@@ -641,12 +672,13 @@ class S3Backend:
         return StoredObject(key=key, size=size, etag=response.get("ETag"))
 
     async def _complete(
-        self, multipart: _Multipart, records: list[_PartRecord], size: int
+        self, multipart: Multipart, records: list[PartRecord], size: int
     ) -> StoredObject:
         """CompleteMultipartUpload; an unseen earlier success is found with a HEAD."""
         upload = {
             "Parts": [
-                {"PartNumber": r.number, "ETag": r.etag, "ChecksumCRC32C": r.crc32c}
+                {"PartNumber": r.number, "ETag": r.etag}
+                | ({"ChecksumCRC32C": r.crc32c} if r.crc32c else {})
                 for r in records
             ]
         }
@@ -694,6 +726,119 @@ class S3Backend:
                 await self._forget(upload_id)
                 return found
         return None
+
+    # ------------------------------------------------------------------ concatenation
+
+    async def store_partial(self, upload_id: uuid.UUID, staged_path: Path, size: int) -> None:
+        """Ship what is left of a complete partial upload into its partial object."""
+        if await anyio.Path(staged_path).exists():
+            self._shipment(upload_id, staged_path).partial = True
+            await self.store(upload_id, staged_path, size, Category.OTHER.value, _OCTETS)
+            return
+        # The staging file goes only after the object is complete: a crash came between.
+        try:
+            found = await self._head(self.partial_key(upload_id))
+        except TRANSIENT_ERRORS as exc:
+            raise ServiceUnavailable(
+                "object storage is unavailable; retry later", headers={"Retry-After": "5"}
+            ) from exc
+        if found is None or found.size != size:
+            raise ServiceUnavailable(f"partial upload {upload_id} lost its staged bytes")
+        await self._forget(upload_id)
+
+    def partial_object(self, upload_id: uuid.UUID, size: int) -> StoredObject:
+        """Where a stored partial upload lives."""
+        return StoredObject(key=self.partial_key(upload_id), size=size)
+
+    async def concatenate(
+        self,
+        final_id: uuid.UUID,
+        sources: Sequence[StoredObject],
+        spool_path: Path,
+        category: str,
+        content_type: str,
+    ) -> StoredObject:
+        """Assemble a final upload's object from partial objects inside S3.
+
+        Parts are copied with UploadPartCopy where S3's part rules allow it and uploaded
+        from ``spool_path`` where they do not (:mod:`app.storage.concat_plan`).
+        """
+        key = self.key_for(final_id, category)
+        try:
+            # An assembly a crash interrupted is aborted first; this one starts over.
+            await self.discard_upload(final_id)
+            return await FinalAssembly(self, final_id, key, sources, spool_path).run(content_type)
+        except PartTooLarge as exc:
+            raise PayloadTooLarge(str(exc)) from None
+        except TRANSIENT_ERRORS as exc:
+            logger.warning("final upload %s: assembly in S3 failed: %r", final_id, exc)
+            raise ServiceUnavailable(
+                "object storage is unavailable; retry later", headers={"Retry-After": "5"}
+            ) from exc
+        finally:
+            await anyio.Path(spool_path).unlink(missing_ok=True)
+
+    async def begin_assembly(
+        self, final_id: uuid.UUID, key: str, content_type: str, total: int
+    ) -> Multipart:
+        """Start (and record in the ledger) the multipart upload a final is built in."""
+        settings = self.settings
+        floor = part_floor(total, settings.s3_min_part_size, settings.s3_max_parts)
+        plan = PartPlan(base_size=floor, max_parts=settings.s3_max_parts)
+        return await self._begin_registered(final_id, key, content_type, plan)
+
+    async def finish_assembly(
+        self, final_id: uuid.UUID, multipart: Multipart, records: list[PartRecord], size: int
+    ) -> StoredObject:
+        """CompleteMultipartUpload (size checked by a HEAD); the ledger row is dropped."""
+        stored = await self._complete(multipart, records, size)
+        await self._forget(final_id)
+        return stored
+
+    async def abandon_assembly(self, final_id: uuid.UUID) -> None:
+        """Abort a failed assembly, waiting a bounded time (else the next attempt does)."""
+        with anyio.CancelScope(shield=True), anyio.move_on_after(ABORT_PATIENCE):
+            await self.discard_upload(final_id)
+
+    async def put_file(
+        self, key: str, path: Path, size: int, content_type: str, crc32c: str
+    ) -> StoredObject:
+        """One PutObject of the first ``size`` bytes of a spool file."""
+        return await self._put_from_file(key, path, size, content_type, crc32c)
+
+    @property
+    def part_slots(self) -> asyncio.Semaphore:
+        """Bounds the parts this process sends at once, over all uploads."""
+        if self._global_slots is None:
+            raise RuntimeError("S3Backend.start() was not called")
+        return self._global_slots
+
+    async def discard_partial(self, upload_id: uuid.UUID) -> None:
+        """Delete a partial upload's object (the orphan sweep retries if S3 is down)."""
+        try:
+            await self.delete(self.partial_key(upload_id))
+        except TRANSIENT_ERRORS as exc:
+            logger.warning(
+                "partial upload %s: delete failed (%r); the sweep retries", upload_id, exc
+            )
+
+    async def delete_orphaned_partials(self, live_partial_ids: set[uuid.UUID]) -> int:
+        """Delete partial objects whose partial upload is no longer live."""
+        deleted = 0
+        now = datetime.now(UTC)
+        paginator = self.client.get_paginator("list_objects_v2")
+        prefix = f"{self.prefix}{PARTIALS_FOLDER}/"
+        async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                owner = self._upload_id_of_key(item["Key"])
+                if owner is not None and owner in live_partial_ids:
+                    continue
+                modified = item.get("LastModified")
+                if modified is not None and now - modified < ORPHAN_GRACE:
+                    continue  # its upload may have been created after the live set was read
+                await self.delete(item["Key"])
+                deleted += 1
+        return deleted
 
     # ------------------------------------------------------------------ cleanup
 
@@ -784,17 +929,29 @@ class S3Backend:
     # ------------------------------------------------------------------ reading
 
     async def open_range(self, key: str, start: int, length: int) -> AsyncIterator[bytes]:
-        """Stream ``length`` bytes from ``start`` with one ranged GetObject."""
+        """Stream ``length`` bytes from ``start`` with one ranged GetObject.
+
+        S3 failing is a 503 (:class:`ServiceUnavailable`), never an unexplained 500.
+        """
         if length <= 0:
             return
-        response = await self.client.get_object(
-            Bucket=self.bucket, Key=key, Range=f"bytes={start}-{start + length - 1}"
-        )
-        body = response["Body"]
+        try:
+            response = await self.client.get_object(
+                Bucket=self.bucket, Key=key, Range=f"bytes={start}-{start + length - 1}"
+            )
+            body = response["Body"]
+        except TRANSIENT_ERRORS as exc:
+            logger.warning("reading %s from S3 failed: %r", key, exc)
+            raise ServiceUnavailable(
+                "object storage is unavailable; retry later", headers={"Retry-After": "5"}
+            ) from exc
         try:
             remaining = length
             while remaining > 0:
-                block = await body.read(min(DOWNLOAD_BLOCK_SIZE, remaining))
+                try:
+                    block = await body.read(min(DOWNLOAD_BLOCK_SIZE, remaining))
+                except TRANSIENT_ERRORS as exc:
+                    raise ServiceUnavailable("object storage stopped answering") from exc
                 if not block:
                     break
                 remaining -= len(block)

@@ -10,13 +10,22 @@ Two tables, written only by :class:`~app.storage.s3.S3Backend`:
 A row is written only after S3 answered, so the ledger may lag S3 (a part uploaded just
 before a crash) but never runs ahead of it; start-up reconciliation with ListParts closes
 the gap. Rows are plain SQLAlchemy Core tables on the shared metadata.
+
+A final upload being assembled from partial objects (:mod:`app.storage.s3_concat`) has a
+``s3_multipart_uploads`` row too, so termination, expiry and a restart can abort it and
+the orphan sweep leaves it alone; its copied parts are not recorded (a restart redoes the
+assembly).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from advanced_alchemy.base import orm_registry
 from advanced_alchemy.types import GUID, DateTimeUTC
 from sqlalchemy import BigInteger, Column, Integer, PrimaryKeyConstraint, String, Table
+
+from app.storage.parts import PartPlan
 
 multipart_uploads = Table(
     "s3_multipart_uploads",
@@ -41,3 +50,23 @@ parts = Table(
     Column("created_at", DateTimeUTC(timezone=True), nullable=False),
     PrimaryKeyConstraint("upload_id", "part_number", name="pk_s3_parts"),
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Multipart:
+    """One ``s3_multipart_uploads`` row: the object key, S3's ``UploadId`` and the plan."""
+
+    key: str
+    s3_upload_id: str
+    plan: PartPlan
+
+
+@dataclass(frozen=True, slots=True)
+class PartRecord:
+    """One part S3 acknowledged, as CompleteMultipartUpload needs it."""
+
+    number: int
+    size: int
+    etag: str
+    crc32c: str | None
+    """``None`` for a copied part whose server did not report a checksum."""

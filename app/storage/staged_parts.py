@@ -136,6 +136,11 @@ def crc32c_of_range(path: Path, start: int, size: int) -> str:
     with StagedRangeReader(path, start, size) as reader:
         while block := reader.read(READ_SIZE):
             value = int(google_crc32c.extend(value, block))
+    return crc32c_base64(value)
+
+
+def crc32c_base64(value: int) -> str:
+    """A CRC32C value in the base64 form of S3's ``x-amz-checksum-crc32c``."""
     return base64.b64encode(value.to_bytes(4, "big")).decode("ascii")
 
 

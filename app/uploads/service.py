@@ -43,7 +43,7 @@ from app.errors import (
     UploadLocked,
 )
 from app.filenames import safe_display_name
-from app.storage.backend import StorageBackend, StoredObject
+from app.storage.backend import StorageBackend, StoredObject, partial_store_of
 from app.storage.sniff import SNIFF_SIZE, category_for, sniff_content_type
 from app.storage.staging import StagingArea
 from app.tus.protocol import ChecksumSpec, ChunkDigest, ChunkVerifier, decode_metadata_value
@@ -135,6 +135,9 @@ class UploadService:
         bind_database = getattr(backend, "bind_database", None)
         if bind_database is not None:
             bind_database(sessions)  # S3: its parts ledger lives in the same database
+        self.partials = partial_store_of(backend)
+        """Set when the backend keeps partial uploads and assembles finals itself (S3);
+        otherwise partials stay staged whole and finals are concatenated in staging."""
         self.policy = UploadPolicy.from_settings(settings)
         """Validation rules shared by every upload path (:mod:`app.uploads.validation`)."""
         self.admission: Callable[[NewUpload, int | None], Awaitable[NewUpload]] | None = None
@@ -433,11 +436,15 @@ class UploadService:
             self.hashes.record(upload.id, new_offset, running)
         else:
             self.hashes.forget(upload.id)
-        if not upload.is_partial:
-            # A partial upload's bytes stay staged whole until a final upload concatenates
-            # them locally, so no backend may ship (and reclaim) them early.
+        if not upload.is_partial or self.partials is not None:
+            # Without a partial store, a partial upload's bytes stay staged whole until a
+            # final upload concatenates them locally: nothing may ship (and reclaim) them.
             await self.backend.staged_bytes_durable(
-                upload.id, self.staging.path_for(upload.id), new_offset, upload.length
+                upload.id,
+                self.staging.path_for(upload.id),
+                new_offset,
+                upload.length,
+                partial=upload.is_partial,
             )
         if checks_policy:
             # Validation as early as the magic bytes allow: a refused 50 GB upload stops
@@ -541,7 +548,7 @@ class UploadService:
         if refreshed.is_final and not await self._assemble_final(refreshed, token):
             await self.locks.release(upload.id, token)
             return refreshed
-        if not refreshed.is_complete:
+        if not refreshed.is_final and not refreshed.is_complete:
             await self.locks.release(upload.id, token)
             return refreshed
         return await self._finish(refreshed, token)
@@ -554,7 +561,11 @@ class UploadService:
             # Storing can wait on S3 for the last parts; the lease must outlive that wait.
             async with self.locks.kept_alive(upload.id, token):
                 if upload.is_partial:
+                    if self.partials is not None:
+                        await self._store_partial(upload)
                     await self._mark_partial_complete(upload, token)
+                elif upload.is_final and self.partials is not None:
+                    await self._file_concatenation(upload, token)
                 else:
                     await self._file_upload(upload, token, appended)
         except BaseException:
@@ -586,9 +597,19 @@ class UploadService:
                     exc_info=True,
                 )
 
+    async def _store_partial(self, upload: Upload) -> None:
+        assert self.partials is not None
+        try:
+            await self.partials.store_partial(
+                upload.id, self.staging.path_for(upload.id), upload.length or 0
+            )
+        except OSError as exc:
+            logger.exception("storing partial upload %s failed", upload.id)
+            raise ServiceUnavailable("storage is unavailable; retry later") from exc
+
     async def _mark_partial_complete(self, upload: Upload, token: str) -> None:
-        # concatenation: a partial is not processed on its own; its bytes stay staged
-        # until a final upload uses them (or it expires).
+        # concatenation: a partial is not processed on its own; its bytes stay (staged, or
+        # in the partial store) until a final upload uses them or it expires.
         async with self._sessions() as session, session.begin():
             await session.execute(
                 update(Upload)
@@ -677,6 +698,7 @@ class UploadService:
                 .where(Upload.id == upload.id, Upload.lock_token == token)
                 .values(
                     state=UploadState.COMPLETED,
+                    length=stored.size,
                     offset=stored.size,
                     lock_token=None,
                     lock_holder=None,
@@ -686,6 +708,7 @@ class UploadService:
                 .execution_options(synchronize_session=False)
             )
         upload.expires_at = None
+        upload.length = upload.offset = stored.size
 
     # ------------------------------------------------------------------ concatenation
 
@@ -693,17 +716,17 @@ class UploadService:
         """Concatenate a final upload's partials into its staging file; lock held.
 
         Returns ``False`` while some partial is unfinished (concatenation-unfinished).
+        With a partial store the final is assembled in the backend when it is filed.
         """
+        if self.partials is not None:
+            return await self._finished_partials(final) is not None
         if final.is_complete and final.offset > 0:
             return True  # assembled before a crash stopped it from being filed
         # (Only assembly sets a final's offset, so an empty final still gets its empty file.)
-        part_ids = [uuid.UUID(p) for p in final.concat_parts or []]
-        async with self._sessions() as session:
-            rows = (await session.scalars(select(Upload).where(Upload.id.in_(set(part_ids))))).all()
-        by_id = {row.id: row for row in rows}
-        if any(by_id.get(p) is None or by_id[p].state != UploadState.COMPLETED for p in part_ids):
+        partials = await self._finished_partials(final)
+        if partials is None:
             return False
-        paths = [self.staging.path_for(p) for p in part_ids]
+        paths = [self.staging.path_for(p.id) for p in partials]
         target = self.staging.path_for(final.id)
         running = hashlib.sha256()
         size = await anyio.to_thread.run_sync(_concatenate_files, paths, target, running)
@@ -718,6 +741,60 @@ class UploadService:
         final.offset = size
         self.hashes.record(final.id, size, running)
         return True
+
+    async def _finished_partials(self, final: Upload) -> list[Upload] | None:
+        """A final upload's partials in order, or ``None`` while one is unfinished."""
+        part_ids = [uuid.UUID(p) for p in final.concat_parts or []]
+        async with self._sessions() as session:
+            rows = (await session.scalars(select(Upload).where(Upload.id.in_(set(part_ids))))).all()
+        by_id = {row.id: row for row in rows}
+        partials = [by_id.get(p) for p in part_ids]
+        if any(p is None or p.state != UploadState.COMPLETED for p in partials):
+            return None
+        return [p for p in partials if p is not None]
+
+    async def _file_concatenation(self, final: Upload, token: str) -> None:
+        """Assemble a final upload in the partial store, verify it, record the file.
+
+        The head is read from the partial objects for sniffing and the content policy; the
+        SHA-256 is computed by reading the assembled object back, which also proves S3
+        holds every byte (invariant 4). Lock held and kept alive by the caller.
+        """
+        assert self.partials is not None
+        partials = await self._finished_partials(final)
+        if partials is None:
+            raise ServiceUnavailable(f"a partial upload of {final.id} went away; retry later")
+        sources = [self.partials.partial_object(p.id, p.length or 0) for p in partials]
+        size = sum(source.size for source in sources)
+        head = await _read_head(self._read_across(sources, SNIFF_SIZE))
+        content_type = sniff_content_type(head)
+        category = category_for(content_type).value
+        await self._enforce_content_policy(final, token, size, head)
+        try:
+            stored = await self.partials.concatenate(
+                final.id, sources, self.staging.path_for(final.id), category, content_type
+            )
+        except OSError as exc:
+            logger.exception("assembling final upload %s failed", final.id)
+            raise ServiceUnavailable("storage is unavailable; retry later") from exc
+        digest, read = "", stored.size
+        if stored.size == size:
+            digest, read = await _sha256_and_size(self.backend.open_range(stored.key, 0, size))
+        if read != size:  # S3 assembled something else: never record it as the file
+            raise ServiceUnavailable(
+                f"final upload {final.id}: the store holds {read} of {size} bytes; retry later"
+            )
+        await self._record_file(final, token, stored, digest, content_type, category)
+
+    async def _read_across(self, sources: list[StoredObject], length: int) -> AsyncIterator[bytes]:
+        """The first ``length`` bytes of ``sources`` read end to end."""
+        for source in sources:
+            if length <= 0:
+                return
+            take = min(length, source.size)
+            async for block in self.backend.open_range(source.key, 0, take):
+                yield block
+            length -= take
 
     async def _assemble_finals_waiting_for(self, partial_id: uuid.UUID) -> None:
         async with self._sessions() as session:
@@ -828,6 +905,8 @@ class UploadService:
         self.hashes.forget(upload.id)
         await self.staging.remove(upload.id)
         await self.backend.discard_upload(upload.id)
+        if upload.is_partial and self.partials is not None:
+            await self.partials.discard_partial(upload.id)
         if stored is not None:
             await self.backend.delete(stored.storage_key)
 
@@ -862,20 +941,29 @@ class UploadService:
         return expired
 
     async def _abort_backend_orphans(self) -> None:
-        """Invariant 5 for S3: abort multipart uploads that no live upload owns."""
+        """Invariant 5 for S3: abort multipart uploads that no live upload owns, and delete
+        partial objects whose partial upload is gone."""
         abort_orphans = getattr(self.backend, "abort_orphaned_uploads", None)
         if abort_orphans is None:
             return
         async with self._sessions() as session:
-            live = set(
-                (
-                    await session.scalars(
-                        select(Upload.id).where(Upload.state == UploadState.ACTIVE)
+            rows = (
+                await session.execute(
+                    select(Upload.id, Upload.state, Upload.is_partial).where(
+                        or_(
+                            Upload.state == UploadState.ACTIVE,
+                            (Upload.state == UploadState.COMPLETED) & Upload.is_partial,
+                        )
                     )
-                ).all()
-            )
+                )
+            ).all()
+        live = {row.id for row in rows if row.state == UploadState.ACTIVE}
+        live_partials = {row.id for row in rows if row.is_partial}
         try:
             await abort_orphans(live)
+            delete_partials = getattr(self.backend, "delete_orphaned_partials", None)
+            if delete_partials is not None:
+                await delete_partials(live_partials)
         except Exception:
             logger.exception("aborting orphaned multipart uploads failed; retrying next pass")
 
@@ -900,6 +988,15 @@ class UploadService:
         for upload in live:
             staged_ids.discard(upload.id)
             if upload.is_final:
+                continue
+            if upload.state == UploadState.COMPLETED and self.partials is not None:
+                # A completed partial lives in the partial store, not in staging; one
+                # staged whole by a version that concatenated locally is stored now.
+                if await self.staging.size(upload.id) == upload.length:
+                    try:
+                        await self._store_partial(upload)
+                    except Exception:
+                        logger.exception("could not store partial %s at start-up", upload.id)
                 continue
             size = await self.staging.size(upload.id)
             if size is None:
@@ -994,10 +1091,16 @@ async def _read_head(stream: AsyncIterator[bytes]) -> bytes:
 
 
 async def _sha256_of(stream: AsyncIterator[bytes]) -> str:
+    return (await _sha256_and_size(stream))[0]
+
+
+async def _sha256_and_size(stream: AsyncIterator[bytes]) -> tuple[str, int]:
     digest = hashlib.sha256()
+    size = 0
     async for block in stream:
         await anyio.to_thread.run_sync(digest.update, block)
-    return digest.hexdigest()
+        size += len(block)
+    return digest.hexdigest(), size
 
 
 def expiry_header_value(upload: Upload) -> datetime | None:

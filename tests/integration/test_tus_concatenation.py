@@ -1,9 +1,18 @@
-"""tus concatenation and concatenation-unfinished."""
+"""tus concatenation and concatenation-unfinished, on the local backend and on S3.
+
+On S3 partials are stored as objects of their own and the final is assembled inside S3
+(``tests/integration/s3/test_s3_concatenation.py`` covers that road's details).
+"""
 
 from __future__ import annotations
 
 import uuid
 
+import pytest
+
+from app.db.engine import migrate
+from app.settings import Settings
+from tests.conftest import MakeSettings
 from tests.integration.tus_helpers import (  # noqa: F401 - fixtures for this module
     TUS,
     Client,
@@ -14,6 +23,23 @@ from tests.integration.tus_helpers import (  # noqa: F401 - fixtures for this mo
     path_of,
     tus_postgres_database,
 )
+
+MIB = 1024 * 1024
+
+
+@pytest.fixture(params=["local", "s3"])
+def settings(request: pytest.FixtureRequest, make_settings: MakeSettings) -> Settings:
+    """Every test once per backend (and, from ``database_url``, once per database)."""
+    overrides = {}
+    if request.param == "s3":
+        endpoint = request.getfixturevalue("seaweed")
+        overrides = {
+            **endpoint.settings_overrides(request.getfixturevalue("s3_prefix")),
+            "s3_min_part_size": 5 * MIB,
+        }
+    built = make_settings(**overrides)
+    migrate(built)
+    return built
 
 
 async def create_final(client: Client, *parts: str) -> tuple[int, str]:

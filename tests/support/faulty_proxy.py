@@ -9,6 +9,8 @@ lets rules target single S3 calls by their request line:
   200 whose body is an error);
 * ``reset(match, times)`` — reset the connection after reading the request head;
 * ``stall(match, seconds, times)`` — hold the request, then drop it;
+* ``pause(match, times)`` — hold the request until the returned event is set, then forward
+  it (a slow S3 call the test ends when it has looked around);
 * ``hold_response(match, times)`` — forward to S3, then keep S3's answer and never reply
   (S3 did the work, the client does not know: the crash window between UploadPart or
   CompleteMultipartUpload and the ledger commit); :attr:`held` is set when it happens;
@@ -16,6 +18,10 @@ lets rules target single S3 calls by their request line:
 
 ``match`` is a substring of the request line, e.g. ``"partNumber="`` (UploadPart),
 ``"POST /"`` with ``"uploadId="`` (CompleteMultipartUpload).
+
+Every request passing through is recorded (:attr:`seen`): its line, its body size and
+whether it was a server-side copy (``x-amz-copy-source``), so a test can tell which bytes
+Ferry really sent.
 """
 
 from __future__ import annotations
@@ -40,6 +46,16 @@ ERROR_IN_200 = (
 )
 
 
+@dataclass(frozen=True)
+class SeenRequest:
+    """One request that reached the proxy."""
+
+    line: str
+    body_size: int
+    copy: bool
+    """A server-side copy (UploadPartCopy or CopyObject): S3 reads the bytes itself."""
+
+
 @dataclass
 class Rule:
     """One fault: which requests it hits, what it does, how many more times."""
@@ -50,6 +66,7 @@ class Rule:
     status: int = 503
     body: bytes = SLOW_DOWN
     seconds: float = 0.0
+    release: threading.Event | None = None
 
     def hits(self, request_line: str) -> bool:
         return self.times > 0 and all(part in request_line for part in self.match)
@@ -64,6 +81,7 @@ class FaultyProxy:
         self.rules: list[Rule] = []
         self.held = threading.Event()
         self.requests: list[str] = []
+        self.seen: list[SeenRequest] = []
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.Server | None = None
@@ -110,6 +128,12 @@ class FaultyProxy:
     def stall(self, *match: str, seconds: float, times: int = 1) -> None:
         self._add(Rule(match, "stall", times, seconds=seconds))
 
+    def pause(self, *match: str, times: int = 1) -> threading.Event:
+        """Hold matching requests until the returned event is set; then forward them."""
+        release = threading.Event()
+        self._add(Rule(match, "pause", times, release=release))
+        return release
+
     def hold_response(self, *match: str, times: int = 1) -> None:
         self._add(Rule(match, "hold", times))
 
@@ -121,6 +145,11 @@ class FaultyProxy:
         """How many requests whose line contains every ``match`` passed through."""
         with self._lock:
             return sum(all(m in line for m in match) for line in self.requests)
+
+    def seen_since(self, index: int, *match: str) -> list[SeenRequest]:
+        """Requests after the first ``index`` whose line contains every ``match``."""
+        with self._lock:
+            return [r for r in self.seen[index:] if all(m in r.line for m in match)]
 
     def _call(self, coroutine: object) -> None:
         future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)  # type: ignore[arg-type]
@@ -168,6 +197,9 @@ class FaultyProxy:
         request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
         rule = self._take_rule(request_line)
         length = _content_length(head)
+        with self._lock:
+            copy = b"\r\nx-amz-copy-source:" in head.lower()
+            self.seen.append(SeenRequest(request_line, length, copy))
         if b"100-continue" in head.lower():
             # Answer the expectation here; S3 sees a plain request with its body.
             writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -189,6 +221,11 @@ class FaultyProxy:
             elif rule.action == "stall":
                 await asyncio.sleep(rule.seconds)
                 _reset(writer)
+            elif rule.action == "pause":
+                assert rule.release is not None
+                while not rule.release.is_set():
+                    await asyncio.sleep(0.02)
+                await self._forward(head, length, reader, writer, hold=False)
             elif rule.action == "hold":
                 await self._forward(head, length, reader, writer, hold=True)
         except (ConnectionError, asyncio.IncompleteReadError, OSError):

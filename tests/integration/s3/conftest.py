@@ -17,6 +17,7 @@ from litestar.testing import AsyncTestClient
 from app.db.engine import migrate
 from app.main import FerryApp, create_app
 from app.settings import Settings
+from tests.conftest import MakeSettings
 from tests.support.seaweed import MakeS3Settings, S3Endpoint
 
 MIB = 1024 * 1024
@@ -39,6 +40,21 @@ def s3_settings(make_s3_settings: MakeS3Settings) -> Settings:
     built = make_s3_settings(s3_min_part_size=TEST_PART_SIZE)
     migrate(built)
     return built
+
+
+@pytest.fixture
+def moto_settings(make_settings: MakeSettings, moto_s3: S3Endpoint, s3_prefix: str) -> Settings:
+    """Migrated settings for a Ferry that stores in moto's S3 (AWS's part rules)."""
+    built = make_settings(**moto_s3.settings_overrides(s3_prefix), s3_min_part_size=5 * MIB)
+    migrate(built)
+    return built
+
+
+@pytest.fixture
+async def moto_client(moto_settings: Settings) -> AsyncIterator[AsyncTestClient[FerryApp]]:
+    """The app on moto's S3, lifespan included."""
+    async with AsyncTestClient(app=create_app(moto_settings), base_url="http://ferry.local") as c:
+        yield c
 
 
 @pytest.fixture

@@ -3,32 +3,15 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
 
 import pytest
 from botocore.exceptions import ClientError
 from litestar.testing import AsyncTestClient
 
-from app.db.engine import migrate
-from app.main import FerryApp, create_app
-from app.settings import Settings
-from tests.conftest import MakeSettings
+from app.main import FerryApp
 from tests.integration.s3.conftest import MIB
 from tests.integration.tus_helpers import create, patch, upload_id_of
 from tests.support.seaweed import S3Endpoint
-
-
-@pytest.fixture
-def moto_settings(make_settings: MakeSettings, moto_s3: S3Endpoint) -> Settings:
-    built = make_settings(**moto_s3.settings_overrides("moto/"), s3_min_part_size=5 * MIB)
-    migrate(built)
-    return built
-
-
-@pytest.fixture
-async def moto_client(moto_settings: Settings) -> AsyncIterator[AsyncTestClient[FerryApp]]:
-    async with AsyncTestClient(app=create_app(moto_settings), base_url="http://ferry.local") as c:
-        yield c
 
 
 def test_moto_refuses_a_non_last_part_below_5_mib(moto_s3: S3Endpoint) -> None:
@@ -59,7 +42,7 @@ def test_moto_refuses_a_non_last_part_below_5_mib(moto_s3: S3Endpoint) -> None:
 
 
 async def test_small_patches_still_make_parts_of_at_least_5_mib_on_aws_rules(
-    moto_client: AsyncTestClient[FerryApp], moto_s3: S3Endpoint
+    moto_client: AsyncTestClient[FerryApp], moto_s3: S3Endpoint, s3_prefix: str
 ) -> None:
     data = bytes(range(256)) * (11 * MIB // 256) + b"tail"
     path = await create(moto_client, len(data))
@@ -67,9 +50,11 @@ async def test_small_patches_still_make_parts_of_at_least_5_mib_on_aws_rules(
         response = await patch(moto_client, path, offset, data[offset : offset + 512 * 1024])
         assert response.status_code == 204, response.text
     s3 = moto_s3.client()
-    listing = s3.list_objects_v2(Bucket=moto_s3.bucket, Prefix="moto/")
+    listing = s3.list_objects_v2(Bucket=moto_s3.bucket, Prefix=s3_prefix)
     key = next(o["Key"] for o in listing["Contents"] if o["Key"].endswith(upload_id_of(path)))
     body = s3.get_object(Bucket=moto_s3.bucket, Key=key)["Body"].read()
     assert hashlib.sha256(body).hexdigest() == hashlib.sha256(data).hexdigest()
     assert s3.head_object(Bucket=moto_s3.bucket, Key=key)["ETag"].strip('"').endswith("-3")
-    assert s3.list_multipart_uploads(Bucket=moto_s3.bucket, Prefix="moto/").get("Uploads", []) == []
+    assert (
+        s3.list_multipart_uploads(Bucket=moto_s3.bucket, Prefix=s3_prefix).get("Uploads", []) == []
+    )

@@ -8,19 +8,23 @@ request to S3 and keeps the answer, so S3 has done the work the server never hea
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
+import subprocess
 import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
 
 from tests.integration.s3.conftest import MIB, PART, S3View
 from tests.support.faulty_proxy import FaultyProxy, faulty_proxy
 from tests.support.seaweed import S3Endpoint
-from tests.support.services import FerryProcess, ferry_env, postgres_database
+from tests.support.services import FERRY, FerryProcess, ferry_env, postgres_database
 
 TUS = {"Tus-Resumable": "1.0.0"}
 OCTETS = {"Content-Type": "application/offset+octet-stream"}
@@ -181,3 +185,85 @@ def test_kill_during_complete_multipart_upload_finishes_on_restart(
 def _ignore_errors(function, *args) -> None:  # type: ignore[no-untyped-def]
     with contextlib.suppress(httpx.HTTPError):
         function(*args)
+
+
+def create_partial(server: FerryProcess, length: int) -> str:
+    response = httpx.post(
+        f"{server.url}/files/",
+        headers={**TUS, "Upload-Length": str(length), "Upload-Concat": "partial"},
+        timeout=30,
+    )
+    assert response.status_code == 201, response.text
+    return str(httpx.URL(server.url).join(response.headers["location"]))
+
+
+def kill_while_a_final_is_assembled(
+    server: FerryProcess, proxy: FaultyProxy, s3_view: S3View
+) -> tuple[str, bytes]:
+    """A final whose first copied part S3 made but whose answer never came; then kill -9."""
+    first, second = payload(PART + 1), payload(PART + 3)[::-1]
+    done = create_partial(server, len(first))
+    assert send(done, 0, first).status_code == 204
+    last = create_partial(server, len(second))
+    assert send(last, 0, second[:MIB]).status_code == 204
+    response = httpx.post(
+        f"{server.url}/files/",
+        headers={**TUS, "Upload-Concat": f"final;{done} {last}"},
+        timeout=30,
+    )
+    assert response.status_code == 201, response.text
+    final = str(httpx.URL(server.url).join(response.headers["location"]))
+    proxy.hold_response("PUT ", final.rsplit("/", 1)[-1], "partNumber=1", times=1)
+    finishing = threading.Thread(target=lambda: _ignore_errors(send, last, MIB, second[MIB:]))
+    finishing.start()  # completing the last partial starts the final's assembly
+    assert proxy.held.wait(30), "S3 copied part 1 of the final; its answer is held"
+    server.kill()
+    finishing.join(30)
+    (open_upload,) = s3_view.open_multipart_uploads()
+    assert open_upload["Key"].endswith(final.rsplit("/", 1)[-1]), "the assembly is left open"
+    return final, first + second
+
+
+def test_kill_during_a_final_assembly_redoes_it_on_restart(
+    server: FerryProcess, proxy: FaultyProxy, s3_view: S3View
+) -> None:
+    final, data = kill_while_a_final_is_assembled(server, proxy, s3_view)
+    server.start()  # start-up reconciliation aborts the stale assembly and redoes it
+    status = httpx.head(final, headers=TUS, timeout=60)
+    assert status.headers["upload-offset"] == status.headers["upload-length"] == str(len(data))
+    download = httpx.get(final, timeout=60)
+    assert hashlib.sha256(download.content).hexdigest() == hashlib.sha256(data).hexdigest()
+    uid = final.rsplit("/", 1)[-1]
+    info = httpx.get(f"{server.url}/api/files/{uid}", timeout=30).json()
+    assert info["sha256"] == hashlib.sha256(data).hexdigest()
+    assert s3_view.open_multipart_uploads() == []
+
+
+def test_final_expiring_after_a_crash_mid_assembly_leaves_no_multipart_upload(
+    server: FerryProcess, proxy: FaultyProxy, s3_view: S3View, crash_database_url: str
+) -> None:
+    final, _ = kill_while_a_final_is_assembled(server, proxy, s3_view)
+    uid = final.rsplit("/", 1)[-1]
+    # The crashed node's lease runs out and so does the final's time to live.
+    asyncio.run(
+        _execute(
+            crash_database_url,
+            "UPDATE uploads SET expires_at = now() - interval '1 second', "
+            "lock_expires_at = now() - interval '1 second' WHERE id = $1",
+            uuid.UUID(uid),
+        )
+    )
+    cleanup = subprocess.run(
+        [str(FERRY), "cleanup"], env=server.env, capture_output=True, timeout=120, check=False
+    )
+    assert cleanup.returncode == 0, cleanup.stderr.decode()[-2000:]
+    assert s3_view.open_multipart_uploads() == []
+    assert not [k for k in s3_view.object_keys() if k.endswith(uid)]
+
+
+async def _execute(url: str, sql: str, *args: object) -> None:
+    connection = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1))
+    try:
+        await connection.execute(sql, *args)
+    finally:
+        await connection.close()
