@@ -13,7 +13,7 @@ The content type is the one sniffed from the file's first bytes
 only lie about what it sends, not about what it sent. Since those bytes arrive after the
 upload was created, the content rules run when the first ``SNIFF_SIZE`` bytes are staged
 (or at completion for smaller files), and a refusal retires the upload so nothing stays
-behind (see :meth:`app.uploads.service.UploadService._enforce_content_policy`).
+behind (see :meth:`app.uploads.filing.UploadFiler.enforce_content_policy`).
 """
 
 from __future__ import annotations
