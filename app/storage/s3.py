@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import ssl
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
@@ -34,8 +35,10 @@ import aiohttp
 import anyio
 import anyio.to_thread
 from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
+from aiobotocore.session import AioSession, get_session
 from botocore.exceptions import BotoCoreError, ClientError
+from botocore.httpsession import get_cert_path
+from botocore.utils import get_environ_proxies
 from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -43,6 +46,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.errors import PayloadTooLarge, ServiceUnavailable
 from app.filenames import content_disposition
 from app.storage.backend import StoredObject
+from app.storage.part_upload import PartUploader
 from app.storage.parts import (
     PartPlan,
     PartSpan,
@@ -78,6 +82,9 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 #: Errors a background task waits out: S3 trouble, or the database holding the ledger.
 RETRYABLE_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT_ERRORS, SQLAlchemyError)
 DOWNLOAD_BLOCK_SIZE = 1024 * 1024
+CONNECT_TIMEOUT_SECONDS = 5.0
+PRESIGNED_PART_SECONDS = 15 * 60
+"""Lifetime of the presigned URL of one UploadPart (used at once, retried at most once)."""
 ORPHAN_GRACE = timedelta(minutes=10)
 """A multipart upload no ledger row names is aborted only when older than this (it may be
 one whose ledger row is being written right now)."""
@@ -144,6 +151,8 @@ class S3Backend:
         self._exit_stack = contextlib.AsyncExitStack()
         self._shipments: dict[uuid.UUID, _Shipment] = {}
         self._global_slots: asyncio.Semaphore | None = None
+        self.part_uploader: PartUploader | None = None
+        """Sends part bodies with sendfile; ``None`` (behind a proxy): through the client."""
         self.retry_pause_max = 30.0
         """Longest pause between attempts of a background part upload."""
 
@@ -159,7 +168,7 @@ class S3Backend:
         config = AioConfig(
             retries={"mode": "standard", "max_attempts": 5},
             max_pool_connections=max(16, concurrency * 4),
-            connect_timeout=5,
+            connect_timeout=CONNECT_TIMEOUT_SECONDS,
             read_timeout=self.settings.s3_timeout_seconds,
             # S3-compatible servers often lack the newer default integrity checksums.
             request_checksum_calculation="when_required",
@@ -183,6 +192,9 @@ class S3Backend:
             config=config,
         )
         self._client = await self._exit_stack.enter_async_context(client)
+        self.part_uploader = _direct_part_uploader(
+            session, self._client.meta.endpoint_url, self.settings.s3_timeout_seconds
+        )
         # S3 servers saturate with a few parts in flight; more only costs memory.
         self._global_slots = asyncio.Semaphore(concurrency * 2)
 
@@ -193,6 +205,8 @@ class S3Backend:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._shipments.clear()
+        if self.part_uploader is not None:
+            self.part_uploader.close()
         await self._exit_stack.aclose()
         self._client = None
 
@@ -383,20 +397,34 @@ class S3Backend:
             crc = await anyio.to_thread.run_sync(
                 crc32c_of_range, shipment.staged_path, span.start, span.size
             )
-            with StagedPartBody(shipment.staged_path, span.start, span.size) as body:
-                response = await self.client.upload_part(
-                    Bucket=self.bucket,
-                    Key=multipart.key,
-                    UploadId=multipart.s3_upload_id,
-                    PartNumber=span.number,
-                    Body=body,  # type: ignore[arg-type]
-                    ContentLength=span.size,
-                    ChecksumCRC32C=crc,
-                )
-        record = _PartRecord(span.number, span.size, response["ETag"], crc)
+            etag = await self._send_part(shipment.staged_path, multipart, span, crc)
+        record = _PartRecord(span.number, span.size, etag, crc)
         await self._record_part(shipment.upload_id, record)
         shipment.recorded[span.number] = record
         await anyio.to_thread.run_sync(reclaim_range, shipment.staged_path, span.start, span.end)
+
+    async def _send_part(
+        self, staged_path: Path, multipart: _Multipart, span: PartSpan, crc: str
+    ) -> str:
+        """UploadPart from the staging file; returns the ETag."""
+        params: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Key": multipart.key,
+            "UploadId": multipart.s3_upload_id,
+            "PartNumber": span.number,
+            "ContentLength": span.size,
+            "ChecksumCRC32C": crc,
+        }
+        if self.part_uploader is not None:
+            url = await self.client.generate_presigned_url(
+                "upload_part", Params=params, ExpiresIn=PRESIGNED_PART_SECONDS
+            )
+            return await self.part_uploader.put(
+                url, {"x-amz-checksum-crc32c": crc}, staged_path, span.start, span.size
+            )
+        with StagedPartBody(staged_path, span.start, span.size) as body:
+            response = await self.client.upload_part(Body=body, **params)  # type: ignore[arg-type]
+        return response["ETag"]
 
     async def _record_part(self, upload_id: uuid.UUID, record: _PartRecord) -> None:
         async with self.sessions() as session, session.begin():
@@ -814,6 +842,23 @@ class S3Backend:
         return await self.client.generate_presigned_url(
             "get_object", Params=params, ExpiresIn=expires_seconds
         )
+
+
+def _direct_part_uploader(
+    session: AioSession, endpoint_url: str, read_timeout: float
+) -> PartUploader | None:
+    """The sendfile part sender, unless botocore would reach S3 through a proxy."""
+    if get_environ_proxies(endpoint_url):
+        return None  # proxies are aiohttp's business: parts take the client's own road
+    ssl_context = None
+    if endpoint_url.startswith("https:"):
+        ca_bundle = session.get_config_variable("ca_bundle")
+        ssl_context = ssl.create_default_context(cafile=get_cert_path(ca_bundle or True))
+    return PartUploader(
+        timeout=read_timeout,
+        connect_timeout=CONNECT_TIMEOUT_SECONDS,
+        ssl_context=ssl_context,
+    )
 
 
 def _drop_from(

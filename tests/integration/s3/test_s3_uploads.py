@@ -210,3 +210,20 @@ async def test_concatenation_of_partials_larger_than_a_part_is_byte_exact(
     assert response.status_code == 200
     assert hashlib.sha256(response.content).digest() == hashlib.sha256(first + second).digest()
     assert s3_view.open_multipart_uploads() == []
+
+
+async def test_without_the_sendfile_sender_parts_go_through_the_s3_client(
+    s3_client: Client, s3_view: S3View
+) -> None:
+    backend = s3_client.app.state.backend
+    kept, backend.part_uploader = backend.part_uploader, None  # as behind a proxy
+    try:
+        data = payload(2 * PART + 999, seed=7)
+        path = await create(s3_client, len(data))
+        await send_in_pieces_from(s3_client, path, data, 0, 3 * MIB)
+    finally:
+        backend.part_uploader = kept
+    keys = s3_view.object_keys()
+    assert len(keys) == 1
+    assert s3_view.sha256_of(keys[0]) == hashlib.sha256(data).hexdigest()
+    assert s3_view.open_multipart_uploads() == []
