@@ -25,6 +25,8 @@ from app.tus.protocol import ChunkDigest
 #: Body pieces are gathered up to this size before one write + hash in a worker thread.
 WRITE_BUFFER_SIZE = 512 * 1024
 READ_BUFFER_SIZE = 1024 * 1024
+#: More pieces than this in one buffer are joined before writing (IOV_MAX is 1024).
+MAX_PIECES_PER_WRITE = 64
 
 
 class StagingArea:
@@ -178,9 +180,11 @@ def limit_malloc_retention() -> None:
 class StagingWriter:
     """Appends one request body to a staging file, updating digests as it goes.
 
-    Pieces from the ASGI server (often ~64 KiB) are gathered into ``WRITE_BUFFER_SIZE``
-    buffers; each full buffer is written and hashed in a worker thread while the event loop
-    keeps receiving into the next one. At most two buffers exist at a time.
+    Pieces from the ASGI server (64 to 320 KiB) are gathered up to ``WRITE_BUFFER_SIZE``; each
+    full buffer is hashed and written with one ``writev`` in a worker thread while the event
+    loop keeps receiving into the next one. At most two buffers exist at a time, and the
+    pieces are never joined into a copy (that copy cost ~0.3 CPU-s per GiB and 512 KiB of
+    heap per upload).
     """
 
     def __init__(self, fd: int, offset: int, digests: Sequence[ChunkDigest]) -> None:
@@ -204,20 +208,25 @@ class StagingWriter:
         await self._wait_pending()
         if not self._pieces:
             return
-        block = self._pieces[0] if len(self._pieces) == 1 else b"".join(self._pieces)
-        self._pieces, self._buffered = [], 0
+        pieces, self._pieces, self._buffered = self._pieces, [], 0
         loop = asyncio.get_running_loop()
-        self._pending = loop.run_in_executor(None, self._write_block, block)
+        self._pending = loop.run_in_executor(None, self._write_pieces, pieces)
 
-    def _write_block(self, block: bytes) -> None:
+    def _write_pieces(self, pieces: list[bytes]) -> None:
+        """Hash and write one buffer's pieces with one ``writev`` (no joined copy)."""
+        if len(pieces) > MAX_PIECES_PER_WRITE:
+            pieces = [b"".join(pieces)]  # a trickle of tiny pieces: one copy is cheaper
         for digest in self._digests:
-            digest.update(block)
-        view = memoryview(block)
-        while view:
-            count = os.write(self._fd, view)
-            view = view[count:]
-        start_writeback(self._fd, self.start_offset + self.written, len(block))
-        self.written += len(block)
+            for piece in pieces:
+                digest.update(piece)
+        size = sum(map(len, pieces))
+        done = os.writev(self._fd, pieces)
+        if done < size:  # a short write (a signal, a full disk): the rest with plain writes
+            rest = memoryview(b"".join(pieces))[done:]
+            while rest:
+                rest = rest[os.write(self._fd, rest) :]
+        start_writeback(self._fd, self.start_offset + self.written, size)
+        self.written += size
 
     async def _wait_pending(self) -> None:
         if self._pending is not None:
