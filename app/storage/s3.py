@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import ssl
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
@@ -34,11 +33,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import anyio
 import anyio.to_thread
-from aiobotocore.config import AioConfig
-from aiobotocore.session import AioSession, get_session
 from botocore.exceptions import BotoCoreError, ClientError
-from botocore.httpsession import get_cert_path
-from botocore.utils import get_environ_proxies
 from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -55,6 +50,7 @@ from app.storage.parts import (
     plan_for_deferred,
     plan_for_length,
 )
+from app.storage.s3_client import direct_part_uploader, s3_client, s3_session
 from app.storage.s3_ledger import multipart_uploads, parts
 from app.storage.sniff import SNIFF_SIZE, Category, category_for, sniff_content_type
 from app.storage.staged_parts import (
@@ -82,7 +78,6 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 #: Errors a background task waits out: S3 trouble, or the database holding the ledger.
 RETRYABLE_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT_ERRORS, SQLAlchemyError)
 DOWNLOAD_BLOCK_SIZE = 1024 * 1024
-CONNECT_TIMEOUT_SECONDS = 5.0
 PRESIGNED_PART_SECONDS = 15 * 60
 """Lifetime of the presigned URL of one UploadPart (used at once, retried at most once)."""
 ORPHAN_GRACE = timedelta(minutes=10)
@@ -164,39 +159,13 @@ class S3Backend:
 
     async def start(self) -> None:
         """Open the one S3 client of the process."""
-        concurrency = self.settings.s3_part_concurrency
-        config = AioConfig(
-            retries={"mode": "standard", "max_attempts": 5},
-            max_pool_connections=max(16, concurrency * 4),
-            connect_timeout=CONNECT_TIMEOUT_SECONDS,
-            read_timeout=self.settings.s3_timeout_seconds,
-            # S3-compatible servers often lack the newer default integrity checksums.
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-            # Presigned URLs (redirect downloads) in SigV4: botocore presigns S3 in SigV2
-            # by default, and SeaweedFS refuses SigV2 URLs that carry response-* overrides.
-            signature_version="s3v4",
-            s3={
-                "addressing_style": "path" if self.settings.s3_endpoint_url else "auto",
-                # UNSIGNED-PAYLOAD: parts carry a CRC32C instead of a SHA-256 signature.
-                "payload_signing_enabled": False,
-            },
-        )
-        session = get_session()
-        client = session.create_client(
-            "s3",
-            endpoint_url=self.settings.s3_endpoint_url or None,
-            region_name=self.settings.s3_region,
-            aws_access_key_id=self.settings.s3_access_key or None,
-            aws_secret_access_key=self.settings.s3_secret_key or None,
-            config=config,
-        )
-        self._client = await self._exit_stack.enter_async_context(client)
-        self.part_uploader = _direct_part_uploader(
+        session = s3_session()
+        self._client = await self._exit_stack.enter_async_context(s3_client(session, self.settings))
+        self.part_uploader = direct_part_uploader(
             session, self._client.meta.endpoint_url, self.settings.s3_timeout_seconds
         )
         # S3 servers saturate with a few parts in flight; more only costs memory.
-        self._global_slots = asyncio.Semaphore(concurrency * 2)
+        self._global_slots = asyncio.Semaphore(self.settings.s3_part_concurrency * 2)
 
     async def close(self) -> None:
         """Stop background parts (their bytes stay staged) and close the client."""
@@ -842,23 +811,6 @@ class S3Backend:
         return await self.client.generate_presigned_url(
             "get_object", Params=params, ExpiresIn=expires_seconds
         )
-
-
-def _direct_part_uploader(
-    session: AioSession, endpoint_url: str, read_timeout: float
-) -> PartUploader | None:
-    """The sendfile part sender, unless botocore would reach S3 through a proxy."""
-    if get_environ_proxies(endpoint_url):
-        return None  # proxies are aiohttp's business: parts take the client's own road
-    ssl_context = None
-    if endpoint_url.startswith("https:"):
-        ca_bundle = session.get_config_variable("ca_bundle")
-        ssl_context = ssl.create_default_context(cafile=get_cert_path(ca_bundle or True))
-    return PartUploader(
-        timeout=read_timeout,
-        connect_timeout=CONNECT_TIMEOUT_SECONDS,
-        ssl_context=ssl_context,
-    )
 
 
 def _drop_from(

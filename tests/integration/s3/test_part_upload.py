@@ -12,11 +12,10 @@ from typing import Any
 
 import anyio
 import pytest
-from aiobotocore.session import get_session
 from botocore.exceptions import ClientError
 
 from app.storage.part_upload import PartUploader
-from app.storage.s3 import _direct_part_uploader
+from app.storage.s3_client import direct_part_uploader, s3_session
 from app.storage.staged_parts import crc32c_of_range
 from tests.integration.s3.conftest import MIB
 from tests.support.faulty_proxy import FaultyProxy, faulty_proxy
@@ -194,9 +193,9 @@ async def test_a_stalled_part_times_out_as_a_network_error(
 async def test_parts_take_the_s3_clients_road_when_a_proxy_applies(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    session = get_session()
-    assert _direct_part_uploader(session, "http://s3.example.com", 30) is not None
+    session = s3_session()
+    assert direct_part_uploader(session, "http://s3.example.com", 30) is not None
     monkeypatch.setenv("HTTP_PROXY", "http://proxy.example.com:3128")
-    assert _direct_part_uploader(session, "http://s3.example.com", 30) is None
+    assert direct_part_uploader(session, "http://s3.example.com", 30) is None
     monkeypatch.setenv("NO_PROXY", "s3.example.com")
-    assert _direct_part_uploader(session, "http://s3.example.com", 30) is not None
+    assert direct_part_uploader(session, "http://s3.example.com", 30) is not None
