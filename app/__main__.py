@@ -45,7 +45,7 @@ def serve(host: str | None, port: int | None, insecure_no_auth: bool) -> None:
     """Apply pending migrations (unless FERRY_AUTO_MIGRATE=false) and serve HTTP."""
     import uvicorn
 
-    from app.db.engine import migrate
+    from app.db.engine import MigrationFailed, migrate_apart
     from app.main import create_app
     from app.ops.logs import configure_logging
     from app.ops.shutdown import FerryServer, auth_refusal_for_serving
@@ -58,7 +58,11 @@ def serve(host: str | None, port: int | None, insecure_no_auth: bool) -> None:
         click.echo(f"ferry: {problem}", err=True)
         sys.exit(2)
     if settings.auto_migrate:
-        migrate(settings)
+        try:
+            migrate_apart(settings)
+        except MigrationFailed as exc:
+            click.echo(f"ferry: {exc}", err=True)
+            sys.exit(1)
     app = create_app(settings)
     # Last: Alembic's and Litestar's logging set-ups would replace these handlers.
     configure_logging(settings)

@@ -139,7 +139,18 @@ def main() -> None:
     parser.add_argument("--parallel-mib", type=int, default=256)
     parser.add_argument("--parallel", type=int, default=16)
     parser.add_argument("--small-files", type=int, default=1000)
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated workloads to run (8mib, 64mib, parallel, small); default all",
+    )
+    parser.add_argument(
+        "--ferry-pid-file",
+        default="",
+        help="write Ferry's PID here once it serves (to attach a profiler to it)",
+    )
     args = parser.parse_args()
+    selected = {name for name in args.only.split(",") if name}
 
     work = Path(tempfile.mkdtemp(prefix="ferry-bench-s3-"))
     size = args.size_mib * MiB
@@ -151,8 +162,8 @@ def main() -> None:
             raw_seconds = asyncio.run(raw_multipart(endpoint, source, size))
             raw_rate = args.size_mib / raw_seconds
             print(
-                f"{'raw multipart ' + str(args.size_mib) + ' MiB':34} {raw_rate:8.1f} MiB/s "
-                f"(8 MiB parts, 4 in flight)",
+                f"{'raw multipart ' + str(args.size_mib) + ' MiB':34} {raw_rate:6.1f} MiB/s "
+                f"(aiobotocore, 8 MiB parts, 4 in flight)",
                 flush=True,
             )
 
@@ -166,6 +177,9 @@ def main() -> None:
             ferry.start()
             assert ferry.process is not None
             server = Server("ferry", ferry.port, ferry.process)
+            if args.ferry_pid_file:
+                Path(args.ferry_pid_file).write_text(str(ferry.process.pid))
+            idle_rss = server.rss_mib()
             s3 = endpoint.client()
             try:
 
@@ -195,49 +209,69 @@ def main() -> None:
                         16,
                     )
 
-                workloads: list[tuple[str, Callable[[], None], float, str, bool]] = [
+                # (selector, label, run, amount, unit, MiB moved, compared with raw)
+                workloads: list[tuple[str, str, Callable[[], None], float, str, float, bool]] = [
                     (
+                        "8mib",
                         f"{args.size_mib} MiB in 8 MiB PATCHes",
                         large(8 * MiB),
                         args.size_mib,
                         "MiB/s",
+                        args.size_mib,
                         True,
                     ),
                     (
+                        "64mib",
                         f"{args.size_mib} MiB in 64 MiB PATCHes",
                         large(64 * MiB),
                         args.size_mib,
                         "MiB/s",
+                        args.size_mib,
                         True,
                     ),
                     (
+                        "parallel",
                         f"{args.parallel} x {args.parallel_mib} MiB in parallel",
                         many_parallel,
                         args.parallel * args.parallel_mib,
                         "MiB/s",
+                        args.parallel * args.parallel_mib,
                         True,
                     ),
                     (
+                        "small",
                         f"{args.small_files} x 64 KiB, 16 connections",
                         small_files,
                         args.small_files,
                         "files/s",
+                        args.small_files * small / MiB,
                         False,
                     ),
                 ]
-                for label, run, amount, unit, compare in workloads:
+                print(
+                    f"{'':34} {'rate':>14} {'vs raw':>6}  {'server CPU':>10} "
+                    f"{'CPU-s/GiB':>9} {'peak RSS':>12}",
+                    flush=True,
+                )
+                for name, label, run, amount, unit, mib, compare in workloads:
+                    if selected and name not in selected:
+                        continue
                     cpu_before = server.cpu_seconds()
                     seconds = timed(run)
                     cpu = server.cpu_seconds() - cpu_before
                     rate = amount / seconds
-                    ratio = f"ratio to raw {rate / raw_rate:5.2f}" if compare else " " * 18
+                    ratio = f"{rate / raw_rate:6.2f}" if compare else " " * 6
+                    per_gib = cpu / (mib / 1024)
                     print(
-                        f"{label:34} {rate:8.1f} {unit:7} {ratio}  server CPU {cpu:6.2f} s  "
-                        f"peak RSS {server.peak_rss_mib():6.1f} MiB",
+                        f"{label:34} {rate:6.1f} {unit:7} {ratio}  {cpu:8.2f} s "
+                        f"{per_gib:9.2f} {server.peak_rss_mib():8.1f} MiB",
                         flush=True,
                     )
                     clear_prefix(endpoint, prefix)
-                print(f"{'ferry peak RSS (VmHWM)':34} {server.peak_rss_mib():8.1f} MiB")
+                print(
+                    f"{'ferry RSS':34} idle {idle_rss:.1f} MiB, peak (VmHWM) "
+                    f"{server.peak_rss_mib():.1f} MiB"
+                )
             finally:
                 ferry.stop()
     finally:

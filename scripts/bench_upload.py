@@ -55,9 +55,16 @@ class Server:
 
     def peak_rss_mib(self) -> float:
         """VmHWM of the server process."""
+        return self._status_mib("VmHWM:")
+
+    def rss_mib(self) -> float:
+        """VmRSS of the server process (what it holds right now)."""
+        return self._status_mib("VmRSS:")
+
+    def _status_mib(self, field: str) -> float:
         status = Path(f"/proc/{self.process.pid}/status").read_text()
         for line in status.splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field):
                 return int(line.split()[1]) / 1024
         return float("nan")
 

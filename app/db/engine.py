@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
+import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config as AlembicConfig
 from sqlalchemy import event, make_url, text
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -16,6 +18,9 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from app.settings import Settings
+
+if TYPE_CHECKING:
+    from alembic.config import Config as AlembicConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
 MIGRATIONS_DIR = PROJECT_ROOT / "migrations"
@@ -74,6 +79,9 @@ async def database_is_usable(engine: AsyncEngine) -> bool:
 
 def alembic_config(settings: Settings) -> AlembicConfig:
     """Alembic configuration pointing at our migrations and the configured database."""
+    # Alembic is imported on use: a serving process never needs it (see migrate_apart).
+    from alembic.config import Config as AlembicConfig
+
     config = AlembicConfig(str(PROJECT_ROOT / "alembic.ini"))
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.attributes["database_url"] = settings.resolved_database_url
@@ -82,4 +90,40 @@ def alembic_config(settings: Settings) -> AlembicConfig:
 
 def migrate(settings: Settings) -> None:
     """Apply every pending migration (blocking; call it before serving or in a thread)."""
+    from alembic import command
+
     command.upgrade(alembic_config(settings), "heads")
+
+
+class MigrationFailed(RuntimeError):
+    """The migrations run apart from the server did not complete."""
+
+
+def migrate_apart(settings: Settings) -> None:
+    """:func:`migrate` in a forked child process, so the server never holds Alembic.
+
+    Alembic, Mako and the SQL dialects Alembic loads stay ~7 MiB of the serving process's
+    memory for its whole life once imported; a child that exits gives them back. Where
+    ``fork`` is missing or unsafe (threads already run), the migrations run here.
+    """
+    if not hasattr(os, "fork") or threading.active_count() > 1:
+        migrate(settings)
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the child: migrate, report, and leave without running the parent's exits
+        code = 0
+        try:
+            migrate(settings)
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise MigrationFailed(f"database migrations failed (exit status {code}); see above")

@@ -37,8 +37,6 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import anyio
 import anyio.to_thread
-from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import SQLAlchemyError
@@ -48,6 +46,7 @@ from app.errors import PayloadTooLarge, ServiceUnavailable
 from app.filenames import content_disposition
 from app.storage.backend import StoredObject
 from app.storage.concat_plan import part_floor
+from app.storage.part_upload import PartUploader
 from app.storage.parts import (
     PartPlan,
     PartSpan,
@@ -56,6 +55,7 @@ from app.storage.parts import (
     plan_for_deferred,
     plan_for_length,
 )
+from app.storage.s3_client import direct_part_uploader, s3_client, s3_session
 from app.storage.s3_concat import FinalAssembly
 from app.storage.s3_ledger import Multipart, PartRecord, multipart_uploads, parts
 from app.storage.sniff import SNIFF_SIZE, Category, category_for, sniff_content_type
@@ -89,6 +89,8 @@ PARTIALS_FOLDER = "partials"
 """Partial uploads (tus concatenation) are kept at ``{prefix}partials/{uid}``."""
 ABORT_PATIENCE = 15.0
 """Seconds a failed assembly waits for its abort; past that, the next attempt aborts it."""
+PRESIGNED_PART_SECONDS = 15 * 60
+"""Lifetime of the presigned URL of one UploadPart (used at once, retried at most once)."""
 ORPHAN_GRACE = timedelta(minutes=10)
 """A multipart upload no ledger row names is aborted only when older than this (it may be
 one whose ledger row is being written right now)."""
@@ -144,6 +146,8 @@ class S3Backend:
         self._exit_stack = contextlib.AsyncExitStack()
         self._shipments: dict[uuid.UUID, _Shipment] = {}
         self._global_slots: asyncio.Semaphore | None = None
+        self.part_uploader: PartUploader | None = None
+        """Sends part bodies with sendfile; ``None`` (behind a proxy): through the client."""
         self.retry_pause_max = 30.0
         """Longest pause between attempts of a background part upload."""
 
@@ -155,36 +159,13 @@ class S3Backend:
 
     async def start(self) -> None:
         """Open the one S3 client of the process."""
-        concurrency = self.settings.s3_part_concurrency
-        config = AioConfig(
-            retries={"mode": "standard", "max_attempts": 5},
-            max_pool_connections=max(16, concurrency * 4),
-            connect_timeout=5,
-            read_timeout=self.settings.s3_timeout_seconds,
-            # S3-compatible servers often lack the newer default integrity checksums.
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-            # Presigned URLs (redirect downloads) in SigV4: botocore presigns S3 in SigV2
-            # by default, and SeaweedFS refuses SigV2 URLs that carry response-* overrides.
-            signature_version="s3v4",
-            s3={
-                "addressing_style": "path" if self.settings.s3_endpoint_url else "auto",
-                # UNSIGNED-PAYLOAD: parts carry a CRC32C instead of a SHA-256 signature.
-                "payload_signing_enabled": False,
-            },
+        session = s3_session()
+        self._client = await self._exit_stack.enter_async_context(s3_client(session, self.settings))
+        self.part_uploader = direct_part_uploader(
+            session, self._client.meta.endpoint_url, self.settings.s3_timeout_seconds
         )
-        session = get_session()
-        client = session.create_client(
-            "s3",
-            endpoint_url=self.settings.s3_endpoint_url or None,
-            region_name=self.settings.s3_region,
-            aws_access_key_id=self.settings.s3_access_key or None,
-            aws_secret_access_key=self.settings.s3_secret_key or None,
-            config=config,
-        )
-        self._client = await self._exit_stack.enter_async_context(client)
         # S3 servers saturate with a few parts in flight; more only costs memory.
-        self._global_slots = asyncio.Semaphore(concurrency * 2)
+        self._global_slots = asyncio.Semaphore(self.settings.s3_part_concurrency * 2)
 
     async def close(self) -> None:
         """Stop background parts (their bytes stay staged) and close the client."""
@@ -193,6 +174,8 @@ class S3Backend:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._shipments.clear()
+        if self.part_uploader is not None:
+            self.part_uploader.close()
         await self._exit_stack.aclose()
         self._client = None
 
@@ -399,20 +382,34 @@ class S3Backend:
             crc = await anyio.to_thread.run_sync(
                 crc32c_of_range, shipment.staged_path, span.start, span.size
             )
-            with StagedPartBody(shipment.staged_path, span.start, span.size) as body:
-                response = await self.client.upload_part(
-                    Bucket=self.bucket,
-                    Key=multipart.key,
-                    UploadId=multipart.s3_upload_id,
-                    PartNumber=span.number,
-                    Body=body,  # type: ignore[arg-type]
-                    ContentLength=span.size,
-                    ChecksumCRC32C=crc,
-                )
-        record = PartRecord(span.number, span.size, response["ETag"], crc)
+            etag = await self._send_part(shipment.staged_path, multipart, span, crc)
+        record = PartRecord(span.number, span.size, etag, crc)
         await self._record_part(shipment.upload_id, record)
         shipment.recorded[span.number] = record
         await anyio.to_thread.run_sync(reclaim_range, shipment.staged_path, span.start, span.end)
+
+    async def _send_part(
+        self, staged_path: Path, multipart: Multipart, span: PartSpan, crc: str
+    ) -> str:
+        """UploadPart from the staging file; returns the ETag."""
+        params: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Key": multipart.key,
+            "UploadId": multipart.s3_upload_id,
+            "PartNumber": span.number,
+            "ContentLength": span.size,
+            "ChecksumCRC32C": crc,
+        }
+        if self.part_uploader is not None:
+            url = await self.client.generate_presigned_url(
+                "upload_part", Params=params, ExpiresIn=PRESIGNED_PART_SECONDS
+            )
+            return await self.part_uploader.put(
+                url, {"x-amz-checksum-crc32c": crc}, staged_path, span.start, span.size
+            )
+        with StagedPartBody(staged_path, span.start, span.size) as body:
+            response = await self.client.upload_part(Body=body, **params)  # type: ignore[arg-type]
+        return response["ETag"]
 
     async def _record_part(self, upload_id: uuid.UUID, record: PartRecord) -> None:
         async with self.sessions() as session, session.begin():

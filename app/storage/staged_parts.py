@@ -24,6 +24,9 @@ import google_crc32c
 from app.storage.sniff import SNIFF_SIZE
 
 READ_SIZE = 1024 * 1024
+CHECKSUM_READ_SIZE = 256 * 1024
+"""Blocks of the CRC32C pass: up to 2 x FERRY_S3_PART_CONCURRENCY of them are alive at once,
+and 1 MiB blocks cost ~6 MiB of peak RSS with 16 parallel uploads for no CPU gain."""
 KEEP_HEAD_BYTES = SNIFF_SIZE
 """Never reclaimed: the upload service sniffs the content type from these bytes."""
 
@@ -134,7 +137,7 @@ def crc32c_of_range(path: Path, start: int, size: int) -> str:
     """Base64 CRC32C of a staged byte range, as S3's ``x-amz-checksum-crc32c`` wants it."""
     value = 0
     with StagedRangeReader(path, start, size) as reader:
-        while block := reader.read(READ_SIZE):
+        while block := reader.read(CHECKSUM_READ_SIZE):
             value = int(google_crc32c.extend(value, block))
     return crc32c_base64(value)
 

@@ -188,3 +188,20 @@ async def test_length_beyond_max_parts_of_5_gib_is_refused_at_creation(
         assert too_big.status_code == 413
         fits = await client.post("/files/", headers={**TUS, "Upload-Length": str(10 * 1024**3)})
         assert fits.status_code == 201
+
+
+async def test_without_the_sendfile_sender_parts_go_through_the_s3_client(
+    s3_client: Client, s3_view: S3View
+) -> None:
+    backend = s3_client.app.state.backend
+    kept, backend.part_uploader = backend.part_uploader, None  # as behind a proxy
+    try:
+        data = payload(2 * PART + 999, seed=7)
+        path = await create(s3_client, len(data))
+        await send_in_pieces_from(s3_client, path, data, 0, 3 * MIB)
+    finally:
+        backend.part_uploader = kept
+    keys = s3_view.object_keys()
+    assert len(keys) == 1
+    assert s3_view.sha256_of(keys[0]) == hashlib.sha256(data).hexdigest()
+    assert s3_view.open_multipart_uploads() == []
