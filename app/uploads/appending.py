@@ -34,10 +34,10 @@ from app.errors import (
 )
 from app.storage.sniff import SNIFF_SIZE
 from app.tus.protocol import ChunkDigest, ChunkVerifier
+from app.uploads.collaborator import ServiceCollaborator
 from app.uploads.locking import utcnow
 
 if TYPE_CHECKING:
-    from app.storage.backend import StorageBackend
     from app.uploads.filing import UploadFiler
     from app.uploads.service import AppendRequest, UploadService
 
@@ -69,7 +69,7 @@ class Appended:
     head: bytes = b""
 
 
-class UploadAppender:
+class UploadAppender(ServiceCollaborator):
     """Streams bodies into staging and commits durable offsets for :class:`UploadService`.
 
     The staging area, hashes, locks and settings are the service's, fixed at construction;
@@ -77,20 +77,8 @@ class UploadAppender:
     """
 
     def __init__(self, uploads: UploadService, filer: UploadFiler) -> None:
-        self._uploads = uploads
+        super().__init__(uploads)
         self._filer = filer
-        self._sessions = uploads._sessions
-        self.staging = uploads.staging
-        self.settings = uploads.settings
-        self.hashes = uploads.hashes
-        self.locks = uploads.locks
-        self.ttl = uploads.ttl
-        self.partials = uploads.partials
-
-    @property
-    def backend(self) -> StorageBackend:
-        # Read through the service: the ops layer wraps its backend after construction.
-        return self._uploads.backend
 
     async def append(
         self, request: AppendRequest, body: AsyncIterator[bytes], *, fresh: Upload | None = None

@@ -29,8 +29,9 @@ from sqlalchemy import select, update
 
 from app.db.models import Upload, UploadState
 from app.errors import BadRequest, NotFound, ServiceUnavailable
-from app.storage.backend import StorageBackend, StoredObject
+from app.storage.backend import StoredObject
 from app.storage.sniff import SNIFF_SIZE, category_for, sniff_content_type
+from app.uploads.collaborator import ServiceCollaborator
 from app.uploads.filing import read_head, sha256_and_size
 from app.uploads.locking import utcnow
 
@@ -45,7 +46,7 @@ logger = logging.getLogger(__name__)
 LIVE_STATES = (UploadState.ACTIVE, UploadState.COMPLETED)
 
 
-class Concatenator:
+class Concatenator(ServiceCollaborator):
     """Partial uploads and the assembly of final uploads, for :class:`UploadService`.
 
     The staging area, hashes and partial store are the service's, fixed at construction;
@@ -53,18 +54,8 @@ class Concatenator:
     """
 
     def __init__(self, uploads: UploadService, filer: UploadFiler) -> None:
-        self._uploads = uploads
+        super().__init__(uploads)
         self._filer = filer
-        self._sessions = uploads._sessions
-        self.staging = uploads.staging
-        self.hashes = uploads.hashes
-        self.ttl = uploads.ttl
-        self.partials = uploads.partials
-
-    @property
-    def backend(self) -> StorageBackend:
-        # Read through the service: the ops layer wraps its backend after construction.
-        return self._uploads.backend
 
     async def load_partials(self, ids: list[uuid.UUID], owner: str | None) -> list[Upload]:
         """The partial uploads a final upload names, in order; 404/400 for unusable ones."""

@@ -20,9 +20,10 @@ from sqlalchemy import update
 from app.db.models import File, Upload, UploadState
 from app.errors import FerryError, ServiceUnavailable
 from app.filenames import safe_display_name
-from app.storage.backend import StorageBackend, StoredObject
+from app.storage.backend import StoredObject
 from app.storage.sniff import SNIFF_SIZE, category_for, sniff_content_type
 from app.tus.protocol import decode_metadata_value
+from app.uploads.collaborator import ServiceCollaborator
 
 if TYPE_CHECKING:
     from app.uploads.appending import Appended
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-class UploadFiler:
+class UploadFiler(ServiceCollaborator):
     """Stores, hashes and records uploads as files for :class:`UploadService`; lock held.
 
     The staging area, hashes and policy are the service's, fixed at construction; the
@@ -39,16 +40,7 @@ class UploadFiler:
     """
 
     def __init__(self, uploads: UploadService) -> None:
-        self._uploads = uploads
-        self._sessions = uploads._sessions
-        self.staging = uploads.staging
-        self.hashes = uploads.hashes
-        self.policy = uploads.policy
-
-    @property
-    def backend(self) -> StorageBackend:
-        # Read through the service: the ops layer wraps its backend after construction.
-        return self._uploads.backend
+        super().__init__(uploads)
 
     async def file_upload(
         self, upload: Upload, token: str, appended: Appended | None = None

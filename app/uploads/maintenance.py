@@ -17,7 +17,7 @@ import anyio.to_thread
 from sqlalchemy import or_, select, update
 
 from app.db.models import Upload, UploadState
-from app.storage.backend import StorageBackend
+from app.uploads.collaborator import ServiceCollaborator
 from app.uploads.locking import utcnow
 
 if TYPE_CHECKING:
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-class UploadMaintenance:
+class UploadMaintenance(ServiceCollaborator):
     """Expiry, sweeps and start-up reconciliation of :class:`UploadService`'s uploads.
 
     The staging area, locks and partial store are the service's, fixed at construction;
@@ -35,17 +35,8 @@ class UploadMaintenance:
     """
 
     def __init__(self, uploads: UploadService, concatenator: Concatenator) -> None:
-        self._uploads = uploads
+        super().__init__(uploads)
         self._concatenator = concatenator
-        self._sessions = uploads._sessions
-        self.staging = uploads.staging
-        self.locks = uploads.locks
-        self.partials = uploads.partials
-
-    @property
-    def backend(self) -> StorageBackend:
-        # Read through the service: the ops layer wraps its backend after construction.
-        return self._uploads.backend
 
     async def expire_due(self, limit: int = 500) -> int:
         """expiration: retire unfinished uploads (and unused partials) past their expiry."""
