@@ -149,10 +149,14 @@ def create_app(settings: Settings | None = None) -> FerryApp:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         engine: AsyncEngine = create_engine(settings.resolved_database_url)
         sessions = create_session_factory(engine)
-        staging = StagingArea(settings.staging_dir)
+        backend = build_backend(settings)
+        # S3 sends parts from staged pages; the local backend never reads them back.
+        staging = StagingArea(
+            settings.staging_dir,
+            drops_written_pages=not getattr(backend, "reclaims_staging", False),
+        )
         staging.prepare()
         limit_malloc_retention()
-        backend = build_backend(settings)
         await backend.start()
         uploads = UploadService(
             sessions=sessions, staging=staging, backend=backend, settings=settings

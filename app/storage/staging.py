@@ -23,12 +23,17 @@ import anyio.to_thread
 from app.tus.protocol import ChunkDigest
 
 WRITE_BUFFER_BUDGET = 4 * 1024 * 1024
-"""Body bytes all open writers gather before a write, shared equally among them.
+"""Body bytes all open writers hold at once, shared equally among them.
 
 Every write + hash is a hop to a worker thread, and hops are dear on a small VM (~0.3
 CPU-s per GiB between 512 KiB and 1 MiB buffers for one upload), while gathered bytes
 are memory per upload (16 parallel uploads with 512 KiB buffers: ~16 MiB of peak RSS). A
-shared budget gives a lone upload large buffers and many uploads small ones."""
+shared budget gives a lone upload large, overlapped buffers (one written while the next
+fills) and many uploads smaller ones, one at a time: with many bodies arriving, the
+others keep the event loop busy while one writer waits for its write."""
+PAGE_DROP_LAG = 8 * 1024 * 1024
+"""How far behind the written end a writer evicts pages (when it does): far enough that
+the range is usually on disk already, near enough to recycle pages within one body."""
 MIN_WRITE_BUFFER_SIZE = 128 * 1024
 MAX_WRITE_BUFFER_SIZE = 1024 * 1024
 READ_BUFFER_SIZE = 1024 * 1024
@@ -39,10 +44,15 @@ _IOV_MAX = os.sysconf("SC_IOV_MAX")
 class StagingArea:
     """Locates, sizes, truncates and removes staging files; knows nothing of HTTP."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, drops_written_pages: bool = False) -> None:
         self.root = root
         self.open_writers = 0
         """Writers open right now; they share :data:`WRITE_BUFFER_BUDGET`."""
+        self.drops_written_pages = drops_written_pages
+        """Whether writers evict what they wrote from the page cache once it is on disk.
+
+        Right where staged bytes are not read back soon (the local backend renames the file
+        into place; S3 sends parts from the page cache, so it keeps them)."""
 
     def prepare(self) -> None:
         """Create the staging directory (blocking; called once at start-up)."""
@@ -103,7 +113,14 @@ class StagingArea:
         share = WRITE_BUFFER_BUDGET // self.open_writers
         buffer_size = max(MIN_WRITE_BUFFER_SIZE, min(MAX_WRITE_BUFFER_SIZE, share))
         return StagingWriter(
-            fd, offset, digests, head_size, buffer_size, on_close=self._writer_closed
+            fd,
+            offset,
+            digests,
+            head_size,
+            buffer_size,
+            overlapped=2 * buffer_size <= share,
+            drops_written_pages=self.drops_written_pages,
+            on_close=self._writer_closed,
         )
 
     def _writer_closed(self) -> None:
@@ -152,29 +169,55 @@ async def read_file_range(path: Path, start: int, length: int) -> AsyncIterator[
             yield block
 
 
-def _load_sync_file_range() -> Callable[[int, int, int], None]:
-    """``sync_file_range(SYNC_FILE_RANGE_WRITE)`` where Linux offers it, else a no-op.
+_SYNC_FILE_RANGE_WAIT_BEFORE = 1  # from <fcntl.h>
+_SYNC_FILE_RANGE_WRITE = 2
+_SYNC_FILE_RANGE_WAIT_AFTER = 4
 
-    It starts writeback of a just-written block without waiting for it, so the disk works
-    while the next block arrives and the fdatasync before acknowledging has little left to
-    wait for. Python's ``os`` module does not expose it; libc does.
-    """
+
+def _load_sync_file_range() -> Callable[[int, int, int, int], None]:
+    """Linux's ``sync_file_range`` (not in Python's ``os`` module), else a no-op."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         function = libc.sync_file_range
     except (OSError, AttributeError):
-        return lambda fd, offset, length: None
+        return lambda fd, offset, length, flags: None
     function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
     function.restype = ctypes.c_int
-    sync_file_range_write = 2  # SYNC_FILE_RANGE_WRITE from <fcntl.h>
 
-    def start(fd: int, offset: int, length: int) -> None:
-        function(fd, offset, length, sync_file_range_write)  # a failure only loses overlap
+    def sync_range(fd: int, offset: int, length: int, flags: int) -> None:
+        function(fd, offset, length, flags)  # a failure costs speed, never durability
 
-    return start
+    return sync_range
 
 
-start_writeback = _load_sync_file_range()
+_sync_file_range = _load_sync_file_range()
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Start writeback of a just-written block without waiting for it, so the disk works
+    while the next block arrives and the fdatasync before acknowledging has little left to
+    wait for."""
+    _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+
+
+def drop_written_pages(fd: int, offset: int, length: int) -> None:
+    """Wait until a written range is on disk, then evict it from the page cache.
+
+    Not a durability step (fdatasync is): clean pages can be dropped, and an upload that
+    is not read back soon should not fill memory with write-once pages. Recycling them
+    also saves the kernel CPU time: on this project's VMs, writing into never-used page
+    cache costs several times the system time of writing into recycled pages (4 GiB
+    staged by 16 parallel uploads: ~6 s against ~1.5 s).
+    """
+    _sync_file_range(
+        fd,
+        offset,
+        length,
+        _SYNC_FILE_RANGE_WAIT_BEFORE | _SYNC_FILE_RANGE_WRITE | _SYNC_FILE_RANGE_WAIT_AFTER,
+    )
+    if hasattr(os, "posix_fadvise"):
+        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+
 
 _M_ARENA_MAX = -8  # from glibc's <malloc.h>
 
@@ -204,7 +247,8 @@ class StagingWriter:
     Pieces from the ASGI server (often ~64 KiB) are gathered into ``buffer_size`` buffers
     (the writer's share of :data:`WRITE_BUFFER_BUDGET`); each full buffer is hashed and
     written (one ``writev``, no joining copy) in a worker thread while the event loop keeps
-    receiving into the next one. At most two buffers exist at a time.
+    receiving into the next one (``overlapped``; at most two buffers exist at a time), or,
+    when many writers share the budget, before it takes the next piece (one buffer).
     """
 
     def __init__(
@@ -214,11 +258,20 @@ class StagingWriter:
         digests: Sequence[ChunkDigest],
         head_size: int = 0,
         buffer_size: int = MAX_WRITE_BUFFER_SIZE,
+        *,
+        overlapped: bool = True,
+        drops_written_pages: bool = False,
         on_close: Callable[[], None] | None = None,
     ) -> None:
         self._fd = fd
         self.buffer_size = buffer_size
-        """Gathered bytes that trigger a write (this writer's share of the budget)."""
+        """Gathered bytes that trigger a write (from this writer's share of the budget)."""
+        self.overlapped = overlapped
+        """Whether the next buffer fills while the last one is written."""
+        self._drops_written_pages = drops_written_pages
+        self._dropped_upto = offset
+        """End of the range already evicted from the page cache (see
+        :func:`drop_written_pages`); it trails the written end by :data:`PAGE_DROP_LAG`."""
         self._on_close = on_close
         self._digests = tuple(digests)
         self._pieces: list[bytes] = []
@@ -252,6 +305,8 @@ class StagingWriter:
             return
         loop = asyncio.get_running_loop()
         self._pending = loop.run_in_executor(None, self._write_block, pieces)
+        if not self.overlapped:
+            await self._wait_pending()
 
     def _write_block(self, pieces: list[bytes]) -> None:
         """Hash and write one buffer's pieces with a single ``writev`` (no joining copy)."""
@@ -263,6 +318,13 @@ class StagingWriter:
         _write_all(self._fd, pieces)
         start_writeback(self._fd, self.start_offset + self.written, size)
         self.written += size
+        if self._drops_written_pages:
+            # Blocks a few MiB behind are on their way to disk already: waiting for them
+            # rarely waits at all.
+            lagging_end = self.start_offset + self.written - PAGE_DROP_LAG
+            if lagging_end - self._dropped_upto >= PAGE_DROP_LAG:
+                drop_written_pages(self._fd, self._dropped_upto, lagging_end - self._dropped_upto)
+                self._dropped_upto = lagging_end
 
     async def _wait_pending(self) -> None:
         if self._pending is not None:
@@ -281,6 +343,10 @@ class StagingWriter:
         if pieces:
             self._write_block(pieces)
         os.fdatasync(self._fd)
+        end = self.start_offset + self.written
+        if self._drops_written_pages and end > self._dropped_upto:
+            drop_written_pages(self._fd, self._dropped_upto, end - self._dropped_upto)
+            self._dropped_upto = end
 
     async def close(self) -> None:
         """Close the file; buffered bytes that were not synced are dropped."""

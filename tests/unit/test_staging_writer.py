@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from app.storage.staging import (
     MIN_WRITE_BUFFER_SIZE,
     WRITE_BUFFER_BUDGET,
     StagingArea,
+    StagingWriter,
 )
 
 #: More tiny pieces than one writev takes (Linux's IOV_MAX is 1024) within one buffer.
@@ -48,21 +50,29 @@ async def test_pieces_of_any_size_land_in_order_and_are_hashed_as_one_stream(
     assert digest.hexdigest() == hashlib.sha256(head + body).hexdigest()
 
 
+async def open_writers(area: StagingArea, count: int) -> dict[uuid.UUID, StagingWriter]:
+    """``count`` writers open at once, in the order they were opened."""
+    writers = {}
+    for _ in range(count):
+        upload_id = uuid.uuid4()
+        await area.create(upload_id)
+        writers[upload_id] = await area.open_writer(upload_id, 0, [])
+    return writers
+
+
 async def test_open_writers_share_the_buffer_budget_and_give_it_back_on_close(
     tmp_path: Path,
 ) -> None:
     area = StagingArea(tmp_path)
     area.prepare()
-    writers = []
-    for _ in range(40):
-        upload_id = uuid.uuid4()
-        await area.create(upload_id)
-        writers.append(await area.open_writer(upload_id, 0, []))
+    writers = list((await open_writers(area, 40)).values())
     sizes = [writer.buffer_size for writer in writers]
     assert sizes[0] == MAX_WRITE_BUFFER_SIZE, "a lone upload gets large buffers"
     assert sizes == sorted(sizes, reverse=True)
     assert sizes[15] == WRITE_BUFFER_BUDGET // 16
     assert sizes[-1] == MIN_WRITE_BUFFER_SIZE, "never below the floor"
+    assert writers[0].overlapped, "a lone upload fills one buffer while the last is written"
+    assert not writers[15].overlapped, "crowded writers hold one buffer at a time"
     for writer in writers:
         await writer.close()
     assert area.open_writers == 0
@@ -71,3 +81,58 @@ async def test_open_writers_share_the_buffer_budget_and_give_it_back_on_close(
     writer = await area.open_writer(upload_id, 0, [])
     assert writer.buffer_size == MAX_WRITE_BUFFER_SIZE
     await writer.close()
+
+
+async def test_a_crowded_writer_has_written_each_full_buffer_before_taking_more(
+    tmp_path: Path,
+) -> None:
+    area = StagingArea(tmp_path)
+    area.prepare()
+    writers = await open_writers(area, 16)
+    crowded_id, crowded = list(writers.items())[-1]
+    assert not crowded.overlapped
+    path = area.path_for(crowded_id)
+    expected = b""
+    for index in range(4):
+        piece = bytes([index]) * crowded.buffer_size
+        expected += piece
+        await crowded.write(piece)
+        assert path.stat().st_size == len(expected), "the buffer is on disk already"
+    assert await crowded.sync() == len(expected)
+    for writer in writers.values():
+        await writer.close()
+    assert path.read_bytes() == expected
+
+
+def resident_bytes(path: Path) -> int:
+    """Bytes of ``path`` in the page cache (util-linux's ``fincore``)."""
+    output = subprocess.run(
+        ["fincore", "--bytes", "--noheadings", "--raw", "--output", "RES", str(path)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return int(output.strip())
+
+
+async def test_a_writer_of_the_local_backend_leaves_no_written_pages_in_memory(
+    tmp_path: Path,
+) -> None:
+    """Write-once staged bytes are evicted once on disk (S3, which reads them back, keeps
+    them); the bytes themselves are untouched."""
+    body = random.Random(3).randbytes(24 * 1024 * 1024)
+    resident = {}
+    for drops in (False, True):
+        area = StagingArea(tmp_path / str(drops), drops_written_pages=drops)
+        area.prepare()
+        upload_id = uuid.uuid4()
+        await area.create(upload_id)
+        writer = await area.open_writer(upload_id, 0, [])
+        for start in range(0, len(body), 64 * 1024):
+            await writer.write(body[start : start + 64 * 1024])
+        assert await writer.sync() == len(body)
+        await writer.close()
+        resident[drops] = resident_bytes(area.path_for(upload_id))
+        assert area.path_for(upload_id).read_bytes() == body
+    assert resident[False] == len(body), "without dropping, the written pages stay cached"
+    assert resident[True] == 0
