@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import click
 
@@ -42,13 +45,12 @@ def main() -> None:
     help="Allow FERRY_AUTH=none on a non-loopback address (same as FERRY_ALLOW_NO_AUTH=true).",
 )
 def serve(host: str | None, port: int | None, insecure_no_auth: bool) -> None:
-    """Apply pending migrations (unless FERRY_AUTO_MIGRATE=false) and serve HTTP."""
-    import uvicorn
+    """Apply pending migrations (unless FERRY_AUTO_MIGRATE=false) and serve HTTP.
 
+    FERRY_WORKERS=N (PostgreSQL and local storage) serves from N processes.
+    """
     from app.db.engine import MigrationFailed, migrate_apart
-    from app.main import create_app
-    from app.ops.logs import configure_logging
-    from app.ops.shutdown import FerryServer, auth_refusal_for_serving
+    from app.ops.shutdown import auth_refusal_for_serving
 
     settings = _settings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -63,10 +65,22 @@ def serve(host: str | None, port: int | None, insecure_no_auth: bool) -> None:
         except MigrationFailed as exc:
             click.echo(f"ferry: {exc}", err=True)
             sys.exit(1)
+    if settings.workers > 1:
+        sys.exit(_serve_in_workers(settings, bind, port))
+    from app.main import create_app
+    from app.ops.logs import configure_logging
+    from app.ops.shutdown import FerryServer
+
     app = create_app(settings)
     # Last: Alembic's and Litestar's logging set-ups would replace these handlers.
     configure_logging(settings)
-    config = uvicorn.Config(
+    FerryServer(_uvicorn_config(app, settings, bind, port)).run()
+
+
+def _uvicorn_config(app: Any, settings: Settings, bind: str, port: int | None) -> Any:
+    import uvicorn
+
+    return uvicorn.Config(
         app,
         host=bind,
         port=port if port is not None else settings.port,
@@ -77,7 +91,50 @@ def serve(host: str | None, port: int | None, insecure_no_auth: bool) -> None:
         timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
         proxy_headers=False,
     )
-    FerryServer(config).run()
+
+
+def _serve_in_workers(settings: Settings, bind: str, port: int | None) -> int:
+    """``FERRY_WORKERS`` processes on one socket (see :mod:`app.ops.workers`)."""
+    import secrets
+    import shutil
+    import tempfile
+
+    import msgspec
+
+    # Before prometheus_client is first imported (by app.main): every worker records its
+    # metrics into this directory, and any of them can add them all up for a scrape.
+    metrics_dir = tempfile.mkdtemp(prefix="ferry-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    from prometheus_client import multiprocess
+
+    from app.main import create_app
+    from app.ops.logs import configure_logging
+    from app.ops.shutdown import FerryServer
+    from app.ops.workers import WorkerSupervisor
+
+    configure_logging(settings)
+    if not settings.signing_key:
+        # One key for all workers, or a link signed by one fails on the others.
+        logging.getLogger(__name__).warning(
+            "FERRY_SIGNING_KEY is empty: the workers share a random key, and signed links "
+            "stop working when ferry serve restarts; set FERRY_SIGNING_KEY in production"
+        )
+        settings = msgspec.structs.replace(settings, signing_key=secrets.token_hex(32))
+    sock = _uvicorn_config(None, settings, bind, port).bind_socket()
+
+    def run_worker(index: int, reconcile: bool, on_started: Callable[[], None]) -> None:
+        app = create_app(settings, reconcile=reconcile, on_started=on_started)
+        configure_logging(settings, worker=index)  # after Litestar's own logging set-up
+        FerryServer(_uvicorn_config(app, settings, bind, port)).run(sockets=[sock])
+
+    supervisor = WorkerSupervisor(
+        settings.workers, run_worker, on_worker_exit=multiprocess.mark_process_dead
+    )
+    try:
+        return supervisor.run()
+    finally:
+        sock.close()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 @main.command()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from litestar import Litestar, Request, Response, get
@@ -141,8 +141,18 @@ async def health(state: State) -> Response[dict[str, bool]]:
     return Response(checks, status_code=200 if all(checks.values()) else 503)
 
 
-def create_app(settings: Settings | None = None) -> FerryApp:
-    """Build the ASGI application; nothing touches disk or network until start-up."""
+def create_app(
+    settings: Settings | None = None,
+    *,
+    reconcile: bool = True,
+    on_started: Callable[[], None] | None = None,
+) -> FerryApp:
+    """Build the ASGI application; nothing touches disk or network until start-up.
+
+    ``reconcile=False`` skips start-up reconciliation: with several workers only the first
+    one reconciles, before the others start (it truncates staging files another worker
+    could be appending to). ``on_started`` runs once start-up is complete.
+    """
     settings = settings or load_settings()
 
     @contextlib.asynccontextmanager
@@ -173,9 +183,12 @@ def create_app(settings: Settings | None = None) -> FerryApp:
         # finished uploads must get their post-finish events too.
         operations = run_operations(app, settings, sessions, uploads)
         await operations.__aenter__()
-        report = await uploads.reconcile()
-        logger.info("start-up reconciliation: %s", report)
+        if reconcile:
+            report = await uploads.reconcile()
+            logger.info("start-up reconciliation: %s", report)
         reaper = asyncio.create_task(reap_forever(uploads, settings.reaper_interval_seconds))
+        if on_started is not None:
+            on_started()
         try:
             yield
         finally:

@@ -228,6 +228,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     host: str = "127.0.0.1"
     """Address ``ferry serve`` binds to."""
 
+    workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    """Server processes sharing the port (one event loop each). More than one needs
+    PostgreSQL and the local backend; see ``app/ops/workers.py``."""
+
     port: Port = 8000
     """Port ``ferry serve`` listens on."""
 
@@ -307,5 +311,15 @@ def _check_consistency(settings: Settings) -> None:
         raise SettingsError("FERRY_S3_BUCKET: required when FERRY_STORAGE=s3")
     if "none" in settings.auth and len(settings.auth) > 1:
         raise SettingsError("FERRY_AUTH: 'none' cannot be combined with other methods")
+    if settings.workers > 1 and settings.storage == "s3":
+        raise SettingsError(
+            "FERRY_WORKERS: more than one worker needs FERRY_STORAGE=local "
+            "(S3 parts are shipped by the process that staged them)"
+        )
+    if settings.workers > 1 and settings.resolved_database_url.startswith("sqlite"):
+        raise SettingsError(
+            "FERRY_WORKERS: more than one worker needs PostgreSQL (FERRY_DATABASE_URL); "
+            "SQLite has one writer at a time"
+        )
     if settings.s3_min_part_size < 5 * 1024 * 1024 and settings.storage == "s3":
         raise SettingsError("FERRY_S3_MIN_PART_SIZE: must be at least 5242880 (5 MiB)")

@@ -5,7 +5,9 @@ Starts ``ferry serve`` on a fresh PostgreSQL database (``FERRY_BENCH_POSTGRES``,
 many small files and a few big ones — and uploads each twice: with ``ferry ingest`` and
 with tuspy's ``Uploader`` in a loop (one file after another, as a script would). Prints
 files/s and MiB/s side by side and the speed-up. Sizes are options, so a quick run fits
-a busy machine: ``--small-count 500 --big-count 2 --big-mib 256``.
+a busy machine: ``--small-count 500 --big-count 2 --big-mib 256``. The server runs one
+worker per core (``--workers``, ``FERRY_WORKERS``), as a deployment on this machine would;
+both clients upload to that same server.
 """
 
 from __future__ import annotations
@@ -132,6 +134,12 @@ def main() -> None:
     parser.add_argument("--big-count", type=int, default=4)
     parser.add_argument("--big-mib", type=int, default=1024)
     parser.add_argument("--parallel", type=int, default=8)
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="FERRY_WORKERS of the server both clients upload to (default: one per core)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the results here too")
     args = parser.parse_args()
 
@@ -146,6 +154,7 @@ def main() -> None:
         FERRY_LOG_DIR=str(work / "logs"),
         FERRY_AUTH="none",
         FERRY_LOG_LEVEL="WARNING",
+        FERRY_WORKERS=str(args.workers),
     )
     server = subprocess.Popen(
         [str(FERRY), "serve", "--host", "127.0.0.1", "--port", str(port)],
@@ -185,7 +194,11 @@ def main() -> None:
             tree = work / f"tree-{name}"
             build(tree)
             files, size = _tree_size(tree)
-            print(f"{name}: {files} files, {size / 1024 / 1024:,.0f} MiB", flush=True)
+            print(
+                f"{name}: {files} files, {size / 1024 / 1024:,.0f} MiB "
+                f"(server: FERRY_WORKERS={args.workers})",
+                flush=True,
+            )
             ferry_s = _run_ferry_ingest(url, tree, work / f"state-{name}.json", args.parallel)
             row_ferry = _line("ferry ingest", files, size, ferry_s)
             tuspy_s = _run_tuspy_loop(url, tree, 64 * 1024 * 1024)

@@ -96,6 +96,12 @@ def _uid_of(url: str) -> str:
     return url.rstrip("/").rsplit("/", 1)[-1]
 
 
+FILES_IN_FLIGHT_PER_SLOT = 4
+"""Files being sent, waiting for a slot or waiting for verification, per ``--parallel``
+slot. Verification of finished files goes out in batches; the files waiting for it must
+not hold transfer slots, or every slot idles until the batch leaves."""
+
+
 class IngestRun:
     """Uploads a list of files with ``parallel`` workers sharing one client and journal."""
 
@@ -106,7 +112,10 @@ class IngestRun:
         self.client = client
         self.journal = journal
         self.view = view
-        self.verifier = BatchVerifier(client, batch_size=options.parallel)
+        self.transfer_slots = asyncio.Semaphore(max(1, options.parallel))
+        """``--parallel``: files whose bytes are in transit at once."""
+        self.in_flight = max(1, options.parallel) * FILES_IN_FLIGHT_PER_SLOT
+        self.verifier = BatchVerifier(client, batch_size=self.in_flight)
 
     async def run(self, files: list[LocalFile]) -> list[FileResult]:
         """Upload every file; results in the order of ``files``."""
@@ -124,7 +133,7 @@ class IngestRun:
                 results[index] = await self.ingest_one(local)
 
         async with asyncio.TaskGroup() as group:
-            for _ in range(max(1, min(self.options.parallel, len(files)))):
+            for _ in range(max(1, min(self.in_flight, len(files)))):
                 group.create_task(worker())
         return [result for result in results if result is not None]
 
@@ -147,13 +156,17 @@ class IngestRun:
             entry = Entry(key, local.size, local.mtime_ns)
         resumed = entry.url is not None
         hasher = FileHasher(local.path)
-        self.view.file_started(key, local.relative, local.size, 0)
         attempts = 0
         try:
             while True:
                 attempts += 1
                 try:
-                    sha256 = await self._transfer(local, entry, hasher)
+                    async with self.transfer_slots:
+                        if attempts == 1:
+                            self.view.file_started(key, local.relative, local.size, 0)
+                        adopted = await self._transfer(local, entry, hasher)
+                    # Verification waits for a batch; the slot goes to the next file.
+                    sha256 = adopted or await self._verify(entry, hasher, local.size)
                     break
                 except TransferError as exc:
                     if not exc.retryable:
@@ -199,8 +212,12 @@ class IngestRun:
             attempts=attempts,
         )
 
-    async def _transfer(self, local: LocalFile, entry: Entry, hasher: FileHasher) -> str:
-        """One attempt: (re)create or resume, send the rest, verify. Returns the SHA-256."""
+    async def _transfer(self, local: LocalFile, entry: Entry, hasher: FileHasher) -> str | None:
+        """One attempt: (re)create or resume, send the rest.
+
+        Returns the SHA-256 when an earlier, unacknowledged creation turns out to have
+        stored the file already (nothing left to verify), else ``None``.
+        """
         key = str(local.path)
         if entry.url is None and entry.creating:
             adopted = await self._adopt(local, entry, hasher)
@@ -247,7 +264,12 @@ class IngestRun:
                 entry.url, local.path, offset, length, hasher, sent
             )
             self.view.file_position(key, offset)
-        await anyio.to_thread.run_sync(hasher.catch_up, local.size)
+        return None
+
+    async def _verify(self, entry: Entry, hasher: FileHasher, size: int) -> str:
+        """Compare the local SHA-256 with the server's record; returns it when they agree."""
+        assert entry.url is not None
+        await anyio.to_thread.run_sync(hasher.catch_up, size)
         sha256 = hasher.hexdigest()
         record = await self.verifier.record_of(_uid_of(entry.url))
         if record is None:

@@ -50,19 +50,25 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str, ensure_ascii=False)
 
 
-def configure_logging(settings: Settings) -> None:
-    """Send every log record to stdout and ``ferry.log``, and errors also to ``error.log``."""
+def configure_logging(settings: Settings, worker: int | None = None) -> None:
+    """Send every log record to stdout and ``ferry.log``, and errors also to ``error.log``.
+
+    A worker process among several (``FERRY_WORKERS``) writes ``ferry-worker-N.log`` and
+    ``error-worker-N.log`` instead: a rotating file has one writer, or a rotation in one
+    process leaves the others writing into the renamed file.
+    """
     settings.log_dir.mkdir(parents=True, exist_ok=True)
+    suffix = "" if worker is None else f"-worker-{worker}"
     formatter = JsonFormatter()
     stdout = logging.StreamHandler(sys.stdout)
     main_file = logging.handlers.RotatingFileHandler(
-        settings.log_dir / "ferry.log",
+        settings.log_dir / f"ferry{suffix}.log",
         maxBytes=settings.log_max_bytes,
         backupCount=settings.log_backups,
         encoding="utf-8",
     )
     error_file = logging.handlers.RotatingFileHandler(
-        settings.log_dir / "error.log",
+        settings.log_dir / f"error{suffix}.log",
         maxBytes=settings.log_max_bytes,
         backupCount=settings.log_backups,
         encoding="utf-8",

@@ -1,6 +1,9 @@
 """Prometheus metrics, served at ``/metrics``.
 
-Metrics live in the process-wide default registry (one server process, one set of series).
+Metrics live in the process-wide default registry. With several workers
+(``FERRY_WORKERS``), ``ferry serve`` sets ``PROMETHEUS_MULTIPROC_DIR`` before this module
+is imported: every worker then records into its own memory-mapped files and whichever
+worker answers a scrape adds them all up, so ``/metrics`` describes the whole server.
 HTTP-level series are recorded by :class:`RequestContextMiddleware` in
 :mod:`app.ops.request_context`; storage latency by :class:`InstrumentedBackend`.
 """
@@ -15,7 +18,18 @@ from inspect import iscoroutinefunction
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 UPLOADS_CREATED = Counter("ferry_uploads_created", "Uploads created (tus creation answered 201).")
 UPLOADS_FINISHED = Counter("ferry_uploads_finished", "Uploads that became files.")
@@ -40,35 +54,60 @@ STORAGE_ERRORS = Counter(
     "ferry_storage_errors", "Storage backend operations that raised.", ["backend", "operation"]
 )
 ACTIVE_LOCKS = Gauge(
-    "ferry_active_locks", "Upload locks held by this node (PATCH/creation-with-upload in flight)."
+    "ferry_active_locks",
+    "Upload locks held by this node (PATCH/creation-with-upload in flight).",
+    multiprocess_mode="livesum",
 )
-STAGING_BYTES = Gauge("ferry_staging_disk_bytes", "Disk space used by staging files.")
 RESPONSES = Counter(
     "ferry_http_responses", "HTTP responses by method and status.", ["method", "status"]
 )
 WEBHOOKS = Counter("ferry_webhook_deliveries", "Webhook delivery attempts.", ["outcome"])
 
 
+class StagingDiskCollector(Collector):
+    """``ferry_staging_disk_bytes``: the staging directory's disk use, measured when scraped
+    (one directory per node, so it is read, not added up across workers)."""
+
+    def __init__(self) -> None:
+        self.staging_dir: Path | None = None
+
+    def collect(self) -> list[GaugeMetricFamily]:
+        """One sample, read now."""
+        family = GaugeMetricFamily("ferry_staging_disk_bytes", "Disk space used by staging files.")
+        if self.staging_dir is not None:
+            family.add_metric([], float(_disk_use(self.staging_dir)))
+        return [family]
+
+
+def _disk_use(directory: Path) -> int:
+    total = 0
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if entry.is_file(follow_symlinks=False):
+                    total += entry.stat(follow_symlinks=False).st_blocks * 512
+    except FileNotFoundError:
+        return 0
+    return total
+
+
+STAGING_DISK = StagingDiskCollector()
+REGISTRY.register(STAGING_DISK)
+
+
 def watch_staging_dir(staging_dir: Path) -> None:
-    """Report the staging directory's disk use, measured when scraped."""
-
-    def used_bytes() -> float:
-        total = 0
-        try:
-            with os.scandir(staging_dir) as entries:
-                for entry in entries:
-                    if entry.is_file(follow_symlinks=False):
-                        total += entry.stat(follow_symlinks=False).st_blocks * 512
-        except FileNotFoundError:
-            return 0.0
-        return float(total)
-
-    STAGING_BYTES.set_function(used_bytes)
+    """Report ``staging_dir``'s disk use at every scrape."""
+    STAGING_DISK.staging_dir = staging_dir
 
 
 def render_metrics() -> tuple[bytes, str]:
-    """The exposition text and its content type."""
-    return generate_latest(), CONTENT_TYPE_LATEST
+    """The exposition text (of every worker, when there are several) and its content type."""
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        return generate_latest(), CONTENT_TYPE_LATEST
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    registry.register(STAGING_DISK)
+    return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
 class InstrumentedBackend:

@@ -108,3 +108,32 @@ def test_bad_value_in_env_file_names_the_variable(tmp_path: Path) -> None:
     env_file.write_text("FERRY_LOCK_LEASE_SECONDS=soon\n")
     with pytest.raises(SettingsError, match=r"^FERRY_LOCK_LEASE_SECONDS:"):
         load({}, env_file)
+
+
+@pytest.mark.parametrize(
+    ("variables", "reason"),
+    [
+        ({}, "PostgreSQL"),
+        ({"FERRY_DATABASE_URL": "sqlite+aiosqlite:///x.db"}, "PostgreSQL"),
+        (
+            {
+                "FERRY_DATABASE_URL": "postgresql+asyncpg://h/db",
+                "FERRY_STORAGE": "s3",
+                "FERRY_S3_BUCKET": "b",
+            },
+            "FERRY_STORAGE=local",
+        ),
+    ],
+)
+def test_several_workers_are_refused_where_processes_cannot_share_the_work(
+    variables: dict[str, str], reason: str
+) -> None:
+    with pytest.raises(SettingsError, match=rf"^FERRY_WORKERS: .*{reason}"):
+        load_settings({"FERRY_WORKERS": "2", **variables}, env_file=None)
+
+
+def test_several_workers_with_postgresql_and_local_storage_are_accepted() -> None:
+    settings = load_settings(
+        {"FERRY_WORKERS": "4", "FERRY_DATABASE_URL": "postgresql+asyncpg://h/db"}, env_file=None
+    )
+    assert settings.workers == 4
