@@ -53,9 +53,21 @@ class StorageBackend(Protocol):
         """
 
     async def store(
-        self, upload_id: uuid.UUID, staged_path: Path, size: int, category: str, content_type: str
+        self,
+        upload_id: uuid.UUID,
+        staged_path: Path,
+        size: int,
+        category: str,
+        content_type: str,
+        *,
+        keep_staged: bool = False,
     ) -> StoredObject:
-        """Move a complete staged file into permanent storage; idempotent after a crash."""
+        """Move a complete staged file into permanent storage; idempotent after a crash.
+
+        ``keep_staged``: leave the staging file too; the caller removes it once the file's
+        row is committed. Until then it is the trace by which start-up reconciliation finds
+        (and discards) a stored copy that no row names.
+        """
 
     async def find_stored(self, upload_id: uuid.UUID, category: str) -> StoredObject | None:
         """The stored object of an upload whose staging file is gone, if it was stored."""

@@ -62,12 +62,21 @@ class LocalBackend:
         return path
 
     async def store(
-        self, upload_id: uuid.UUID, staged_path: Path, size: int, category: str, content_type: str
+        self,
+        upload_id: uuid.UUID,
+        staged_path: Path,
+        size: int,
+        category: str,
+        content_type: str,
+        *,
+        keep_staged: bool = False,
     ) -> StoredObject:
-        """Rename the staging file into its category folder and make the rename durable."""
+        """Rename (or, ``keep_staged``, hard-link) the staging file into its category folder
+        and make the new name durable."""
         key = self._key_for(upload_id, category)
         target = self.path_for(key)
-        await anyio.to_thread.run_sync(_durable_rename, staged_path, target)
+        place = _durable_link if keep_staged else _durable_rename
+        await anyio.to_thread.run_sync(place, staged_path, target)
         return StoredObject(key=key, size=size)
 
     async def find_stored(self, upload_id: uuid.UUID, category: str) -> StoredObject | None:
@@ -105,7 +114,21 @@ def _durable_rename(source: Path, target: Path) -> None:
     crash too, start-up reconciliation removes it as a staging file without a live upload.
     """
     os.replace(source, target)
-    dir_fd = os.open(target.parent, os.O_RDONLY)
+    _sync_directory(target.parent)
+
+
+def _durable_link(source: Path, target: Path) -> None:
+    """Give the staged file its stored name as well (a hard link: no byte is copied)."""
+    try:
+        os.link(source, target)
+    except FileExistsError:  # an earlier attempt linked it; the bytes are the same upload's
+        os.unlink(target)
+        os.link(source, target)
+    _sync_directory(target.parent)
+
+
+def _sync_directory(directory: Path) -> None:
+    dir_fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:

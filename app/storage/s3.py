@@ -576,9 +576,17 @@ class S3Backend:
     # ------------------------------------------------------------------ completion
 
     async def store(
-        self, upload_id: uuid.UUID, staged_path: Path, size: int, category: str, content_type: str
+        self,
+        upload_id: uuid.UUID,
+        staged_path: Path,
+        size: int,
+        category: str,
+        content_type: str,
+        *,
+        keep_staged: bool = False,
     ) -> StoredObject:
-        """Send what is left, complete the object, verify it and drop the staging file."""
+        """Send what is left, complete the object, verify it and drop the staging file
+        (unless ``keep_staged``)."""
         shipment = self._shipment(upload_id, staged_path)
         shipment.durable_offset = size
         shipment.length = size
@@ -594,7 +602,8 @@ class S3Backend:
                 "object storage is unavailable; retry later", headers={"Retry-After": "5"}
             ) from exc
         await self._forget(upload_id)
-        await anyio.Path(staged_path).unlink(missing_ok=True)
+        if not keep_staged:
+            await anyio.Path(staged_path).unlink(missing_ok=True)
         return stored
 
     async def _store(

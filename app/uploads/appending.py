@@ -14,6 +14,7 @@ apart because it is where the first three invariants are kept, in this order of 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -28,14 +29,15 @@ from app.errors import (
     ClientDisconnected,
     FerryError,
     Forbidden,
+    Gone,
     OffsetMismatch,
     PayloadTooLarge,
     UploadLocked,
 )
 from app.storage.sniff import SNIFF_SIZE
 from app.tus.protocol import ChunkDigest, ChunkVerifier
-from app.uploads.collaborator import ServiceCollaborator
-from app.uploads.locking import utcnow
+from app.uploads.collaborator import ServiceCollaborator, not_yet_inserted
+from app.uploads.locking import LeaseState, utcnow
 
 if TYPE_CHECKING:
     from app.uploads.filing import UploadFiler
@@ -107,9 +109,9 @@ class UploadAppender(ServiceCollaborator):
             check_staging_room = getattr(self.backend, "check_staging_room", None)
             if check_staging_room is not None:
                 check_staging_room()  # S3 down or slow: 503 once staging holds the budget
-        except BaseException:
+        except BaseException as failure:
             if token is not None:
-                await self.locks.release(upload.id, token)
+                await self._let_go(upload, token, failure)
             raise
         if token is None:
             token = await self._lock_for_append(upload, request.offset)
@@ -117,8 +119,8 @@ class UploadAppender(ServiceCollaborator):
             if length != upload.length:
                 await self.set_length(upload, length)
             appended = await self._receive_and_commit(upload, token, request, body, room)
-        except BaseException:
-            await self.locks.release(upload.id, token)
+        except BaseException as failure:
+            await self._let_go(upload, token, failure)
             raise
         upload = appended.upload
         if upload.is_complete and upload.state == UploadState.ACTIVE:
@@ -126,6 +128,25 @@ class UploadAppender(ServiceCollaborator):
         elif not appended.lock_released:
             await self.locks.release(upload.id, token)
         return upload
+
+    async def _let_go(self, upload: Upload, token: str, failure: BaseException) -> None:
+        """Give the lock back after a failure.
+
+        An upload whose row was not inserted yet is inserted, empty, when the client is told
+        where it is (a 4xx carries its Location); otherwise it leaves no trace.
+        """
+        with anyio.CancelScope(shield=True):
+            if not not_yet_inserted(upload):
+                await self.locks.release(upload.id, token)
+                return
+            await self.staging.truncate(upload.id, 0)
+            if isinstance(failure, FerryError) and upload.state == UploadState.ACTIVE:
+                try:
+                    await self._commit_offset(upload, token, 0, release_lock=True)
+                    return
+                except Exception:
+                    logger.warning("upload %s: could not be recorded", upload.id, exc_info=True)
+            await self.staging.remove(upload.id)
 
     def _append_bounds(self, upload: Upload, request: AppendRequest) -> tuple[int | None, int]:
         """The upload's length after this request and the bytes it may still take."""
@@ -233,6 +254,9 @@ class UploadAppender(ServiceCollaborator):
             discard_reason = verifier.failure(disconnected=received.disconnected)
         if discard_reason is not None:
             await self.staging.truncate(upload.id, upload.offset)
+            if not_yet_inserted(upload):
+                # The error carries the upload's Location: the client may resume there.
+                await self._commit_offset(upload, token, upload.offset, release_lock=True)
             raise discard_reason
 
         new_offset = received.durable_end
@@ -289,8 +313,14 @@ class UploadAppender(ServiceCollaborator):
     ) -> _Received:
         writer = await self.staging.open_writer(upload.id, upload.offset, digests, SNIFF_SIZE)
         outcome = _Received(durable_end=upload.offset)
+        # An upload with no row yet has no lease to keep: nobody else knows its id.
+        keep_lease = (
+            contextlib.nullcontext(LeaseState())
+            if not_yet_inserted(upload)
+            else self.locks.kept_alive(upload.id, token)
+        )
         try:
-            async with self.locks.kept_alive(upload.id, token) as lease:
+            async with keep_lease as lease:
                 taken = 0
                 try:
                     async for piece in body:
@@ -332,6 +362,9 @@ class UploadAppender(ServiceCollaborator):
             if release_lock
             else {}
         )
+        if not_yet_inserted(upload):
+            await self._insert_with_offset(upload, new_offset, expires_at, lock_values)
+            return
         async with self._sessions() as session, session.begin():
             result: Any = await session.execute(
                 update(Upload)
@@ -349,6 +382,20 @@ class UploadAppender(ServiceCollaborator):
             raise UploadLocked("the upload's lock was lost before the offset could be committed")
         upload.offset = new_offset
         upload.expires_at = expires_at
+
+    async def _insert_with_offset(
+        self, upload: Upload, offset: int, expires_at: Any, lock_values: dict[str, Any]
+    ) -> None:
+        """The first commit of a creation-with-upload inserts its row (see
+        ``UploadService._born_with_its_body``)."""
+        if upload.state != UploadState.ACTIVE:
+            raise Gone("the upload was refused before it was stored")
+        upload.offset = offset
+        upload.expires_at = expires_at
+        for name, value in lock_values.items():
+            setattr(upload, name, value)
+        async with self._sessions() as session, session.begin():
+            session.add(upload)
 
     async def commit_after_failed_filing(self, upload: Upload, token: str, committed: int) -> None:
         """Keep the durable bytes of a completion whose filing failed (a HEAD retries it)."""

@@ -8,9 +8,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from sqlalchemy import inspect
+
 if TYPE_CHECKING:
+    from app.db.models import Upload
     from app.storage.backend import StorageBackend
     from app.uploads.service import UploadService
+
+
+def not_yet_inserted(upload: Upload) -> bool:
+    """A creation-with-upload whose row waits for its body's outcome (see
+    ``UploadService._born_with_its_body``): SQLAlchemy calls such an object *transient*."""
+    return bool(inspect(upload).transient)
 
 
 class ServiceCollaborator:

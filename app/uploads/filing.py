@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
 from sqlalchemy import update
@@ -23,7 +23,7 @@ from app.filenames import safe_display_name
 from app.storage.backend import StoredObject
 from app.storage.sniff import SNIFF_SIZE, category_for, sniff_content_type
 from app.tus.protocol import decode_metadata_value
-from app.uploads.collaborator import ServiceCollaborator
+from app.uploads.collaborator import ServiceCollaborator, not_yet_inserted
 
 if TYPE_CHECKING:
     from app.uploads.appending import Appended
@@ -65,7 +65,12 @@ class UploadFiler(ServiceCollaborator):
                 sha256 = await sha256_of(self.staging.read_range(upload.id, 0, size))
             try:
                 stored = await self.backend.store(
-                    upload.id, staged_path, size, category, content_type
+                    upload.id,
+                    staged_path,
+                    size,
+                    category,
+                    content_type,
+                    keep_staged=not_yet_inserted(upload),
                 )
             except OSError as exc:
                 logger.exception("storing upload %s failed", upload.id)
@@ -82,7 +87,11 @@ class UploadFiler(ServiceCollaborator):
             content_type = sniff_content_type(head)
             category = category_for(content_type).value
             sha256 = await sha256_of(self.backend.open_range(stored.key, 0, size))
+        first_row = not_yet_inserted(upload)
         await self.record_file(upload, token, stored, sha256, content_type, category)
+        if first_row:
+            # The staged name was kept until the rows existed (see ``keep_staged``).
+            await self.staging.remove(upload.id)
 
     async def record_file(
         self,
@@ -93,11 +102,29 @@ class UploadFiler(ServiceCollaborator):
         content_type: str,
         category: str,
     ) -> None:
-        """Write the file row and complete the upload in one transaction; lock held."""
+        """Write the file row and complete the upload in one transaction; lock held.
+
+        A creation-with-upload whose row was not inserted yet is inserted here, completed:
+        a small file costs one transaction in all.
+        """
         name = safe_display_name(
             decode_metadata_value(upload.upload_metadata, "filename", "name"), str(upload.id)
         )
+        completed: dict[str, Any] = {
+            "state": UploadState.COMPLETED,
+            "length": stored.size,
+            "offset": stored.size,
+            "lock_token": None,
+            "lock_holder": None,
+            "lock_expires_at": None,
+            "expires_at": None,
+        }
+        first_row = not_yet_inserted(upload)
         async with self._sessions() as session, session.begin():
+            if first_row:
+                for field, value in completed.items():
+                    setattr(upload, field, value)
+                session.add(upload)
             session.add(
                 File(
                     id=upload.id,
@@ -113,20 +140,13 @@ class UploadFiler(ServiceCollaborator):
                     file_metadata=dict(upload.upload_metadata),
                 )
             )
-            await session.execute(
-                update(Upload)
-                .where(Upload.id == upload.id, Upload.lock_token == token)
-                .values(
-                    state=UploadState.COMPLETED,
-                    length=stored.size,
-                    offset=stored.size,
-                    lock_token=None,
-                    lock_holder=None,
-                    lock_expires_at=None,
-                    expires_at=None,
+            if not first_row:
+                await session.execute(
+                    update(Upload)
+                    .where(Upload.id == upload.id, Upload.lock_token == token)
+                    .values(**completed)
+                    .execution_options(synchronize_session=False)
                 )
-                .execution_options(synchronize_session=False)
-            )
         upload.expires_at = None
         upload.length = upload.offset = stored.size
 

@@ -11,12 +11,13 @@ objects are removed).
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import TYPE_CHECKING
 
 import anyio.to_thread
 from sqlalchemy import or_, select, update
 
-from app.db.models import Upload, UploadState
+from app.db.models import File, Upload, UploadState
 from app.uploads.collaborator import ServiceCollaborator
 from app.uploads.locking import utcnow
 
@@ -25,6 +26,9 @@ if TYPE_CHECKING:
     from app.uploads.service import UploadService
 
 logger = logging.getLogger(__name__)
+
+_IDS_PER_QUERY = 500
+"""Ids in one ``IN (...)`` (SQLite caps the parameters of a statement)."""
 
 
 class UploadMaintenance(ServiceCollaborator):
@@ -143,9 +147,8 @@ class UploadMaintenance(ServiceCollaborator):
                 )
                 await self._rewind(upload, size)
                 rewound += 1
-        for orphan in staged_ids:
-            await self.staging.remove(orphan)
-            orphans += 1
+        await self._remove_orphans(staged_ids)
+        orphans = len(staged_ids)
         for upload in live:
             if upload.state == UploadState.ACTIVE and self._uploads._needs_finishing(upload):
                 try:
@@ -162,6 +165,24 @@ class UploadMaintenance(ServiceCollaborator):
             finished=finished,
         )
         return report
+
+    async def _remove_orphans(self, staged_ids: set[uuid.UUID]) -> None:
+        """Remove staging files that no live upload owns.
+
+        One whose upload never got a row (a creation-with-upload cut short by a crash, see
+        ``UploadService._born_with_its_body``) may have a stored copy already: without a
+        file row, that copy is discarded too.
+        """
+        ids = list(staged_ids)
+        filed: set[uuid.UUID] = set()
+        async with self._sessions() as session:
+            for start in range(0, len(ids), _IDS_PER_QUERY):
+                batch = ids[start : start + _IDS_PER_QUERY]
+                filed.update(await session.scalars(select(File.id).where(File.id.in_(batch))))
+        for orphan in ids:
+            if orphan not in filed:
+                await self.backend.discard_upload(orphan)
+            await self.staging.remove(orphan)
 
     async def _adopt_stored_bytes(self, upload: Upload) -> bool:
         """A completion that crashed between storing its bytes and committing its row.

@@ -199,6 +199,8 @@ class UploadService:
             upload.lock_token = secrets.token_hex(16)
             upload.lock_holder = self.locks.node_id
             upload.lock_expires_at = utcnow() + self.locks.lease
+            if self._born_with_its_body(upload):
+                return upload
         if not upload.is_final and upload.lock_token is None:
             # (A body that follows creates the file when it opens it for writing.)
             await self.staging.create(upload.id)
@@ -207,6 +209,22 @@ class UploadService:
         if upload.is_final or upload.length == 0:
             upload = await self._finish_when_free(upload)
         return upload
+
+    def _born_with_its_body(self, upload: Upload) -> bool:
+        """Whether a creation-with-upload inserts its row only once its body has ended.
+
+        Nobody knows the id before the response, so no other request can touch the upload
+        meanwhile: the row is inserted with the body's outcome (its durable offset, or the
+        completed upload together with its file row), one transaction instead of two for a
+        small file. Not for S3 (parts ship from committed offsets), concatenation or a
+        deferred length. Until the row exists, the staging file is the only trace; start-up
+        reconciliation removes it (and any stored copy) if a crash comes first.
+        """
+        return (
+            upload.length is not None
+            and not upload.is_partial
+            and not getattr(self.backend, "reclaims_staging", False)
+        )
 
     def _check_backend_admits(self, length: int) -> None:
         """413 for a length the backend cannot hold (S3: more than max parts x 5 GiB)."""
@@ -349,6 +367,7 @@ class UploadService:
                 await session.execute(delete(File).where(File.id == upload.id))
             if in_transaction is not None and retired.rowcount == 1:
                 in_transaction(session, upload)
+        upload.state = state
         self.hashes.forget(upload.id)
         await self.staging.remove(upload.id)
         await self.backend.discard_upload(upload.id)

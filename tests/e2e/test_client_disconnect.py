@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import http.client
 import os
 import socket
 import time
@@ -27,7 +28,7 @@ from tests.e2e.support import (
     tus_offset,
     wait_for_offset,
 )
-from tests.support.services import FerryProcess
+from tests.support.services import FerryProcess, running_ferry
 
 
 def test_disconnect_mid_patch_keeps_received_bytes_and_upload_can_continue(
@@ -145,3 +146,33 @@ def test_chunked_patch_is_accepted_and_one_running_past_the_end_is_413_and_disca
     )
     assert rest.status_code == 204
     assert httpx.get(url, timeout=60).content == content
+
+
+def test_a_creation_with_upload_that_outlasts_the_lease_still_completes(
+    tmp_path: Path,
+) -> None:
+    """Its row is inserted with the body's outcome; until then nobody else can know the
+    upload's id, so there is no lease to renew and none to lose."""
+    pieces = [os.urandom(64 * 1024) for _ in range(8)]
+    body = b"".join(pieces)
+    with running_ferry(tmp_path, {"FERRY_LOCK_LEASE_SECONDS": "1"}) as server:
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        connection.putrequest("POST", "/files/")
+        for name, value in {
+            **TUS,
+            "Upload-Length": str(len(body)),
+            "Content-Type": OCTETS,
+            "Content-Length": str(len(body)),
+        }.items():
+            connection.putheader(name, value)
+        connection.endheaders()
+        for piece in pieces:  # 2.4 s in all: more than twice the lease
+            time.sleep(0.3)
+            connection.send(piece)
+        response = connection.getresponse()
+        response.read()
+        connection.close()
+        assert response.status == 201
+        assert response.getheader("Upload-Offset") == str(len(body))
+        url = server.url + urlsplit(response.getheader("Location") or "").path
+        assert httpx.get(url, timeout=10).content == body
