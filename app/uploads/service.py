@@ -307,7 +307,9 @@ class UploadService:
         client that went away) terminates the upload, so a failed simple upload leaves no
         staging file, no stored object and no live row.
         """
-        upload = await self.create(request)
+        # Created as a creation-with-upload: with a known length, the upload and its file
+        # are then written in one transaction.
+        upload = await self.create(request, with_data=True)
         try:
             if upload.state == UploadState.ACTIVE and upload.length != 0:
                 upload = await self.append(
@@ -319,6 +321,7 @@ class UploadService:
                         checksum=checksum,
                     ),
                     body,
+                    fresh=upload,
                 )
             if upload.state == UploadState.ACTIVE and upload.length is None:
                 await self._appender.set_length(upload, upload.offset)

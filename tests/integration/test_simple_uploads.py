@@ -16,6 +16,7 @@ from litestar.testing import AsyncTestClient
 from app.main import FerryApp
 from app.settings import Settings
 from tests.integration.tus_helpers import (  # noqa: F401 - per-module PostgreSQL database
+    count_commits,
     database_url,
     tus_postgres_database,
 )
@@ -49,6 +50,15 @@ async def test_put_raw_body_stores_file_and_returns_json(
     assert data["url"].endswith(f"/files/{data['uid']}")
     download = await client.get(f"/files/{data['uid']}")
     assert download.content == body
+
+
+async def test_a_put_of_known_length_is_stored_in_one_transaction(
+    client: AsyncTestClient[FerryApp],
+) -> None:
+    commits = count_commits(client)
+    response = await client.put("/api/files/one.bin", content=os.urandom(70_000))
+    assert response.status_code == 201
+    assert len(commits) == 1, "the upload and its file row are inserted together"
 
 
 async def test_put_with_matching_digest_headers_is_accepted(

@@ -11,7 +11,6 @@ from typing import Any
 
 import anyio.to_thread
 from litestar.testing import AsyncTestClient
-from sqlalchemy import event
 
 from app.db.engine import migrate
 from app.main import create_app
@@ -21,6 +20,7 @@ from tests.integration.tus_helpers import (  # noqa: F401 - fixtures for this mo
     OCTETS,
     TUS,
     Client,
+    count_commits,
     database_url,
     head,
     patch,
@@ -38,14 +38,6 @@ async def create_with_body(client: Client, length: int, body: bytes, **headers: 
         content=body,
         headers={**TUS, "Upload-Length": str(length), "Content-Type": OCTETS, **extra},
     )
-
-
-def count_commits(client: Client) -> list[int]:
-    """A list that grows by one per committed database transaction of the app."""
-    commits: list[int] = []
-    engine = client.app.state.engine  # type: ignore[attr-defined]
-    event.listen(engine.sync_engine, "commit", lambda _connection: commits.append(1))
-    return commits
 
 
 async def test_a_small_file_sent_with_its_creation_costs_one_transaction(

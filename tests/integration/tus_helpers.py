@@ -20,6 +20,7 @@ import asyncpg
 import httpx
 import pytest
 from litestar.testing import AsyncTestClient
+from sqlalchemy import event
 
 from app.db.engine import migrate
 from app.main import FerryApp
@@ -79,6 +80,14 @@ async def upload(client: Client, data: bytes, **headers: str) -> str:
         response = await patch(client, path, 0, data)
         assert response.status_code == 204, response.text
     return path
+
+
+def count_commits(client: Client) -> list[int]:
+    """A list that grows by one per database transaction the app commits from now on."""
+    commits: list[int] = []
+    engine = client.app.state.engine  # type: ignore[attr-defined]
+    event.listen(engine.sync_engine, "commit", lambda _connection: commits.append(1))
+    return commits
 
 
 def staging_file(data_dir: Path, path: str) -> Path:
