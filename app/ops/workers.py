@@ -1,7 +1,7 @@
 """Several server processes on one port (``FERRY_WORKERS``), pre-forked from ``ferry serve``.
 
 One event loop runs on one core. A server answering many small uploads spends its time
-in Python (HTTP parsing, SQLAlchemy, sniffing; ~4 ms of CPU per small file), so on a
+in Python (HTTP parsing, SQLAlchemy, sniffing; a few ms of CPU per small file), so on a
 machine with more cores, more processes answer more requests. This module is the small
 supervisor that makes that safe:
 
