@@ -109,8 +109,8 @@ def patch(port: int, path: str, offset: int, body: bytes, cut_after: int | None)
             return None
         sock.sendall(view)
         status_line = sock.recv(65536).split(b"\r\n", 1)[0].split()
-        # No status line: the server answered early (409/423 while the cut-off PATCH
-        # before was still committing) and closed before this client read the answer.
+        # No status line: the connection closed before an answer arrived (seen once right
+        # after a cut-off PATCH); the offset is asked for again, as after a 409/423.
         return int(status_line[1]) if len(status_line) > 1 else None
     except OSError:
         return None
@@ -173,8 +173,8 @@ def main() -> None:
                     else:
                         status = patch(server.port, path, offset, body, cut_after=None)
                         if status in (409, 423, None):
-                            # the cut-off PATCH before was still being committed (the answer
-                            # may be lost with the connection): ask for the offset again
+                            # the cut-off PATCH before was still being committed, or the
+                            # answer was lost with the connection: ask for the offset again
                             time.sleep(0.2)
                         else:
                             assert status == 204, status
