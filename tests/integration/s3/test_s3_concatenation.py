@@ -330,7 +330,7 @@ async def test_sweep_deletes_partial_objects_that_no_live_partial_owns(
     live = await upload_partial(client, b"kept")
     stray = f"{s3_view.prefix}partials/{uuid.uuid4()}"  # e.g. a delete that failed
     s3_view.client.put_object(Bucket=s3_view.endpoint.bucket, Key=stray, Body=b"left over")
-    monkeypatch.setattr("app.storage.s3.ORPHAN_GRACE", timedelta(0))
+    monkeypatch.setattr("app.storage.s3_cleanup.ORPHAN_GRACE", timedelta(0))
 
     await run_cleanup(settings_via_proxy)
 
