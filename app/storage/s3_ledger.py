@@ -1,6 +1,7 @@
 """The S3 parts ledger: which multipart upload belongs to an upload and which parts S3 has.
 
-Two tables, written only by :class:`~app.storage.s3.S3Backend`:
+Two tables, written only by :class:`~app.storage.s3.S3Backend` and its collaborators (the
+part shipper, the ledger reconciler, the completer and the cleaner):
 
 * ``s3_multipart_uploads`` — one row per upload that has started a multipart upload: the
   object key, S3's ``UploadId`` and the part plan chosen for it (so a restart cuts the
