@@ -388,8 +388,9 @@ class UploadAppender(ServiceCollaborator):
     ) -> None:
         """The first commit of a creation-with-upload inserts its row (see
         ``UploadService._born_with_its_body``)."""
-        if upload.state != UploadState.ACTIVE:
+        if upload.state in (UploadState.TERMINATED, UploadState.EXPIRED):
             raise Gone("the upload was refused before it was stored")
+        upload.state = UploadState.ACTIVE  # a filing that failed may have set COMPLETED
         upload.offset = offset
         upload.expires_at = expires_at
         for name, value in lock_values.items():

@@ -143,3 +143,24 @@ async def test_a_first_body_larger_than_the_upload_is_413_and_the_upload_stays_u
     assert (await head(client, path)).headers["upload-offset"] == "0"
     assert (await patch(client, path, 0, data)).status_code == 204
     assert (await client.get(path)).content == data
+
+
+async def test_a_complete_first_body_whose_storing_fails_is_kept_and_finished_by_head(
+    client: Client, settings: Settings
+) -> None:
+    """Storage refuses the file (its category folder is not a folder): 503 with the
+    Location, the upload exists with every byte, and a HEAD files it once storage works."""
+    body = b"plain text that will be stored later\n" * 50
+    blocker = settings.data_dir / "files" / "text"
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    if blocker.is_dir():
+        blocker.rmdir()
+    blocker.write_bytes(b"not a folder")
+    failed = await create_with_body(client, len(body), body)
+    assert failed.status_code == 503
+    path = path_of(failed.headers["location"])
+    blocker.unlink()
+    blocker.mkdir()
+    assert (await head(client, path)).headers["upload-offset"] == str(len(body))
+    assert (await client.get(path)).content == body
+    assert not staging_file(settings.data_dir, path).exists()
