@@ -68,11 +68,6 @@ class WorkerSupervisor:
         self._stopping = False
         self._crashes: deque[float] = deque()
 
-    @property
-    def pids(self) -> list[int]:
-        """Process ids of the running workers."""
-        return list(self._workers)
-
     def run(self) -> int:
         """Serve until a signal stops every worker; the exit status for ``ferry serve``."""
         if threading.active_count() > 1:
