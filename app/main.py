@@ -22,10 +22,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app import __version__
 from app.db.engine import create_engine, create_session_factory, database_is_usable
 from app.errors import FerryError
-from app.files.api import file_api_router
-from app.files.downloads import DownloadService
-from app.files.links import LinkSigner
-from app.files.pages import web_route_handlers
+from app.http.downloads import DownloadService
+from app.http.file_api import file_api_router
+from app.http.links import LinkSigner
+from app.http.pages import web_route_handlers
+from app.http.tus import FILES_PATH, TusController
+from app.http.tus_protocol import EXPOSED_HEADERS, TUS_VERSION, server_description_headers
 from app.ops.setup import (
     OPERATIONS_ROUTES,
     install_request_context,
@@ -36,8 +38,6 @@ from app.settings import Settings, load_settings
 from app.storage.backend import StorageBackend
 from app.storage.local import LocalBackend
 from app.storage.staging import StagingArea, limit_malloc_retention
-from app.tus.controller import FILES_PATH, TusController
-from app.tus.protocol import EXPOSED_HEADERS, TUS_VERSION, server_description_headers
 from app.uploads.reaper import reap_forever
 from app.uploads.service import UploadService
 

@@ -19,8 +19,8 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.auth.models import ApiKey
-from app.auth.principal import Principal
-from app.uploads.locking import utcnow
+from app.core.clock import utcnow
+from app.core.identity import Principal
 
 KEY_PREFIX = "ferry_"
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import jwt
 
-from app.auth.principal import Principal
+from app.core.identity import Principal
 from app.settings import Settings, SettingsError
 
 ADMIN_CLAIM = "ferry_admin"

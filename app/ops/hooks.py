@@ -21,9 +21,9 @@ import anyio
 import httpx
 import msgspec
 
+from app.core.metadata import decode_metadata_value
 from app.errors import Forbidden, ServiceUnavailable
 from app.settings import Settings
-from app.tus.protocol import decode_metadata_value
 
 logger = logging.getLogger(__name__)
 

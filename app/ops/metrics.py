@@ -5,7 +5,7 @@ Metrics live in the process-wide default registry. With several workers
 is imported: every worker then records into its own memory-mapped files and whichever
 worker answers a scrape adds them all up, so ``/metrics`` describes the whole server.
 HTTP-level series are recorded by :class:`RequestContextMiddleware` in
-:mod:`app.ops.request_context`; storage latency by :class:`InstrumentedBackend`.
+:mod:`app.http.request_context`; storage latency by :class:`InstrumentedBackend`.
 """
 
 from __future__ import annotations

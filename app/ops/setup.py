@@ -12,13 +12,13 @@ from litestar import Litestar
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.auth.keys import ApiKeyStore
-from app.auth.middleware import AuthenticationMiddleware, Authenticator
+from app.http.authentication import AuthenticationMiddleware, Authenticator
+from app.http.health import OPERATIONS_ROUTES
+from app.http.request_context import RequestContextMiddleware
 from app.ops.admission import UploadAdmission
-from app.ops.health import OPERATIONS_ROUTES
 from app.ops.hooks import PreCreateHook
 from app.ops.limits import CreationRateLimiter, OwnerQuotas
 from app.ops.metrics import InstrumentedBackend, watch_staging_dir
-from app.ops.request_context import RequestContextMiddleware
 from app.ops.webhooks import WebhookOutbox, record_outbox_events
 from app.settings import Settings
 

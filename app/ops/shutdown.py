@@ -4,7 +4,7 @@ uvicorn, on SIGTERM, stops accepting connections and waits up to
 ``FERRY_SHUTDOWN_TIMEOUT`` for running requests before cancelling them. A large PATCH would
 use the whole wait and then be cancelled with its last bytes unacknowledged, so
 :class:`FerryServer` raises a process-wide *draining* flag the moment the signal arrives;
-the body reader (:mod:`app.request_body`) sees it, ends the body as a disconnect, and the
+the body reader (:mod:`app.http.request_body`) sees it, ends the body as a disconnect, and the
 upload service fdatasyncs and commits what arrived. Clients resume from ``Upload-Offset``.
 """
 

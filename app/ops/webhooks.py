@@ -34,12 +34,12 @@ from sqlalchemy import event, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
+from app.core.clock import utcnow
+from app.core.metadata import decode_metadata_value
 from app.db.models import File, Upload
 from app.ops import metrics
 from app.ops.models import WebhookEvent
 from app.settings import Settings
-from app.tus.protocol import decode_metadata_value
-from app.uploads.locking import utcnow
 
 logger = logging.getLogger(__name__)
 

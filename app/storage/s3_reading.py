@@ -11,8 +11,8 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+from app.core.filenames import content_disposition
 from app.errors import ServiceUnavailable
-from app.filenames import content_disposition
 from app.storage.s3_collaborator import TRANSIENT_ERRORS, S3Collaborator, storage_unavailable
 
 logger = logging.getLogger(__name__)

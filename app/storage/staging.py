@@ -20,7 +20,7 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 
-from app.tus.protocol import ChunkDigest
+from app.core.checksums import ChunkDigest
 
 WRITE_BUFFER_BUDGET = 4 * 1024 * 1024
 """Body bytes all open writers hold at once, shared equally among them.

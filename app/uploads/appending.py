@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from sqlalchemy import update
 
+from app.core.checksums import ChunkDigest, ChunkVerifier
+from app.core.clock import utcnow
 from app.db.models import Upload, UploadState
 from app.errors import (
     BadRequest,
@@ -35,9 +37,8 @@ from app.errors import (
     UploadLocked,
 )
 from app.storage.sniff import SNIFF_SIZE
-from app.tus.protocol import ChunkDigest, ChunkVerifier
 from app.uploads.collaborator import ServiceCollaborator, not_yet_inserted
-from app.uploads.locking import LeaseState, utcnow
+from app.uploads.locking import LeaseState
 
 if TYPE_CHECKING:
     from app.uploads.filing import UploadFiler

@@ -27,13 +27,13 @@ from typing import TYPE_CHECKING, Any
 import anyio.to_thread
 from sqlalchemy import select, update
 
+from app.core.clock import utcnow
 from app.db.models import Upload, UploadState
 from app.errors import BadRequest, NotFound, ServiceUnavailable
 from app.storage.backend import StoredObject
 from app.storage.sniff import SNIFF_SIZE, category_for, sniff_content_type
 from app.uploads.collaborator import ServiceCollaborator
 from app.uploads.filing import read_head, sha256_and_size
-from app.uploads.locking import utcnow
 
 if TYPE_CHECKING:
     from hashlib import _Hash

@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Any
 import anyio.to_thread
 from sqlalchemy import update
 
+from app.core.filenames import safe_display_name
+from app.core.metadata import decode_metadata_value
 from app.db.models import File, Upload, UploadState
 from app.errors import FerryError, ServiceUnavailable
-from app.filenames import safe_display_name
 from app.storage.backend import StoredObject
 from app.storage.sniff import SNIFF_SIZE, category_for, sniff_content_type
-from app.tus.protocol import decode_metadata_value
 from app.uploads.collaborator import ServiceCollaborator, not_yet_inserted
 
 if TYPE_CHECKING:

@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING
 import anyio.to_thread
 from sqlalchemy import or_, select, update
 
+from app.core.clock import utcnow
 from app.db.models import File, Upload, UploadState
 from app.uploads.collaborator import ServiceCollaborator
-from app.uploads.locking import utcnow
 
 if TYPE_CHECKING:
     from app.uploads.concatenation import Concatenator

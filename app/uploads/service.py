@@ -34,16 +34,17 @@ import anyio
 from sqlalchemy import delete, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.core.checksums import ChecksumSpec
+from app.core.clock import utcnow
 from app.db.models import File, Upload, UploadState
 from app.errors import FerryError, Gone, NotFound, PayloadTooLarge, UploadLocked
 from app.storage.backend import StorageBackend, partial_store_of
 from app.storage.staging import StagingArea
-from app.tus.protocol import ChecksumSpec
 from app.uploads.appending import Appended, UploadAppender
 from app.uploads.concatenation import Concatenator
 from app.uploads.filing import UploadFiler
 from app.uploads.hashing import RunningHashes
-from app.uploads.locking import UploadLocks, utcnow
+from app.uploads.locking import UploadLocks
 from app.uploads.maintenance import UploadMaintenance
 from app.uploads.validation import UploadPolicy
 
@@ -72,7 +73,7 @@ class AppendRequest:
     owner: str | None = None
     content_length: int | None = None
     checksum: ChecksumSpec | None = None
-    checksum_trailer: Callable[[], str | None] | None = None
+    checksum_trailer: Callable[[], ChecksumSpec | None] | None = None
     """checksum-trailer: reads the ``Upload-Checksum`` trailer once the body has ended."""
     declared_length: int | None = None
     """``Upload-Length`` sent with the PATCH, to fix a deferred length."""

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from litestar.testing import AsyncTestClient
 
-from app.files.links import sign, verify_signed_request
+from app.http.links import sign, verify_signed_request
 from app.main import create_app
 from app.settings import Settings
 from tests.integration.test_ranges import build_settings

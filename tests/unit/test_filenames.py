@@ -8,8 +8,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from app.core.filenames import (
+    MAX_NAME_LENGTH,
+    content_disposition,
+    safe_display_name,
+    validate_name,
+)
 from app.errors import BadRequest
-from app.filenames import MAX_NAME_LENGTH, content_disposition, safe_display_name, validate_name
 
 
 @pytest.mark.parametrize(

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from app.errors import BadRequest
+from app.http.simple_uploads import parse_digest_headers
 from app.ingest.journal import Entry, Journal
 from app.ingest.tus_client import FileHasher, encode_metadata
 from app.ingest.walk import find_files
-from app.uploads.simple import parse_digest_headers
 
 
 def _touch(path: Path, data: bytes = b"x") -> None:

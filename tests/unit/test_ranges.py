@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.files.ranges import (
+from app.http.ranges import (
     MAX_RANGE_HEADER,
     ByteRange,
     Unsatisfiable,
@@ -18,7 +18,7 @@ from app.files.ranges import (
     not_modified_since,
     parse_range,
 )
-from app.tus.protocol import format_http_date
+from app.http.tus_protocol import format_http_date
 
 SIZE = 1000
 MAX_RANGES = 10

@@ -11,11 +11,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from app.core.checksums import CHECKSUM_ALGORITHMS
+from app.core.metadata import decode_metadata_value
 from app.errors import BadRequest, HeaderTooLarge, NotFound, PreconditionFailed
-from app.tus.protocol import (
-    CHECKSUM_ALGORITHMS,
+from app.http.tus_protocol import (
     EXTENSIONS,
-    decode_metadata_value,
     encode_upload_metadata,
     format_http_date,
     parse_defer_length,

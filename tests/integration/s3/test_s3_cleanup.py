@@ -10,11 +10,11 @@ from litestar.testing import AsyncTestClient
 from sqlalchemy import update
 
 from app.cli_tasks import run_cleanup
+from app.core.clock import utcnow
 from app.db.engine import create_engine
 from app.db.models import Upload
 from app.main import FerryApp
 from app.settings import Settings
-from app.uploads.locking import utcnow
 from tests.integration.s3.conftest import MIB, PART, S3View
 from tests.integration.tus_helpers import create, patch, staging_file, upload_id_of
 

@@ -21,12 +21,12 @@ from litestar.testing import AsyncTestClient
 from sqlalchemy import update
 
 from app.cli_tasks import run_cleanup
+from app.core.clock import utcnow
 from app.db.engine import create_engine, migrate
 from app.db.models import Upload
 from app.main import create_app
 from app.settings import Settings
 from app.storage.concat_plan import plan_concatenation
-from app.uploads.locking import utcnow
 from tests.conftest import MakeSettings
 from tests.integration.s3.conftest import MIB, PART, S3View
 from tests.integration.tus_helpers import TUS, Client, create, head, patch, path_of, upload_id_of

@@ -33,14 +33,15 @@ from multipart import (
     parse_options_header,
 )
 
+from app.core.checksums import ChecksumSpec
+from app.core.filenames import safe_display_name, validate_name
+from app.core.metadata import encode_metadata_value
 from app.db.models import File
 from app.errors import BadRequest, ChecksumMismatch, FerryError, Unprocessable, UnsupportedMediaType
-from app.filenames import safe_display_name, validate_name
-from app.files.schemas import FileOut, UploadedFiles, encode_metadata_value, file_out
-from app.request_body import stream_request_body
+from app.http.request_body import stream_request_body
+from app.http.schemas import FileOut, UploadedFiles, file_out
+from app.http.tus import request_creator
 from app.settings import Settings
-from app.tus.controller import request_creator
-from app.tus.protocol import ChecksumSpec
 from app.uploads.service import NewUpload, UploadService
 
 API_FILES_PATH = "/api/files"

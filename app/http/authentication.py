@@ -21,8 +21,8 @@ from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from app.auth.keys import KEY_PREFIX, ApiKeyStore
-from app.auth.principal import OWNER_SCOPE_KEY, PRINCIPAL_SCOPE_KEY, Principal
 from app.auth.tokens import JwtVerifier
+from app.core.identity import OWNER_SCOPE_KEY, PRINCIPAL_SCOPE_KEY, Principal
 from app.errors import Forbidden, Unauthorized
 from app.settings import Settings
 

@@ -22,8 +22,8 @@ from litestar.static_files import create_static_files_router
 from litestar.types import ControllerRouterHandler
 
 from app.errors import NotFound
-from app.files.links import create_signed_link
-from app.tus.protocol import parse_upload_id
+from app.http.links import create_signed_link
+from app.http.tus_protocol import parse_upload_id
 from app.uploads.service import UploadService
 
 #: ``static/`` at the project root (the package is installed in editable mode).
@@ -77,7 +77,7 @@ async def file_info(
     request: Request[Any, Any, Any], uid: FromPath[str], uploads: NamedDependency[UploadService]
 ) -> FileInfo:
     """A completed file's name, size, type and SHA-256 (the caller must be allowed to read it)."""
-    from app.tus.controller import request_owner
+    from app.http.tus import request_owner
 
     try:
         stored = await uploads.get_file(parse_upload_id(uid), request_owner(request))

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import uuid
 from datetime import datetime
 from typing import Annotated, Literal
 
 import msgspec
 
+from app.core.metadata import decode_metadata
 from app.db.models import File
 
 #: Fields a listing may be sorted by (prefix ``-`` for descending).
@@ -60,25 +59,6 @@ class UploadedFiles(msgspec.Struct, kw_only=True):
     """Answer of a multipart ``POST /api/files``: every file of the form, in order."""
 
     files: list[FileOut]
-
-
-def decode_metadata(metadata: dict[str, str | None]) -> dict[str, str | None]:
-    """tus metadata (base64 values) → text values; binary values stay base64 with a prefix."""
-    decoded: dict[str, str | None] = {}
-    for key, value in metadata.items():
-        if value is None:
-            decoded[key] = None
-            continue
-        try:
-            decoded[key] = base64.b64decode(value, validate=True).decode("utf-8")
-        except (binascii.Error, ValueError):
-            decoded[key] = f"base64:{value}"
-    return decoded
-
-
-def encode_metadata_value(text: str) -> str:
-    """Text → the base64 form tus metadata is kept in."""
-    return base64.b64encode(text.encode("utf-8")).decode("ascii")
 
 
 def file_out(stored: File, base_url: str) -> FileOut:

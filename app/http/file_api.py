@@ -25,20 +25,14 @@ from litestar.status_codes import HTTP_204_NO_CONTENT
 from sqlalchemy import ColumnElement, and_
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.core.filenames import validate_name
+from app.core.metadata import encode_metadata_value
 from app.db.models import File
 from app.errors import BadRequest, NotFound
-from app.filenames import validate_name
-from app.files.schemas import (
-    FileOut,
-    FilePage,
-    FileUpdate,
-    SortField,
-    encode_metadata_value,
-    file_out,
-)
-from app.tus.controller import request_owner
+from app.http.schemas import FileOut, FilePage, FileUpdate, SortField, file_out
+from app.http.simple_uploads import API_FILES_PATH, post_form, put_file
+from app.http.tus import request_owner
 from app.uploads.service import UploadService
-from app.uploads.simple import API_FILES_PATH, post_form, put_file
 
 AnyRequest = Request[Any, Any, Any]
 MAX_PAGE = 1000

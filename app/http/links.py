@@ -29,8 +29,8 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath
 
 from app.errors import BadRequest, Forbidden, NotFound
+from app.http.tus_protocol import parse_upload_id
 from app.settings import Settings
-from app.tus.protocol import parse_upload_id
 from app.uploads.service import UploadService
 
 logger = logging.getLogger(__name__)
@@ -143,7 +143,7 @@ async def create_signed_link(
     request: Request[Any, Any, Any], uid: FromPath[str], uploads: NamedDependency[UploadService]
 ) -> SignedLink:
     """Sign a link to a file the caller may read; ``?expires_in=SECONDS`` (default 1 day)."""
-    from app.tus.controller import request_owner
+    from app.http.tus import request_owner
 
     seconds = _link_seconds(request.query_params.get("expires_in"))
     try:

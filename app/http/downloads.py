@@ -16,11 +16,11 @@ from typing import Any
 from litestar import Request, Response
 from litestar.response import Stream
 
+from app.core.filenames import content_disposition
 from app.db.models import File
 from app.errors import NotFound, PreconditionFailed, RangeNotSatisfiable, ServiceUnavailable
-from app.filenames import content_disposition
-from app.files.links import check_signed_request
-from app.files.ranges import (
+from app.http.links import check_signed_request
+from app.http.ranges import (
     ByteRange,
     Unsatisfiable,
     if_range_allows,
@@ -30,9 +30,9 @@ from app.files.ranges import (
     not_modified_since,
     parse_range,
 )
+from app.http.tus_protocol import format_http_date, parse_upload_id
 from app.settings import Settings
 from app.storage.backend import StorageBackend
-from app.tus.protocol import format_http_date, parse_upload_id
 from app.uploads.service import UploadService
 
 #: Types a browser may show inline; everything else downloads as an attachment.
@@ -89,7 +89,7 @@ class DownloadService:
         """Answer ``GET``/``HEAD`` for a file UID with RFC 9110 range semantics.
 
         A valid signed link (``?expires=&sig=``) stands in for every other credential; an
-        invalid or expired one is 403 (see :mod:`app.files.links`).
+        invalid or expired one is 403 (see :mod:`app.http.links`).
         """
         if check_signed_request(request, uid_text):
             owner = None

@@ -1,5 +1,5 @@
 """tus 1.0.0 over HTTP: thin handlers that parse headers, call the upload service and
-shape responses. All protocol rules live in :mod:`app.tus.protocol`, all state rules in
+shape responses. All protocol rules live in :mod:`app.http.tus_protocol`, all state rules in
 :mod:`app.uploads.service`.
 """
 
@@ -13,12 +13,12 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
+from app.core.checksums import ChecksumSpec
 from app.db.models import Upload, UploadState
 from app.errors import BadRequest, FerryError, UnsupportedMediaType
-from app.files.downloads import DownloadService
-from app.request_body import stream_request_body
-from app.settings import Settings
-from app.tus.protocol import (
+from app.http.downloads import DownloadService
+from app.http.request_body import stream_request_body
+from app.http.tus_protocol import (
     OFFSET_CONTENT_TYPE,
     announces_checksum_trailer,
     encode_upload_metadata,
@@ -33,6 +33,7 @@ from app.tus.protocol import (
     require_tus_version,
     trailer_value,
 )
+from app.settings import Settings
 from app.uploads.service import AppendRequest, NewUpload, UploadService, expiry_header_value
 
 FILES_PATH = "/files"
@@ -81,12 +82,12 @@ def _require_offset_content_type(request: AnyRequest) -> None:
         raise UnsupportedMediaType(f"Content-Type must be {OFFSET_CONTENT_TYPE}")
 
 
-def _checksum_trailer_reader(request: AnyRequest) -> Callable[[], str | None] | None:
+def _checksum_trailer_reader(request: AnyRequest) -> Callable[[], ChecksumSpec | None] | None:
     """checksum-trailer: how to read ``Upload-Checksum`` once the body has been received."""
     if not announces_checksum_trailer(request.headers.get("trailer")):
         return None
     raw_headers = cast("list[tuple[bytes, bytes]]", request.scope["headers"])
-    return lambda: trailer_value(raw_headers, b"upload-checksum")
+    return lambda: parse_upload_checksum(trailer_value(raw_headers, b"upload-checksum"))
 
 
 class TusController(Controller):
