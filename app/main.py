@@ -17,43 +17,27 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import __version__
-from app.db.engine import create_engine, create_session_factory, database_is_usable
+from app.composition import open_ferry
+from app.db.engine import database_is_usable
 from app.errors import FerryError
+from app.http.authentication import AuthenticationMiddleware
 from app.http.downloads import DownloadService
 from app.http.file_api import file_api_router
-from app.http.links import LinkSigner
+from app.http.health import OPERATIONS_ROUTES
 from app.http.pages import web_route_handlers
+from app.http.request_context import RequestContextMiddleware
 from app.http.tus import FILES_PATH, TusController
 from app.http.tus_protocol import EXPOSED_HEADERS, TUS_VERSION, server_description_headers
-from app.ops.setup import (
-    OPERATIONS_ROUTES,
-    install_request_context,
-    operations_middleware,
-    run_operations,
-)
+from app.ops.metrics import watch_staging_dir
 from app.settings import Settings, load_settings
-from app.storage.backend import StorageBackend
-from app.storage.local import LocalBackend
-from app.storage.staging import StagingArea, limit_malloc_retention
 from app.uploads.reaper import reap_forever
 from app.uploads.service import UploadService
 
 logger = logging.getLogger(__name__)
 
 _TUS_RESUMABLE = (b"tus-resumable", TUS_VERSION.encode())
-
-
-def build_backend(settings: Settings) -> StorageBackend:
-    """The storage backend chosen by ``FERRY_STORAGE``."""
-    if settings.storage == "s3":
-        from app.storage.s3 import S3Backend  # type: ignore[import-not-found,unused-ignore]
-
-        backend: StorageBackend = S3Backend(settings)
-        return backend
-    return LocalBackend(settings.files_dir)
 
 
 class FerryApp(Litestar):
@@ -157,47 +141,35 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        engine: AsyncEngine = create_engine(settings.resolved_database_url)
-        sessions = create_session_factory(engine)
-        backend = build_backend(settings)
-        # S3 sends parts from staged pages; the local backend never reads them back.
-        staging = StagingArea(
-            settings.staging_dir,
-            drops_written_pages=not getattr(backend, "reclaims_staging", False),
-        )
-        staging.prepare()
-        limit_malloc_retention()
-        await backend.start()
-        uploads = UploadService(
-            sessions=sessions, staging=staging, backend=backend, settings=settings
-        )
-        app.state.update(
-            engine=engine,
-            sessions=sessions,
-            backend=backend,
-            uploads=uploads,
-            downloads=DownloadService(uploads, backend, settings=settings),
-            link_signer=LinkSigner.from_settings(settings),
-        )
-        # Auth, limits, hooks and the webhook outbox; before reconciliation, whose
-        # finished uploads must get their post-finish events too.
-        operations = run_operations(app, settings, sessions, uploads)
-        await operations.__aenter__()
-        if reconcile:
-            report = await uploads.reconcile()
-            logger.info("start-up reconciliation: %s", report)
-        reaper = asyncio.create_task(reap_forever(uploads, settings.reaper_interval_seconds))
-        if on_started is not None:
-            on_started()
-        try:
-            yield
-        finally:
-            reaper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reaper
-            await operations.__aexit__(None, None, None)
-            await backend.close()
-            await engine.dispose()
+        async with open_ferry(settings) as ferry:
+            watch_staging_dir(settings.staging_dir)
+            app.state.update(
+                ferry=ferry,
+                engine=ferry.engine,
+                sessions=ferry.sessions,
+                backend=ferry.backend,
+                uploads=ferry.uploads,
+                downloads=ferry.downloads,
+                link_signer=ferry.link_signer,
+                authenticator=ferry.authenticator,
+                webhooks=ferry.outbox,
+            )
+            if reconcile:
+                report = await ferry.uploads.reconcile()
+                logger.info("start-up reconciliation: %s", report)
+            tasks = [
+                asyncio.create_task(reap_forever(ferry.uploads, settings.reaper_interval_seconds))
+            ]
+            if ferry.outbox.enabled:
+                tasks.append(asyncio.create_task(ferry.outbox.deliver_forever()))
+            if on_started is not None:
+                on_started()
+            try:
+                yield
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
 
     def provide_settings() -> Settings:
         return settings
@@ -216,7 +188,7 @@ def create_app(
             *web_route_handlers(),
             *OPERATIONS_ROUTES,
         ],
-        middleware=operations_middleware(settings),
+        middleware=[AuthenticationMiddleware(settings)],
         dependencies={
             "settings": Provide(provide_settings, sync_to_thread=False),
             "uploads": Provide(provide_uploads, sync_to_thread=False),
@@ -247,5 +219,6 @@ def create_app(
         debug=False,
     )
     app.tus_max_size = settings.max_size
-    install_request_context(app)
+    # The request context wraps the whole ASGI handler (404s and CORS answers included).
+    app.asgi_handler = RequestContextMiddleware(app.asgi_handler)
     return app

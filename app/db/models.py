@@ -67,6 +67,11 @@ class Upload(UUIDAuditBase):
         """All declared bytes are staged."""
         return self.length is not None and self.offset == self.length
 
+    def is_past_expiry(self, now: datetime) -> bool:
+        """An unfinished upload (or an unused partial) whose expiry has passed."""
+        lives_on = self.state == UploadState.ACTIVE or self.is_partial
+        return lives_on and self.expires_at is not None and self.expires_at <= now
+
 
 class File(UUIDAuditBase):
     """A completed, verified file; its id is the id of the upload that produced it."""

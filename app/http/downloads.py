@@ -8,7 +8,6 @@ order of RFC 9110 §13.2.2: ``If-Match``, ``If-Unmodified-Since``, ``If-None-Mat
 
 from __future__ import annotations
 
-import inspect
 import secrets
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -32,7 +31,7 @@ from app.http.ranges import (
 )
 from app.http.tus_protocol import format_http_date, parse_upload_id
 from app.settings import Settings
-from app.storage.backend import StorageBackend
+from app.storage.backend import DownloadPresigning, Storage
 from app.uploads.service import UploadService
 
 #: Types a browser may show inline; everything else downloads as an attachment.
@@ -67,13 +66,14 @@ class DownloadService:
     def __init__(
         self,
         uploads: UploadService,
-        backend: StorageBackend,
+        storage: Storage,
         max_ranges: int = DEFAULT_MAX_RANGES,
         *,
         settings: Settings | None = None,
     ) -> None:
         self.uploads = uploads
-        self.backend = backend
+        self.backend = storage.backend
+        self.presigning = storage.presigning
         self.max_ranges = settings.max_ranges if settings is not None else max_ranges
         self.redirect = settings is not None and settings.download_mode == "redirect"
         self.redirect_seconds = settings.download_redirect_seconds if settings else 300
@@ -97,21 +97,18 @@ class DownloadService:
             stored = await self.uploads.get_file(parse_upload_id(uid_text), owner)
         except NotFound:
             raise NotFound("no such file (or its upload is not complete)") from None
-        presign = getattr(self.backend, "presigned_get_url", None)
-        if self.redirect and presign is not None:
-            return await self._redirect(presign, stored)
+        if self.redirect and self.presigning is not None:
+            return await self._redirect(self.presigning, stored)
         return await self.file_response(request, stored, head_only=head_only)
 
-    async def _redirect(self, presign: Callable[..., Any], stored: File) -> Response[Any]:
+    async def _redirect(self, presigning: DownloadPresigning, stored: File) -> Response[Any]:
         """307 to a short-lived presigned URL; the object store then answers ranges itself."""
-        url = presign(
+        url = await presigning.presigned_get_url(
             stored.storage_key,
             self.redirect_seconds,
             stored.name,
             served_content_type(stored.content_type),
         )
-        if inspect.isawaitable(url):
-            url = await url
         return Response(
             b"",
             media_type="text/plain",

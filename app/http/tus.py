@@ -126,7 +126,7 @@ class TusController(Controller):
             checksum = parse_upload_checksum(headers.get("upload-checksum"))
             if partial_ids:
                 raise BadRequest("a final upload cannot carry data")
-        upload = await uploads.create(
+        created = await uploads.create(
             NewUpload(
                 length=length,
                 metadata=metadata,
@@ -136,6 +136,7 @@ class TusController(Controller):
             ),
             with_data=with_upload,
         )
+        upload = created.upload
         location = upload_url(request, upload.id)
         if with_upload:
             try:
@@ -148,7 +149,7 @@ class TusController(Controller):
                         checksum=checksum,
                     ),
                     stream_request_body(request, settings.read_timeout_seconds),
-                    fresh=upload,
+                    fresh=created.body_claim,
                 )
             except FerryError as error:
                 # The upload exists: tell the client where, so it can resume.

@@ -5,7 +5,7 @@ Metrics live in the process-wide default registry. With several workers
 is imported: every worker then records into its own memory-mapped files and whichever
 worker answers a scrape adds them all up, so ``/metrics`` describes the whole server.
 HTTP-level series are recorded by :class:`RequestContextMiddleware` in
-:mod:`app.http.request_context`; storage latency by :class:`InstrumentedBackend`.
+:mod:`app.http.request_context`; storage latency by :func:`instrumented`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from functools import wraps
 from inspect import iscoroutinefunction
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -30,6 +30,8 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
+
+from app.storage.backend import Storage, StorageBackend
 
 UPLOADS_CREATED = Counter("ferry_uploads_created", "Uploads created (tus creation answered 201).")
 UPLOADS_FINISHED = Counter("ferry_uploads_finished", "Uploads that became files.")
@@ -110,22 +112,41 @@ def render_metrics() -> tuple[bytes, str]:
     return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
-class InstrumentedBackend:
-    """A storage backend whose coroutine methods are timed and whose failures are counted.
+class _TimedProxy:
+    """Times the coroutine methods of one object and counts their failures.
 
     Everything else (attributes, async generators such as ``open_range``) passes through
-    unchanged, so code that uses backend-specific attributes keeps working.
+    unchanged. Built once, by :func:`instrumented`, before anything holds the storage.
     """
 
-    def __init__(self, backend: Any) -> None:
-        self._backend = backend
-        self._label = str(getattr(backend, "name", type(backend).__name__))
+    def __init__(self, target: object, label: str) -> None:
+        self._target = target
+        self._label = label
 
     def __getattr__(self, name: str) -> Any:
-        attribute = getattr(self._backend, name)
+        attribute = getattr(self._target, name)
         if name.startswith("_") or not iscoroutinefunction(attribute):
             return attribute
         return _timed(attribute, self._label, name)
+
+
+_Capability = TypeVar("_Capability")
+
+
+def instrumented(storage: Storage) -> Storage:
+    """``storage`` with every operation of the backend and of each capability timed."""
+    label = storage.backend.name
+
+    def timed(capability: _Capability | None) -> _Capability | None:
+        return None if capability is None else cast(_Capability, _TimedProxy(capability, label))
+
+    return Storage(
+        backend=cast(StorageBackend, _TimedProxy(storage.backend, label)),
+        shipping=timed(storage.shipping),
+        partials=timed(storage.partials),
+        sweeping=timed(storage.sweeping),
+        presigning=timed(storage.presigning),
+    )
 
 
 def _timed(

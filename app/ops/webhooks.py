@@ -1,7 +1,7 @@
 """post-finish and post-terminate webhooks, delivered at least once from a database outbox.
 
-A ``post-finish`` event row is added in the same transaction that records the file (a
-``before_flush`` listener sees the new :class:`~app.db.models.File`), and a
+:class:`WebhookOutbox` is the upload repository's :class:`~app.db.uploads.UploadEvents`: a
+``post-finish`` event row is added in the same transaction that records the file, and a
 ``post-terminate`` row in the transaction that retires the upload, so either event exists
 exactly when its change does, crash or not. Committing an event wakes the worker. A
 worker on every node claims due rows with a compare-and-set on ``next_attempt_at`` (so two
@@ -23,16 +23,14 @@ import hmac
 import logging
 import time
 import uuid
-from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 import anyio
 import httpx
 import msgspec
-from sqlalchemy import event, select, update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlalchemy.orm import Session
 
 from app.core.clock import utcnow
 from app.core.metadata import decode_metadata_value
@@ -94,42 +92,6 @@ def new_event(kind: str, upload_id: uuid.UUID, payload: dict[str, Any]) -> Webho
     )
 
 
-def record_outbox_events(
-    sessions: async_sessionmaker[AsyncSession], enabled: bool, wake: Callable[[], None]
-) -> None:
-    """Count finished uploads, add their outbox rows atomically (if webhooks are on), and
-    ``wake`` the delivery worker once a transaction with new events has committed."""
-
-    # A Session subclass of this app's own keeps the listeners away from other apps'
-    # sessions (tests run several apps in one process).
-    class OutboxSession(Session):
-        """Ferry's ORM session, with the outbox listeners."""
-
-    def before_flush(session: Session, _context: Any, _instances: Any) -> None:
-        for added in list(session.new):
-            if isinstance(added, File):
-                metrics.UPLOADS_FINISHED.inc()
-                if enabled:
-                    session.add(new_event(POST_FINISH, added.id, finish_payload(added)))
-        if any(isinstance(added, WebhookEvent) for added in session.new):
-            session.info[_EVENTS_PENDING] = True
-
-    def after_commit(session: Session) -> None:
-        if session.info.pop(_EVENTS_PENDING, False):
-            wake()
-
-    def after_rollback(session: Session) -> None:
-        session.info.pop(_EVENTS_PENDING, None)
-
-    event.listen(OutboxSession, "before_flush", before_flush)
-    event.listen(OutboxSession, "after_commit", after_commit)
-    event.listen(OutboxSession, "after_rollback", after_rollback)
-    sessions.configure(sync_session_class=OutboxSession)
-
-
-_EVENTS_PENDING = "ferry.outbox_events_pending"
-
-
 class WebhookOutbox:
     """Writes post-terminate events and delivers every due event."""
 
@@ -153,12 +115,24 @@ class WebhookOutbox:
         """Start a delivery pass now (an event was committed)."""
         self._wake.set()
 
-    def record_termination(self, session: AsyncSession, upload: Upload) -> None:
+    def file_recorded(self, session: AsyncSession, stored: File) -> None:
+        """Count the finished upload and queue its post-finish event in the filing
+        transaction (``session``), so the event exists exactly when the file does."""
+        metrics.UPLOADS_FINISHED.inc()
+        if self.enabled:
+            session.add(new_event(POST_FINISH, stored.id, finish_payload(stored)))
+
+    def upload_terminated(self, session: AsyncSession, upload: Upload) -> None:
         """Count the termination and queue its post-terminate event in the retiring
         transaction (``session``), so the event exists exactly when the termination does."""
         metrics.UPLOADS_TERMINATED.inc()
         if self.enabled:
             session.add(new_event(POST_TERMINATE, upload.id, terminate_payload(upload)))
+
+    def committed(self) -> None:
+        """A transaction with events committed: deliver them now."""
+        if self.enabled:
+            self.wake()
 
     async def deliver_forever(self) -> None:
         """The worker: deliver due events until cancelled."""

@@ -1,16 +1,22 @@
-"""The small interface every storage backend offers to the upload service.
+"""What storage backends offer, as small capability Protocols checked by mypy.
 
-Backends own bytes and nothing else: they never see HTTP, headers or the database. The
-upload service stages bytes locally and calls a backend to move finished files into place,
-to serve byte ranges, and to free what an abandoned upload left behind.
+Backends own bytes and nothing else: they never see HTTP, headers or the upload state
+machine. Every backend is a :class:`StorageBackend` (store a finished file, read ranges,
+free what an upload left). Anything more is a capability it declares in
+:meth:`StorageBackend.capabilities` (the way tusd composes a store from capability
+interfaces): S3 ships staged bytes as parts (:class:`StagedByteShipping`), keeps partial
+uploads and assembles finals (:class:`PartialStore`), sweeps orphaned objects
+(:class:`OrphanSweeping`) and presigns downloads (:class:`DownloadPresigning`). The
+composition root resolves them once into a :class:`Storage`; nothing looks them up by name.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, cast
+from typing import Protocol
 
 import msgspec
 
@@ -36,21 +42,6 @@ class StorageBackend(Protocol):
 
     async def is_usable(self) -> bool:
         """Health: the backend can store and read right now."""
-
-    async def staged_bytes_durable(
-        self,
-        upload_id: uuid.UUID,
-        staged_path: Path,
-        durable_offset: int,
-        length: int | None,
-        *,
-        partial: bool = False,
-    ) -> None:
-        """A PATCH made ``[0, durable_offset)`` durable in staging; backends may ship parts.
-
-        ``partial``: the bytes belong to a partial upload (tus concatenation), which only a
-        :class:`PartialStore` is ever told about; it ships them to the partial's own place.
-        """
 
     async def store(
         self,
@@ -82,6 +73,39 @@ class StorageBackend(Protocol):
     async def delete(self, key: str) -> None:
         """Delete a stored file; a missing one is not an error."""
 
+    def capabilities(self) -> Capabilities:
+        """What this backend can do beyond storing and reading files."""
+        ...
+
+
+class StagedByteShipping(Protocol):
+    """A backend that takes staged bytes as they become durable (S3: background parts).
+
+    Such a backend reclaims staging space once bytes are shipped, so a finished upload's
+    SHA-256 must come from the running hash or the stored object, never from staging.
+    """
+
+    async def staged_bytes_durable(
+        self,
+        upload_id: uuid.UUID,
+        staged_path: Path,
+        durable_offset: int,
+        length: int | None,
+        *,
+        partial: bool = False,
+    ) -> None:
+        """A PATCH made ``[0, durable_offset)`` durable in staging; backends may ship parts.
+
+        ``partial``: the bytes belong to a partial upload (tus concatenation), which only a
+        :class:`PartialStore` is ever told about; it ships them to the partial's own place.
+        """
+
+    def check_length(self, length: int) -> None:
+        """413 for a length the backend cannot hold (S3: more than max parts x 5 GiB)."""
+
+    def check_staging_room(self) -> None:
+        """503 while the backend lags so far behind that staging holds its budget."""
+
 
 class PartialStore(Protocol):
     """A backend that keeps completed partial uploads and builds final uploads from them.
@@ -92,8 +116,6 @@ class PartialStore(Protocol):
     Ferry again. A partial's object is never a file: it has no file row and is deleted
     when the partial is terminated or expires.
     """
-
-    stores_partials: bool
 
     async def store_partial(self, upload_id: uuid.UUID, staged_path: Path, size: int) -> None:
         """Keep a complete partial upload (its staging file is dropped); idempotent."""
@@ -122,8 +144,63 @@ class PartialStore(Protocol):
         """Delete a stored partial upload; a missing one is not an error."""
 
 
-def partial_store_of(backend: StorageBackend) -> PartialStore | None:
-    """The backend as a :class:`PartialStore`, if it has that capability."""
-    if getattr(backend, "stores_partials", False):
-        return cast(PartialStore, backend)
-    return None
+class OrphanSweeping(Protocol):
+    """A backend that can find and free objects no live upload owns."""
+
+    async def abort_orphaned_uploads(self, live_upload_ids: set[uuid.UUID]) -> int:
+        """Abort multipart uploads that no live upload owns."""
+        ...
+
+    async def delete_orphaned_partials(self, live_partial_ids: set[uuid.UUID]) -> int:
+        """Delete partial objects whose partial upload is no longer live."""
+        ...
+
+
+class DownloadPresigning(Protocol):
+    """A backend that can hand out time-limited URLs for direct downloads."""
+
+    async def presigned_get_url(
+        self, key: str, expires_seconds: int, filename: str | None, content_type: str | None
+    ) -> str:
+        """A URL that downloads ``key`` straight from the store."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a backend declares it can do beyond :class:`StorageBackend`."""
+
+    shipping: StagedByteShipping | None = None
+    partials: PartialStore | None = None
+    sweeping: OrphanSweeping | None = None
+    presigning: DownloadPresigning | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Storage:
+    """A backend with its capabilities resolved once (and instrumented, in the app)."""
+
+    backend: StorageBackend
+    shipping: StagedByteShipping | None = None
+    partials: PartialStore | None = None
+    """Set when the backend keeps partial uploads and assembles finals itself (S3);
+    otherwise partials stay staged whole and finals are concatenated in staging."""
+    sweeping: OrphanSweeping | None = None
+    presigning: DownloadPresigning | None = None
+
+    @classmethod
+    def of(cls, backend: StorageBackend) -> Storage:
+        """``backend`` with the capabilities it declares."""
+        declared = backend.capabilities()
+        return cls(
+            backend=backend,
+            shipping=declared.shipping,
+            partials=declared.partials,
+            sweeping=declared.sweeping,
+            presigning=declared.presigning,
+        )
+
+    @property
+    def reclaims_staging(self) -> bool:
+        """Whether staged bytes are reclaimed once shipped (hash from the store then)."""
+        return self.shipping is not None

@@ -10,7 +10,7 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 
-from app.storage.backend import StoredObject
+from app.storage.backend import Capabilities, StoredObject
 from app.storage.range_reader import read_range_prefetching
 from app.storage.sniff import Category
 
@@ -35,16 +35,9 @@ class LocalBackend:
         """The files folder exists and is writable."""
         return await anyio.to_thread.run_sync(os.access, self.files_dir, os.W_OK)
 
-    async def staged_bytes_durable(
-        self,
-        upload_id: uuid.UUID,
-        staged_path: Path,
-        durable_offset: int,
-        length: int | None,
-        *,
-        partial: bool = False,
-    ) -> None:
-        """Local files are moved into place only on completion."""
+    def capabilities(self) -> Capabilities:
+        """None beyond storing: a staged file is moved into place when it completes."""
+        return Capabilities()
 
     def _key_for(self, upload_id: uuid.UUID, category: str) -> str:
         return f"{Category(category).value}/{upload_id}"

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from app.errors import PayloadTooLarge, ServiceUnavailable
-from app.storage.backend import StoredObject
+from app.storage.backend import Capabilities, StoredObject
 from app.storage.parts import PartTooLarge, check_upload_length
 from app.storage.s3_cleanup import ObjectCleaner
 from app.storage.s3_client import direct_part_uploader, s3_client, s3_session
@@ -62,16 +62,13 @@ class S3Backend:
     """Stores finished files as S3 objects ``{prefix}{category}/{uid}``."""
 
     name = "s3"
-    reclaims_staging = True
-    """Staged bytes of shipped parts are punched out: SHA-256 must come from S3 then."""
-    stores_partials = True
-    """Partial uploads ship like any upload; finals are assembled in S3 (a PartialStore)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, sessions: async_sessionmaker[AsyncSession]) -> None:
         self.settings = settings
         self.bucket = settings.s3_bucket
         self.prefix = settings.s3_prefix
-        self._sessions: async_sessionmaker[AsyncSession] | None = None
+        self.sessions = sessions
+        """The app's session factory: the parts ledger lives in the same database."""
         self._client: S3Client | None = None
         self._exit_stack = contextlib.AsyncExitStack()
         self._shipments: dict[uuid.UUID, Shipment] = {}
@@ -88,9 +85,11 @@ class S3Backend:
 
     # ------------------------------------------------------------------ life cycle
 
-    def bind_database(self, sessions: async_sessionmaker[AsyncSession]) -> None:
-        """Give the backend the app's session factory for its parts ledger."""
-        self._sessions = sessions
+    def capabilities(self) -> Capabilities:
+        """Every capability: staged bytes ship as parts (and are punched out of staging,
+        so SHA-256 comes from S3 after a restart), partial uploads are objects of their
+        own and finals are assembled in S3, orphans are swept, downloads presigned."""
+        return Capabilities(shipping=self, partials=self, sweeping=self, presigning=self)
 
     async def start(self) -> None:
         """Open the one S3 client of the process."""
@@ -119,12 +118,6 @@ class S3Backend:
         if self._client is None:
             raise RuntimeError("S3Backend.start() was not called")
         return self._client
-
-    @property
-    def sessions(self) -> async_sessionmaker[AsyncSession]:
-        if self._sessions is None:
-            raise RuntimeError("S3Backend.bind_database() was not called")
-        return self._sessions
 
     @property
     def part_slots(self) -> asyncio.Semaphore:

@@ -3,8 +3,7 @@
 The backend delegates shipping parts, reconciling the ledger, completing objects, cleaning
 up and reading to one object each; they all work on the backend's one S3 client, its
 parts ledger (in the app's database) and the :class:`Shipment` of each upload this
-process is sending. The client and the database are read through the backend each time:
-they are bound after construction (``start()``, ``bind_database()``).
+process is sending. The client is read through the backend each time: ``start()`` opens it.
 """
 
 from __future__ import annotations
@@ -88,7 +87,7 @@ class S3Collaborator:
 
     @property
     def sessions(self) -> async_sessionmaker[AsyncSession]:
-        """The session factory of the parts ledger (bound by ``bind_database()``)."""
+        """The session factory of the parts ledger ."""
         return self._backend.sessions
 
     def shipment(self, upload_id: uuid.UUID, staged_path: Path) -> Shipment:

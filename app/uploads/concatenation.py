@@ -1,18 +1,18 @@
 """tus concatenation: partial uploads, and final uploads assembled from them.
 
 A partial upload is not filed on its own; its bytes wait (staged whole, or in the
-backend's partial store) until a final upload names it. The road depends on the backend
-(``partial_store_of(backend)``, see docs/design.md):
+backend's partial store) until a final upload names it. The road depends on the storage's
+capabilities (``Storage.partials``, see docs/design.md):
 
-* local: once every partial is complete, :meth:`Concatenator.assemble_final` copies them
-  end to end into the final's staging file (hashing on the way) and the final is filed like
-  any upload;
-* S3: each partial is stored as its own object when it completes and
-  :meth:`Concatenator.file_concatenation` has the store assemble the final, reads it back
-  for the SHA-256 and records the file.
+* local: once every partial is complete, :meth:`Concatenator.assemble_in_staging` copies
+  them end to end into the final's staging file (hashing on the way) and the final is filed
+  like any upload;
+* S3: each partial is stored as its own object when it completes
+  (:meth:`Concatenator.store_partial`), and :meth:`Concatenator.assemble_in_store` has the
+  store assemble the final and reads it back for the SHA-256.
 
-:class:`~app.uploads.service.UploadService` keeps the states and the lock; this module
-owns the partials' bookkeeping and the assembly.
+The upload service keeps the states and the lease; this module owns the partials'
+bookkeeping and the assembly, and returns values to it.
 """
 
 from __future__ import annotations
@@ -22,135 +22,136 @@ import logging
 import os
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
-from sqlalchemy import select, update
 
 from app.core.clock import utcnow
 from app.db.models import Upload, UploadState
+from app.db.uploads import Claim, UploadRepository
 from app.errors import BadRequest, NotFound, ServiceUnavailable
-from app.storage.backend import StoredObject
-from app.storage.sniff import SNIFF_SIZE, category_for, sniff_content_type
-from app.uploads.collaborator import ServiceCollaborator
-from app.uploads.filing import read_head, sha256_and_size
+from app.storage.backend import PartialStore, Storage, StoredObject
+from app.storage.sniff import SNIFF_SIZE
+from app.storage.staging import StagingArea
+from app.uploads.filing import Content, Filed, read_head, sha256_and_size
+from app.uploads.hashing import RunningHashes
 
 if TYPE_CHECKING:
     from hashlib import _Hash
-
-    from app.uploads.filing import UploadFiler
-    from app.uploads.service import UploadService
 
 logger = logging.getLogger(__name__)
 
 LIVE_STATES = (UploadState.ACTIVE, UploadState.COMPLETED)
 
 
-class Concatenator(ServiceCollaborator):
-    """Partial uploads and the assembly of final uploads, for :class:`UploadService`.
+@dataclass(frozen=True, slots=True)
+class StoredPartials:
+    """A final upload's partial objects in the partial store, and what they hold."""
 
-    The staging area, hashes and partial store are the service's, fixed at construction;
-    the backend is read through the service each time.
-    """
+    sources: list[StoredObject]
+    size: int
+    content: Content
 
-    def __init__(self, uploads: UploadService, filer: UploadFiler) -> None:
-        super().__init__(uploads)
-        self._filer = filer
+
+class Concatenator:
+    """Partial uploads and the assembly of final uploads."""
+
+    def __init__(
+        self,
+        repository: UploadRepository,
+        storage: Storage,
+        staging: StagingArea,
+        hashes: RunningHashes,
+    ) -> None:
+        self._repository = repository
+        self._storage = storage
+        self._staging = staging
+        self._hashes = hashes
 
     async def load_partials(self, ids: list[uuid.UUID], owner: str | None) -> list[Upload]:
         """The partial uploads a final upload names, in order; 404/400 for unusable ones."""
-        async with self._sessions() as session:
-            rows = (await session.scalars(select(Upload).where(Upload.id.in_(set(ids))))).all()
-        by_id = {row.id: row for row in rows}
+        by_id = await self._repository.find_many(ids)
+        now = utcnow()
         partials: list[Upload] = []
         for partial_id in ids:
             row = by_id.get(partial_id)
             if row is None or (owner is not None and row.owner != owner):
                 # Another owner's partial answers like a missing one: 404, no oracle.
                 raise NotFound(f"Upload-Concat names {partial_id}, which does not exist")
-            usable = (
-                row.is_partial
-                and row.state in LIVE_STATES
-                and not self._uploads._is_past_expiry(row)
-            )
-            if not usable or row is None:
+            if not (row.is_partial and row.state in LIVE_STATES and not row.is_past_expiry(now)):
                 raise BadRequest(f"Upload-Concat names {partial_id}, which is not a partial upload")
             partials.append(row)
         return partials
 
-    async def assemble_final(self, final: Upload, token: str) -> bool:
-        """Concatenate a final upload's partials into its staging file; lock held.
-
-        Returns ``False`` while some partial is unfinished (concatenation-unfinished).
-        With a partial store the final is assembled in the backend when it is filed.
-        """
-        if self.partials is not None:
-            return await self._finished_partials(final) is not None
-        if final.is_complete and final.offset > 0:
-            return True  # assembled before a crash stopped it from being filed
-        # (Only assembly sets a final's offset, so an empty final still gets its empty file.)
-        partials = await self._finished_partials(final)
-        if partials is None:
-            return False
-        paths = [self.staging.path_for(p.id) for p in partials]
-        target = self.staging.path_for(final.id)
-        running = hashlib.sha256()
-        size = await anyio.to_thread.run_sync(_concatenate_files, paths, target, running)
-        async with self._sessions() as session, session.begin():
-            await session.execute(
-                update(Upload)
-                .where(Upload.id == final.id, Upload.lock_token == token)
-                .values(length=size, offset=size)
-                .execution_options(synchronize_session=False)
-            )
-        final.length = size
-        final.offset = size
-        self.hashes.record(final.id, size, running)
-        return True
-
-    async def _finished_partials(self, final: Upload) -> list[Upload] | None:
+    async def finished_partials(self, final: Upload) -> list[Upload] | None:
         """A final upload's partials in order, or ``None`` while one is unfinished."""
         part_ids = [uuid.UUID(p) for p in final.concat_parts or []]
-        async with self._sessions() as session:
-            rows = (await session.scalars(select(Upload).where(Upload.id.in_(set(part_ids))))).all()
-        by_id = {row.id: row for row in rows}
+        by_id = await self._repository.find_many(part_ids)
         partials = [by_id.get(p) for p in part_ids]
         if any(p is None or p.state != UploadState.COMPLETED for p in partials):
             return None
         return [p for p in partials if p is not None]
 
-    async def file_concatenation(self, final: Upload, token: str) -> None:
-        """Assemble a final upload in the partial store, verify it, record the file.
+    async def assemble_in_staging(self, claim: Claim) -> bool:
+        """Concatenate a final upload's partials into its staging file; lease held.
 
-        The head is read from the partial objects for sniffing and the content policy; the
-        SHA-256 is computed by reading the assembled object back, which also proves S3
-        holds every byte (invariant 4). Lock held and kept alive by the caller.
+        Returns ``False`` while some partial is unfinished (concatenation-unfinished).
         """
-        assert self.partials is not None
-        partials = await self._finished_partials(final)
+        final = claim.upload
+        if final.is_complete and final.offset > 0:
+            return True  # assembled before a crash stopped it from being filed
+        # (Only assembly sets a final's offset, so an empty final still gets its empty file.)
+        partials = await self.finished_partials(final)
+        if partials is None:
+            return False
+        paths = [self._staging.path_for(p.id) for p in partials]
+        target = self._staging.path_for(final.id)
+        running = hashlib.sha256()
+        size = await anyio.to_thread.run_sync(_concatenate_files, paths, target, running)
+        await self._repository.record_assembly(claim, size)
+        self._hashes.record(final.id, size, running)
+        return True
+
+    async def stored_partials(self, final: Upload) -> StoredPartials:
+        """The partial objects of a final upload and what their first bytes say."""
+        store = self._partial_store()
+        partials = await self.finished_partials(final)
         if partials is None:
             raise ServiceUnavailable(f"a partial upload of {final.id} went away; retry later")
-        sources = [self.partials.partial_object(p.id, p.length or 0) for p in partials]
-        size = sum(source.size for source in sources)
+        sources = [store.partial_object(p.id, p.length or 0) for p in partials]
         head = await read_head(self._read_across(sources, SNIFF_SIZE))
-        content_type = sniff_content_type(head)
-        category = category_for(content_type).value
-        await self._filer.enforce_content_policy(final, token, size, head)
+        return StoredPartials(sources, sum(s.size for s in sources), Content.of(head))
+
+    async def assemble_in_store(self, final: Upload, partials: StoredPartials) -> Filed:
+        """Have the partial store assemble a final upload, then read it back.
+
+        The SHA-256 comes from reading the assembled object, which also proves the store
+        holds every byte (invariant 4). Lease held and kept alive by the caller.
+        """
+        store = self._partial_store()
+        content = partials.content
         try:
-            stored = await self.partials.concatenate(
-                final.id, sources, self.staging.path_for(final.id), category, content_type
+            stored = await store.concatenate(
+                final.id,
+                partials.sources,
+                self._staging.path_for(final.id),
+                content.category,
+                content.content_type,
             )
         except OSError as exc:
             logger.exception("assembling final upload %s failed", final.id)
             raise ServiceUnavailable("storage is unavailable; retry later") from exc
+        size = partials.size
         digest, read = "", stored.size
         if stored.size == size:
-            digest, read = await sha256_and_size(self.backend.open_range(stored.key, 0, size))
-        if read != size:  # S3 assembled something else: never record it as the file
+            reader = self._storage.backend.open_range(stored.key, 0, size)
+            digest, read = await sha256_and_size(reader)
+        if read != size:  # the store assembled something else: never record it as the file
             raise ServiceUnavailable(
                 f"final upload {final.id}: the store holds {read} of {size} bytes; retry later"
             )
-        await self._filer.record_file(final, token, stored, digest, content_type, category)
+        return Filed(stored, digest, content)
 
     async def _read_across(self, sources: list[StoredObject], length: int) -> AsyncIterator[bytes]:
         """The first ``length`` bytes of ``sources`` read end to end."""
@@ -158,55 +159,25 @@ class Concatenator(ServiceCollaborator):
             if length <= 0:
                 return
             take = min(length, source.size)
-            async for block in self.backend.open_range(source.key, 0, take):
+            async for block in self._storage.backend.open_range(source.key, 0, take):
                 yield block
             length -= take
 
-    async def assemble_finals_waiting_for(self, partial_id: uuid.UUID) -> None:
-        """Finish the final uploads that were waiting for ``partial_id`` to complete."""
-        async with self._sessions() as session:
-            finals = (
-                await session.scalars(
-                    select(Upload).where(
-                        Upload.state == UploadState.ACTIVE, Upload.concat_parts.is_not(None)
-                    )
-                )
-            ).all()
-        for final in finals:
-            if str(partial_id) in (final.concat_parts or []):
-                try:
-                    await self._uploads._finish_when_free(final)
-                except Exception:
-                    logger.exception("could not finish final upload %s", final.id)
-
     async def store_partial(self, upload: Upload) -> None:
         """Move a completed partial into the partial store (S3: its own object)."""
-        assert self.partials is not None
+        store = self._partial_store()
         try:
-            await self.partials.store_partial(
-                upload.id, self.staging.path_for(upload.id), upload.length or 0
+            await store.store_partial(
+                upload.id, self._staging.path_for(upload.id), upload.length or 0
             )
         except OSError as exc:
             logger.exception("storing partial upload %s failed", upload.id)
             raise ServiceUnavailable("storage is unavailable; retry later") from exc
 
-    async def mark_partial_complete(self, upload: Upload, token: str) -> None:
-        """Complete a partial upload without filing it; lock held."""
-        # concatenation: a partial is not processed on its own; its bytes stay (staged, or
-        # in the partial store) until a final upload uses them or it expires.
-        async with self._sessions() as session, session.begin():
-            await session.execute(
-                update(Upload)
-                .where(Upload.id == upload.id, Upload.lock_token == token)
-                .values(
-                    state=UploadState.COMPLETED,
-                    lock_token=None,
-                    lock_holder=None,
-                    lock_expires_at=None,
-                    expires_at=utcnow() + self.ttl,
-                )
-                .execution_options(synchronize_session=False)
-            )
+    def _partial_store(self) -> PartialStore:
+        if self._storage.partials is None:
+            raise RuntimeError("the storage keeps no partial uploads")
+        return self._storage.partials
 
 
 def _concatenate_files(sources: list[Any], target: Any, running: _Hash) -> int:

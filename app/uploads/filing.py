@@ -1,10 +1,11 @@
-"""Filing: a fully staged upload becomes a stored, hashed ``File``.
+"""Filing: the bytes of a finished upload stored, hashed and shaped into a ``File`` row.
 
-:class:`~app.uploads.service.UploadService` decides *when* an upload is filed (its lock
-held, every byte durable); :class:`UploadFiler` owns *how*: the content policy checked on
-the sniffed head, storing the bytes in the backend, the SHA-256, and the one transaction
-that writes the file row and completes the upload. A file row therefore exists only once
-its bytes are stored and hashed (invariant 4).
+:class:`UploadFiler` owns *how* a fully staged upload reaches storage: what its first
+bytes say it is, the SHA-256 (the running hash, else read back from staging or from the
+stored object), and :meth:`StorageBackend.store`. It returns values (:class:`Content`,
+:class:`Filed`) and writes no rows: the upload service checks the content policy and
+commits the file row with the upload's completion (:meth:`UploadRepository.complete_and_file`),
+so a file row exists only once its bytes are stored and hashed (invariant 4).
 """
 
 from __future__ import annotations
@@ -12,158 +13,124 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
 
 import anyio.to_thread
-from sqlalchemy import update
 
 from app.core.filenames import safe_display_name
 from app.core.metadata import decode_metadata_value
-from app.db.models import File, Upload, UploadState
-from app.errors import FerryError, ServiceUnavailable
-from app.storage.backend import StoredObject
+from app.db.models import File, Upload
+from app.errors import ServiceUnavailable
+from app.storage.backend import Storage, StoredObject
 from app.storage.sniff import SNIFF_SIZE, category_for, sniff_content_type
-from app.uploads.collaborator import ServiceCollaborator, not_yet_inserted
-
-if TYPE_CHECKING:
-    from app.uploads.appending import Appended
-    from app.uploads.service import UploadService
+from app.storage.staging import StagingArea
+from app.uploads.hashing import RunningHashes
 
 logger = logging.getLogger(__name__)
 
 
-class UploadFiler(ServiceCollaborator):
-    """Stores, hashes and records uploads as files for :class:`UploadService`; lock held.
+@dataclass(frozen=True, slots=True)
+class Content:
+    """What an upload's first bytes say it is."""
 
-    The staging area, hashes and policy are the service's, fixed at construction; the
-    backend is read through the service each time.
-    """
+    content_type: str
+    category: str
 
-    def __init__(self, uploads: UploadService) -> None:
-        super().__init__(uploads)
-
-    async def file_upload(
-        self, upload: Upload, token: str, appended: Appended | None = None
-    ) -> None:
-        """Store, hash and record a fully staged upload (or one a crash left stored)."""
-        size = upload.length or 0
-        staged_path = self.staging.path_for(upload.id)
-        just_staged = appended is not None and appended.uncommitted_from is not None
-        if just_staged or await self.staging.size(upload.id) == size:
-            if appended is not None and len(appended.head) == min(size, SNIFF_SIZE):
-                head = appended.head
-            else:
-                head = await read_head(self.staging.read_range(upload.id, 0, SNIFF_SIZE))
-            content_type = sniff_content_type(head)
-            category = category_for(content_type).value
-            await self.enforce_content_policy(upload, token, size, head)
-            sha256 = self.hashes.digest_at(upload.id, size)
-            # A backend that reclaims staged bytes once they are stored (S3 punches out
-            # shipped parts) cannot be hashed from staging: hash the stored object instead.
-            reclaims_staging = getattr(self.backend, "reclaims_staging", False)
-            if sha256 is None and not reclaims_staging:
-                sha256 = await sha256_of(self.staging.read_range(upload.id, 0, size))
-            try:
-                stored = await self.backend.store(
-                    upload.id,
-                    staged_path,
-                    size,
-                    category,
-                    content_type,
-                    keep_staged=not_yet_inserted(upload),
-                )
-            except OSError as exc:
-                logger.exception("storing upload %s failed", upload.id)
-                raise ServiceUnavailable("storage is unavailable; retry later") from exc
-            if sha256 is None:
-                sha256 = await sha256_of(self.backend.open_range(stored.key, 0, size))
-        else:
-            # The bytes were moved into storage before a crash hid that from the database.
-            found = await self.backend.find_stored(upload.id, "other")
-            if found is None or found.size != size:
-                raise ServiceUnavailable(f"upload {upload.id} lost its staged bytes")
-            stored = found
-            head = await read_head(self.backend.open_range(stored.key, 0, SNIFF_SIZE))
-            content_type = sniff_content_type(head)
-            category = category_for(content_type).value
-            sha256 = await sha256_of(self.backend.open_range(stored.key, 0, size))
-        first_row = not_yet_inserted(upload)
-        await self.record_file(upload, token, stored, sha256, content_type, category)
-        if first_row:
-            # The staged name was kept until the rows existed (see ``keep_staged``).
-            await self.staging.remove(upload.id)
-
-    async def record_file(
-        self,
-        upload: Upload,
-        token: str,
-        stored: StoredObject,
-        sha256: str,
-        content_type: str,
-        category: str,
-    ) -> None:
-        """Write the file row and complete the upload in one transaction; lock held.
-
-        A creation-with-upload whose row was not inserted yet is inserted here, completed:
-        a small file costs one transaction in all.
-        """
-        name = safe_display_name(
-            decode_metadata_value(upload.upload_metadata, "filename", "name"), str(upload.id)
-        )
-        completed: dict[str, Any] = {
-            "state": UploadState.COMPLETED,
-            "length": stored.size,
-            "offset": stored.size,
-            "lock_token": None,
-            "lock_holder": None,
-            "lock_expires_at": None,
-            "expires_at": None,
-        }
-        first_row = not_yet_inserted(upload)
-        async with self._sessions() as session, session.begin():
-            if first_row:
-                for field, value in completed.items():
-                    setattr(upload, field, value)
-                session.add(upload)
-            session.add(
-                File(
-                    id=upload.id,
-                    owner=upload.owner,
-                    name=name,
-                    size=stored.size,
-                    sha256=sha256,
-                    content_type=content_type,
-                    category=category,
-                    storage=self.backend.name,
-                    storage_key=stored.key,
-                    etag=stored.etag,
-                    file_metadata=dict(upload.upload_metadata),
-                )
-            )
-            if not first_row:
-                await session.execute(
-                    update(Upload)
-                    .where(Upload.id == upload.id, Upload.lock_token == token)
-                    .values(**completed)
-                    .execution_options(synchronize_session=False)
-                )
-        upload.expires_at = None
-        upload.length = upload.offset = stored.size
-
-    async def enforce_content_policy(
-        self, upload: Upload, token: str, size: int | None, head: bytes | None = None
-    ) -> None:
-        """Validation by magic bytes; a refused upload is retired so nothing stays behind."""
-        if not self.policy.checks_content:
-            return
-        if head is None:
-            head = await read_head(self.staging.read_range(upload.id, 0, SNIFF_SIZE))
+    @classmethod
+    def of(cls, head: bytes) -> Content:
+        """Sniffed from ``head`` (magic bytes, never the client's word)."""
         content_type = sniff_content_type(head)
+        return cls(content_type, category_for(content_type).value)
+
+
+@dataclass(frozen=True, slots=True)
+class Filed:
+    """A finished upload's bytes, stored and hashed."""
+
+    stored: StoredObject
+    sha256: str
+    content: Content
+
+
+class UploadFiler:
+    """Stores and hashes finished uploads; lease held by the caller."""
+
+    def __init__(self, storage: Storage, staging: StagingArea, hashes: RunningHashes) -> None:
+        self._storage = storage
+        self._staging = staging
+        self._hashes = hashes
+
+    async def staged_content(self, upload: Upload, head: bytes | None = None) -> Content | None:
+        """The content of a fully staged upload, or ``None`` when its staging file is gone
+        (a crash came after storing it: :meth:`adopt_stored` then).
+
+        ``head`` is the first bytes as the body that completed the upload saw them.
+        """
+        size = upload.length or 0
+        if head is None or len(head) != min(size, SNIFF_SIZE):
+            if await self._staging.size(upload.id) != size:
+                return None
+            head = await read_head(self._staging.read_range(upload.id, 0, SNIFF_SIZE))
+        return Content.of(head)
+
+    async def head_of_staged(self, upload: Upload) -> bytes:
+        """The first ``SNIFF_SIZE`` staged bytes (content policy before completion)."""
+        return await read_head(self._staging.read_range(upload.id, 0, SNIFF_SIZE))
+
+    async def store_staged(self, upload: Upload, content: Content, *, keep_staged: bool) -> Filed:
+        """Store a fully staged upload and hash it; 503 when storage refuses."""
+        size = upload.length or 0
+        sha256 = self._hashes.digest_at(upload.id, size)
+        if sha256 is None and not self._storage.reclaims_staging:
+            sha256 = await sha256_of(self._staging.read_range(upload.id, 0, size))
         try:
-            self.policy.check_content(content_type, category_for(content_type).value, size)
-        except FerryError:
-            await self._uploads._retire(upload, token, UploadState.TERMINATED)
-            raise
+            stored = await self._storage.backend.store(
+                upload.id,
+                self._staging.path_for(upload.id),
+                size,
+                content.category,
+                content.content_type,
+                keep_staged=keep_staged,
+            )
+        except OSError as exc:
+            logger.exception("storing upload %s failed", upload.id)
+            raise ServiceUnavailable("storage is unavailable; retry later") from exc
+        if sha256 is None:
+            # A backend that reclaims staged bytes once shipped (S3 punches out parts)
+            # cannot be hashed from staging: the stored object is hashed instead.
+            sha256 = await sha256_of(self._storage.backend.open_range(stored.key, 0, size))
+        return Filed(stored, sha256, content)
+
+    async def adopt_stored(self, upload: Upload) -> Filed:
+        """The bytes were moved into storage before a crash hid that from the database."""
+        size = upload.length or 0
+        found = await self._storage.backend.find_stored(upload.id, "other")
+        if found is None or found.size != size:
+            raise ServiceUnavailable(f"upload {upload.id} lost its staged bytes")
+        backend = self._storage.backend
+        content = Content.of(await read_head(backend.open_range(found.key, 0, SNIFF_SIZE)))
+        sha256 = await sha256_of(backend.open_range(found.key, 0, size))
+        return Filed(found, sha256, content)
+
+
+def file_row(upload: Upload, filed: Filed, storage_name: str) -> File:
+    """The ``File`` row of a filed upload (its id is the upload's: the file UID)."""
+    name = safe_display_name(
+        decode_metadata_value(upload.upload_metadata, "filename", "name"), str(upload.id)
+    )
+    return File(
+        id=upload.id,
+        owner=upload.owner,
+        name=name,
+        size=filed.stored.size,
+        sha256=filed.sha256,
+        content_type=filed.content.content_type,
+        category=filed.content.category,
+        storage=storage_name,
+        storage_key=filed.stored.key,
+        etag=filed.stored.etag,
+        file_metadata=dict(upload.upload_metadata),
+    )
 
 
 async def read_head(stream: AsyncIterator[bytes]) -> bytes:

@@ -1,55 +1,63 @@
-"""The upload service: owns upload state, the one-writer lock and the path to a file.
+"""The upload service: the tus state machine, from a request to stored bytes.
 
-Every change of an upload goes through here. The tus controller turns headers into the
-typed requests below and this service decides; it never sees HTTP. Bytes are staged by
-:class:`~app.storage.staging.StagingArea` and handed to a storage backend on completion.
-
-The service keeps the state machine (create, append, finish, terminate) and delegates
-each other concern to a collaborator it owns:
-
-* :mod:`app.uploads.appending`: the write path of one body and its offset commit;
-* :mod:`app.uploads.filing`: storing, hashing and recording a finished upload as a file;
-* :mod:`app.uploads.concatenation`: partial uploads and the assembly of final ones;
-* :mod:`app.uploads.maintenance`: expiry, orphan sweeps and start-up reconciliation.
+Every change of an upload starts here. The HTTP layer turns headers into the typed
+requests below and this service decides; it never sees HTTP. One PATCH reads top to
+bottom in :meth:`UploadService.append`: **claim** the upload under the one-writer lease,
+**stream** the body into staging (:class:`~app.uploads.receiving.BodyReceiver`),
+**commit** the durable offset (:class:`~app.db.uploads.UploadRepository`), **finish** a
+complete upload (:class:`~app.uploads.finishing.UploadFinisher`). Each step returns a
+value to this orchestrator and never calls back into it.
 
 The order of effects is what keeps the invariants:
 
 * a new offset is committed only after the staged bytes are fdatasync'ed (invariant 1);
-* the offset commit is a compare-and-set on the lock token and the old offset, so nothing
-  is ever acknowledged twice or interleaved (invariants 2 and 3);
+* the offset commit is a compare-and-set on the lease and the old offset, so nothing is
+  ever acknowledged twice or interleaved (invariants 2 and 3);
 * a file row exists only once the bytes are stored and hashed (invariant 4).
 """
 
 from __future__ import annotations
 
 import contextlib
-import secrets
+import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from datetime import datetime
+from typing import TYPE_CHECKING
 
 import anyio
-from sqlalchemy import delete, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.core.checksums import ChecksumSpec
-from app.core.clock import utcnow
+from app.core.checksums import ChecksumSpec, ChunkDigest, ChunkVerifier
 from app.db.models import File, Upload, UploadState
-from app.errors import FerryError, Gone, NotFound, PayloadTooLarge, UploadLocked
-from app.storage.backend import StorageBackend, partial_store_of
+from app.db.uploads import Claim, UploadRepository
+from app.errors import (
+    BadRequest,
+    ClientDisconnected,
+    FerryError,
+    Forbidden,
+    NotFound,
+    OffsetMismatch,
+    PayloadTooLarge,
+    UploadLocked,
+)
+from app.storage.backend import Storage
+from app.storage.sniff import SNIFF_SIZE
 from app.storage.staging import StagingArea
-from app.uploads.appending import Appended, UploadAppender
 from app.uploads.concatenation import Concatenator
-from app.uploads.filing import UploadFiler
+from app.uploads.filing import Content, UploadFiler
+from app.uploads.finishing import UploadFinisher
 from app.uploads.hashing import RunningHashes
-from app.uploads.locking import UploadLocks
 from app.uploads.maintenance import UploadMaintenance
-from app.uploads.validation import UploadPolicy
+from app.uploads.receiving import BodyReceiver, Received
+from app.uploads.retiring import UploadRetirer
+from app.uploads.validation import ContentGate, UploadPolicy
+from app.uploads.visibility import visible
 
 if TYPE_CHECKING:
     from app.settings import Settings
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,9 +82,29 @@ class AppendRequest:
     content_length: int | None = None
     checksum: ChecksumSpec | None = None
     checksum_trailer: Callable[[], ChecksumSpec | None] | None = None
-    """checksum-trailer: reads the ``Upload-Checksum`` trailer once the body has ended."""
+    """checksum-trailer: parses the ``Upload-Checksum`` trailer once the body has ended."""
     declared_length: int | None = None
     """``Upload-Length`` sent with the PATCH, to fix a deferred length."""
+
+
+@dataclass(frozen=True, slots=True)
+class Created:
+    """A new upload, and the lease for its body when one follows (creation-with-upload)."""
+
+    upload: Upload
+    body_claim: Claim | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Bounds:
+    """The upload's length after this request and the bytes it may still take."""
+
+    length: int | None
+    room: int
+
+
+Admission = Callable[[NewUpload, int | None], Awaitable[NewUpload]]
+"""Quotas, rate limit and pre-create hook: may refuse a creation or change its metadata."""
 
 
 class UploadService:
@@ -85,58 +113,44 @@ class UploadService:
     def __init__(
         self,
         *,
-        sessions: async_sessionmaker[AsyncSession],
+        repository: UploadRepository,
+        storage: Storage,
         staging: StagingArea,
-        backend: StorageBackend,
         settings: Settings,
         hashes: RunningHashes | None = None,
+        admission: Admission | None = None,
     ) -> None:
-        self._sessions = sessions
-        self.staging = staging
-        self.backend = backend
-        self.settings = settings
-        self.hashes = hashes or RunningHashes()
-        self.locks = UploadLocks(sessions, settings.resolved_node_id, settings.lock_lease_seconds)
-        self.ttl = timedelta(seconds=settings.upload_ttl_seconds)
-        bind_database = getattr(backend, "bind_database", None)
-        if bind_database is not None:
-            bind_database(sessions)  # S3: its parts ledger lives in the same database
-        self.partials = partial_store_of(backend)
-        """Set when the backend keeps partial uploads and assembles finals itself (S3);
-        otherwise partials stay staged whole and finals are concatenated in staging."""
+        self._repository = repository
+        self._storage = storage
+        self._staging = staging
+        self._max_size = settings.max_size
+        self._hashes = hashes or RunningHashes()
+        self._admission = admission
         self.policy = UploadPolicy.from_settings(settings)
         """Validation rules shared by every upload path (:mod:`app.uploads.validation`)."""
-        self.admission: Callable[[NewUpload, int | None], Awaitable[NewUpload]] | None = None
-        """Quotas, rate limit and pre-create hook (:mod:`app.ops.admission`); may refuse or
-        change the metadata of a creation."""
-        self.on_terminated: Callable[[AsyncSession, Upload], None] | None = None
-        """Called inside the transaction that terminates an upload (webhook outbox)."""
-        self._filer = UploadFiler(self)
-        self._appender = UploadAppender(self, self._filer)
-        self._concatenator = Concatenator(self, self._filer)
-        self._maintenance = UploadMaintenance(self, self._concatenator)
+        self._retirer = UploadRetirer(repository, storage, staging, self._hashes)
+        self._gate = ContentGate(self.policy, self._retirer)
+        self._receiver = BodyReceiver(repository, staging)
+        self._concatenator = Concatenator(repository, storage, staging, self._hashes)
+        self._filer = UploadFiler(storage, staging, self._hashes)
+        self._finisher = UploadFinisher(
+            repository,
+            storage,
+            staging,
+            self._hashes,
+            self._filer,
+            self._concatenator,
+            self._gate,
+        )
+        self._maintenance = UploadMaintenance(
+            repository, storage, staging, self._retirer, self._finisher, self._concatenator
+        )
 
     # ------------------------------------------------------------------ reading
 
     async def get(self, upload_id: uuid.UUID, owner: str | None = None) -> Upload:
         """A live upload visible to ``owner`` (``None``: any), else 404 or 410."""
-        async with self._sessions() as session:
-            upload = await session.get(Upload, upload_id)
-        return self._visible(upload, owner)
-
-    def _visible(self, upload: Upload | None, owner: str | None) -> Upload:
-        # Another owner's upload answers exactly like a missing one: no existence oracle.
-        if upload is None or (owner is not None and upload.owner != owner):
-            raise NotFound("no such upload")
-        if upload.state in (UploadState.TERMINATED, UploadState.EXPIRED) or self._is_past_expiry(
-            upload
-        ):
-            raise Gone("upload was terminated or has expired")
-        return upload
-
-    def _is_past_expiry(self, upload: Upload) -> bool:
-        lives_on = upload.state == UploadState.ACTIVE or upload.is_partial
-        return lives_on and upload.expires_at is not None and upload.expires_at <= utcnow()
+        return visible(await self._repository.find(upload_id), owner)
 
     async def get_for_status(self, upload_id: uuid.UUID, owner: str | None = None) -> Upload:
         """An upload for a tus HEAD; finishes one whose bytes are all staged but unfiled.
@@ -145,153 +159,291 @@ class UploadService:
         ``Upload-Offset == Upload-Length`` stops sending, so the server must finish it.
         """
         upload = await self.get(upload_id, owner)
-        if upload.state == UploadState.ACTIVE and self._needs_finishing(upload):
-            upload = await self._finish_when_free(upload)
+        if upload.state == UploadState.ACTIVE and (upload.is_final or upload.is_complete):
+            upload = await self._finisher.finish_when_free(upload)
         return upload
-
-    def _needs_finishing(self, upload: Upload) -> bool:
-        if upload.is_final:
-            return True
-        return upload.is_complete
 
     async def get_file(self, file_id: uuid.UUID, owner: str | None = None) -> File:
         """A completed file visible to ``owner``."""
-        async with self._sessions() as session:
-            stored = await session.get(File, file_id)
+        stored = await self._repository.find_file(file_id)
         if stored is None or (owner is not None and stored.owner != owner):
             raise NotFound("no such file")
         return stored
 
     # ------------------------------------------------------------------ creation
 
-    async def create(self, request: NewUpload, *, with_data: bool = False) -> Upload:
-        """Create an upload (tus creation), a partial one, or a final one (concatenation)."""
-        partials: list[Upload] = []
+    async def create(self, request: NewUpload, *, with_data: bool = False) -> Created:
+        """Create an upload (tus creation), a partial one, or a final one (concatenation).
+
+        ``with_data``: a body follows at once (creation-with-upload); the upload comes back
+        claimed for it, and its row may wait for the body's outcome (see
+        :meth:`_inserts_with_its_body`).
+        """
         length = request.length
         if request.partial_ids is not None:
             partials = await self._concatenator.load_partials(request.partial_ids, request.owner)
             lengths = [partial.length for partial in partials]
             length = None if None in lengths else sum(x for x in lengths if x is not None)
-        if length is not None and length > self.settings.max_size:
-            raise PayloadTooLarge(
-                f"Upload-Length {length} exceeds the maximum size {self.settings.max_size}"
-            )
         if length is not None:
-            self._check_backend_admits(length)
-        if self.admission is not None:
-            request = await self.admission(request, length)
-        upload = Upload(
-            id=uuid.uuid4(),
+            self._check_length_admitted(length)
+        if self._admission is not None:
+            request = await self._admission(request, length)
+        upload = self._repository.new_upload(
             owner=request.owner,
-            state=UploadState.ACTIVE,
             length=length,
-            offset=0,
-            upload_metadata=dict(request.metadata),
+            metadata=request.metadata,
             is_partial=request.is_partial,
             concat_parts=None
             if request.partial_ids is None
             else [str(p) for p in request.partial_ids],
-            storage=self.backend.name,
-            expires_at=utcnow() + self.ttl,
+            storage=self._storage.backend.name,
         )
-        if with_data and not upload.is_final and upload.length != 0:
-            # creation-with-upload: the row is born locked for the body that follows, which
-            # saves a lookup and a lock round trip (``append(..., fresh=upload)``).
-            upload.lock_token = secrets.token_hex(16)
-            upload.lock_holder = self.locks.node_id
-            upload.lock_expires_at = utcnow() + self.locks.lease
-            if self._born_with_its_body(upload):
-                return upload
-        if not upload.is_final and upload.lock_token is None:
+        body_follows = with_data and not upload.is_final and upload.length != 0
+        if body_follows and self._inserts_with_its_body(upload):
+            return Created(upload, self._repository.claim_unsaved(upload))
+        if not upload.is_final and not body_follows:
             # (A body that follows creates the file when it opens it for writing.)
-            await self.staging.create(upload.id)
-        async with self._sessions() as session, session.begin():
-            session.add(upload)
+            await self._staging.create(upload.id)
+        claim = await self._repository.create(upload, claimed=body_follows)
         if upload.is_final or upload.length == 0:
-            upload = await self._finish_when_free(upload)
-        return upload
+            upload = await self._finisher.finish_when_free(upload)
+        return Created(upload, claim)
 
-    def _born_with_its_body(self, upload: Upload) -> bool:
+    def _inserts_with_its_body(self, upload: Upload) -> bool:
         """Whether a creation-with-upload inserts its row only once its body has ended.
 
         Nobody knows the id before the response, so no other request can touch the upload
         meanwhile: the row is inserted with the body's outcome (its durable offset, or the
         completed upload together with its file row), one transaction instead of two for a
-        small file. Not for S3 (parts ship from committed offsets), concatenation or a
+        small file. Not for storage that ships committed offsets (S3), concatenation or a
         deferred length. Until the row exists, the staging file is the only trace; start-up
         reconciliation removes it (and any stored copy) if a crash comes first.
         """
         return (
-            upload.length is not None
-            and not upload.is_partial
-            and not getattr(self.backend, "reclaims_staging", False)
+            upload.length is not None and not upload.is_partial and self._storage.shipping is None
         )
 
-    def _check_backend_admits(self, length: int) -> None:
-        """413 for a length the backend cannot hold (S3: more than max parts x 5 GiB)."""
-        check_length = getattr(self.backend, "check_length", None)
-        if check_length is not None:
-            check_length(length)
+    def _check_length_admitted(self, length: int) -> None:
+        """413 above ``FERRY_MAX_SIZE`` or what the storage can hold."""
+        if length > self._max_size:
+            raise PayloadTooLarge(
+                f"Upload-Length {length} exceeds the maximum size {self._max_size}"
+            )
+        if self._storage.shipping is not None:
+            self._storage.shipping.check_length(length)
 
     # ------------------------------------------------------------------ appending
 
     async def append(
-        self, request: AppendRequest, body: AsyncIterator[bytes], *, fresh: Upload | None = None
+        self, request: AppendRequest, body: AsyncIterator[bytes], *, fresh: Claim | None = None
     ) -> Upload:
         """Write one body at the upload's offset and commit the new, durable offset.
 
-        Raises :class:`ClientDisconnected` after committing what arrived when the client
-        went away (nothing is committed if a checksum was promised and cannot be checked).
-        The write path is :class:`~app.uploads.appending.UploadAppender`'s.
+        Claim, stream, commit, finish. Raises :class:`ClientDisconnected` after committing
+        what arrived when the client went away (nothing is committed if a checksum was
+        promised and cannot be checked). ``fresh``: the claim of a creation-with-upload.
         """
-        return await self._appender.append(request, body, fresh=fresh)
-
-    # ------------------------------------------------------------------ finishing
-
-    async def _finish_when_free(self, upload: Upload) -> Upload:
-        """Take the lock and finish an upload whose bytes are all there (or a final one)."""
-        token = await self.locks.acquire(upload.id, state=UploadState.ACTIVE)
-        if token is None:
-            return upload  # someone else is finishing or writing it
+        claim, upload = (fresh, fresh.upload) if fresh else await self._claim_for_append(request)
         try:
-            refreshed = await self.get(upload.id)
-        except BaseException:
-            await self.locks.release(upload.id, token)
+            bounds = self._bounds(upload, request)
+            if upload.state == UploadState.COMPLETED or (
+                bounds.room == 0 and bounds.length == upload.length
+            ):
+                # Nothing to write or record. A deferred length declared equal to the offset
+                # (an empty final PATCH) must go on, to record the length and finish.
+                if claim is not None:
+                    await self._repository.release(claim)
+                return upload
+            if self._storage.shipping is not None:
+                self._storage.shipping.check_staging_room()  # 503 while S3 lags too far
+            if claim is None:
+                claim = await self._claim_at_offset(upload, request.offset)
+        except BaseException as failure:
+            if claim is not None:
+                await self._give_up(claim, failure)
             raise
-        if refreshed.is_final and not await self._concatenator.assemble_final(refreshed, token):
-            await self.locks.release(upload.id, token)
-            return refreshed
-        if not refreshed.is_final and not refreshed.is_complete:
-            await self.locks.release(upload.id, token)
-            return refreshed
-        return await self._finish(refreshed, token)
-
-    async def _finish(self, upload: Upload, token: str, appended: Appended | None = None) -> Upload:
-        """Turn a fully staged upload into a file (or a completed partial); lock held."""
         try:
-            # Storing can wait on S3 for the last parts; the lease must outlive that wait.
-            async with self.locks.kept_alive(upload.id, token):
-                if upload.is_partial:
-                    if self.partials is not None:
-                        await self._concatenator.store_partial(upload)
-                    await self._concatenator.mark_partial_complete(upload, token)
-                elif upload.is_final and self.partials is not None:
-                    await self._concatenator.file_concatenation(upload, token)
-                else:
-                    await self._filer.file_upload(upload, token, appended)
-        except BaseException:
-            if appended is not None and appended.uncommitted_from is not None:
-                await self._appender.commit_after_failed_filing(
-                    upload, token, appended.uncommitted_from
-                )
-            await self.locks.release(upload.id, token)
+            if bounds.length is not None and bounds.length != upload.length:
+                await self._repository.set_length(upload, bounds.length)
+            return await self._stream_commit_finish(claim, request, body, bounds.room)
+        except BaseException as failure:
+            await self._give_up(claim, failure)
             raise
-        self.hashes.forget(upload.id)
-        upload.state = UploadState.COMPLETED
-        upload.lock_token = None
-        if upload.is_partial:
-            await self._concatenator.assemble_finals_waiting_for(upload.id)
+
+    async def _stream_commit_finish(
+        self, claim: Claim, request: AppendRequest, body: AsyncIterator[bytes], room: int
+    ) -> Upload:
+        """The body streamed, verified, committed and, when it completes the upload, filed.
+
+        The lease is released with the commit unless finishing or validation follows. A
+        body that completes a local upload leaves its offset to the filing transaction.
+        """
+        upload = claim.upload
+        running = self._hashes.resume_at(upload.id, upload.offset)
+        verifier = ChunkVerifier(request.checksum, request.checksum_trailer)
+        digests: list[ChunkDigest] = [*verifier.digests, *([running] if running else [])]
+        received = await self._receiver.receive(claim, body, room, digests)
+        await self._refuse_unverified(claim, received, verifier)
+        old_offset, new_offset = upload.offset, received.durable_end
+        completes = upload.length is not None and new_offset == upload.length
+        if completes and not received.disconnected and self._files_in_one_commit(upload):
+            # The file row and the offset are committed together; a crash in between
+            # leaves stored bytes that start-up reconciliation adopts (or discards).
+            upload.offset = new_offset
+            if running is not None:
+                self._hashes.record(upload.id, new_offset, running)
+            return await self._finisher.finish(
+                claim, head=received.head, uncommitted_from=old_offset
+            )
+        checks_content = old_offset < SNIFF_SIZE <= new_offset and not completes
+        release = not completes and not checks_content
+        if not await self._repository.commit_offset(claim, new_offset, release=release):
+            raise UploadLocked("the upload's lock was lost before the offset could be committed")
+        if running is not None:
+            self._hashes.record(upload.id, new_offset, running)
+        else:
+            self._hashes.forget(upload.id)
+        await self._ship(upload, new_offset)
+        if checks_content:
+            # Validation as early as the magic bytes allow: a refused 50 GB upload stops
+            # after its first chunk instead of at completion.
+            head = await self._filer.head_of_staged(upload)
+            await self._gate.admit(claim, Content.of(head), upload.length)
+        if received.disconnected:
+            raise ClientDisconnected(f"client disconnected; {new_offset} bytes are stored")
+        if completes:
+            return await self._finisher.finish(claim, head=received.head)
+        if not release:
+            await self._repository.release(claim)
         return upload
+
+    async def _refuse_unverified(
+        self, claim: Claim, received: Received, verifier: ChunkVerifier
+    ) -> None:
+        """Raise (after cutting staging back) when the body must not be acknowledged."""
+        if received.lease_lost:
+            # Someone else holds the upload now; leave the file to them.
+            raise UploadLocked("the upload's lock expired while this request was writing")
+        reason: FerryError | None = None
+        if received.too_large:
+            reason = PayloadTooLarge("the body goes past the upload's end")
+        elif verifier.active:
+            reason = verifier.failure(disconnected=received.disconnected)
+        if reason is None:
+            return
+        await self._staging.truncate(claim.upload_id, claim.upload.offset)
+        if not claim.saved:
+            # The error carries the upload's Location: the client may resume there.
+            await self._repository.commit_offset(claim, claim.upload.offset, release=True)
+        raise reason
+
+    async def _ship(self, upload: Upload, durable_offset: int) -> None:
+        """Hand newly durable bytes to storage that ships them (S3 parts)."""
+        shipping = self._storage.shipping
+        if shipping is None:
+            return
+        if upload.is_partial and self._storage.partials is None:
+            # Without a partial store, a partial upload's bytes stay staged whole until a
+            # final upload concatenates them locally: nothing may ship (and reclaim) them.
+            return
+        await shipping.staged_bytes_durable(
+            upload.id,
+            self._staging.path_for(upload.id),
+            durable_offset,
+            upload.length,
+            partial=upload.is_partial,
+        )
+
+    def _files_in_one_commit(self, upload: Upload) -> bool:
+        """Whether completing ``upload`` may commit its offset with its file row.
+
+        Not for partial uploads (they are not filed) nor for storage that ships staged
+        bytes as they become durable (S3 must see each committed offset first).
+        """
+        return not upload.is_partial and self._storage.shipping is None
+
+    async def _give_up(self, claim: Claim, failure: BaseException) -> None:
+        """Give the lease back after a failure.
+
+        An upload whose row was not inserted yet is inserted, empty, when the client is told
+        where it is (a 4xx carries its Location); otherwise it leaves no trace.
+        """
+        with anyio.CancelScope(shield=True):
+            if claim.saved:
+                await self._repository.release(claim)
+                return
+            await self._staging.truncate(claim.upload_id, 0)
+            if isinstance(failure, FerryError) and claim.upload.state == UploadState.ACTIVE:
+                try:
+                    await self._repository.commit_offset(claim, 0, release=True)
+                    return
+                except Exception:
+                    logger.warning(
+                        "upload %s: could not be recorded", claim.upload_id, exc_info=True
+                    )
+            await self._staging.remove(claim.upload_id)
+
+    def _bounds(self, upload: Upload, request: AppendRequest) -> _Bounds:
+        """Refuse a PATCH that cannot apply (403/409/400/413) before any byte is read."""
+        if upload.is_final:
+            raise Forbidden("PATCH is not allowed on a final upload of a concatenation")
+        if request.offset != upload.offset:
+            raise OffsetMismatch(
+                f"Upload-Offset {request.offset} does not match the current offset {upload.offset}"
+            )
+        length = self._length_after(upload, request.declared_length)
+        room = (self._max_size if length is None else length) - upload.offset
+        if request.content_length is not None and request.content_length > room:
+            raise PayloadTooLarge(
+                f"the body of {request.content_length} bytes goes past the upload's end "
+                f"({room} bytes left)"
+            )
+        return _Bounds(length, room)
+
+    def _length_after(self, upload: Upload, declared: int | None) -> int | None:
+        if declared is None:
+            return upload.length
+        if upload.length is not None:
+            if declared != upload.length:
+                raise BadRequest(
+                    f"Upload-Length {declared} differs from the upload's length {upload.length}"
+                )
+            return upload.length
+        if declared < upload.offset:
+            raise BadRequest(f"Upload-Length {declared} is less than the offset {upload.offset}")
+        self._check_length_admitted(declared)
+        return declared
+
+    async def _claim_for_append(self, request: AppendRequest) -> tuple[Claim | None, Upload]:
+        """The common case in one statement: lock a free, active upload at this offset.
+
+        Anything else (locked, wrong offset, finished, gone, someone else's) reads the row
+        instead, so that the checks answer with the precise error.
+        """
+        claim = await self._repository.claim_and_load(
+            request.upload_id, state=UploadState.ACTIVE, offset=request.offset
+        )
+        if claim is None:
+            return None, await self.get(request.upload_id, request.owner)
+        try:
+            visible(claim.upload, request.owner)
+        except BaseException:
+            await self._repository.release(claim)
+            raise
+        return claim, claim.upload
+
+    async def _claim_at_offset(self, upload: Upload, offset: int) -> Claim:
+        claim = await self._repository.claim(
+            upload, state=UploadState.ACTIVE, offset=offset, length=upload.length
+        )
+        if claim is not None:
+            return claim
+        current = await self.get(upload.id)
+        if current.offset != offset:
+            raise OffsetMismatch(
+                f"Upload-Offset {offset} does not match the current offset {current.offset}"
+            )
+        raise UploadLocked("another request is writing to this upload; retry shortly")
 
     # ------------------------------------------------------------------ simple uploads
 
@@ -310,23 +462,21 @@ class UploadService:
         """
         # Created as a creation-with-upload: with a known length, the upload and its file
         # are then written in one transaction.
-        upload = await self.create(request, with_data=True)
+        created = await self.create(request, with_data=True)
+        upload = created.upload
         try:
             if upload.state == UploadState.ACTIVE and upload.length != 0:
-                upload = await self.append(
-                    AppendRequest(
-                        upload_id=upload.id,
-                        offset=0,
-                        owner=request.owner,
-                        content_length=request.length,
-                        checksum=checksum,
-                    ),
-                    body,
-                    fresh=upload,
+                append = AppendRequest(
+                    upload_id=upload.id,
+                    offset=0,
+                    owner=request.owner,
+                    content_length=request.length,
+                    checksum=checksum,
                 )
+                upload = await self.append(append, body, fresh=created.body_claim)
             if upload.state == UploadState.ACTIVE and upload.length is None:
-                await self._appender.set_length(upload, upload.offset)
-                upload = await self._finish_when_free(upload)
+                await self._repository.set_length(upload, upload.offset)
+                upload = await self._finisher.finish_when_free(upload)
             return await self.get_file(upload.id, request.owner)
         except BaseException:
             # FerryError here: already retired (refused by validation), nothing to free.
@@ -339,48 +489,12 @@ class UploadService:
     async def terminate(self, upload_id: uuid.UUID, owner: str | None = None) -> None:
         """termination: free everything the upload holds; later requests get 410."""
         upload = await self.get(upload_id, owner)
-        token = await self.locks.acquire(upload.id)
-        if token is None:
+        claim = await self._repository.claim(upload)
+        if claim is None:
             raise UploadLocked("the upload is being written; stop that request first")
-        await self._retire(upload, token, UploadState.TERMINATED, self.on_terminated)
+        await self._retirer.retire(claim, UploadState.TERMINATED, announce=True)
 
-    async def _retire(
-        self,
-        upload: Upload,
-        token: str,
-        state: UploadState,
-        in_transaction: Callable[[AsyncSession, Upload], None] | None = None,
-    ) -> None:
-        # The row leaves the live states first, so no request can use the bytes while
-        # they are removed; a crash in between leaves only files the reconciler deletes.
-        async with self._sessions() as session, session.begin():
-            stored = await session.get(File, upload.id)
-            retired: Any = await session.execute(
-                update(Upload)
-                .where(Upload.id == upload.id, Upload.lock_token == token)
-                .values(
-                    state=state,
-                    lock_token=None,
-                    lock_holder=None,
-                    lock_expires_at=None,
-                    updated_at=utcnow(),
-                )
-                .execution_options(synchronize_session=False)
-            )
-            if stored is not None:
-                await session.execute(delete(File).where(File.id == upload.id))
-            if in_transaction is not None and retired.rowcount == 1:
-                in_transaction(session, upload)
-        upload.state = state
-        self.hashes.forget(upload.id)
-        await self.staging.remove(upload.id)
-        await self.backend.discard_upload(upload.id)
-        if upload.is_partial and self.partials is not None:
-            await self.partials.discard_partial(upload.id)
-        if stored is not None:
-            await self.backend.delete(stored.storage_key)
-
-    # ------------------------------------------------------------------ expiry and start-up
+    # ------------------------------------------------------------------ upkeep
 
     async def expire_due(self, limit: int = 500) -> int:
         """expiration: retire unfinished uploads (and unused partials) past their expiry."""

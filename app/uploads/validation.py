@@ -13,7 +13,7 @@ The content type is the one sniffed from the file's first bytes
 only lie about what it sends, not about what it sent. Since those bytes arrive after the
 upload was created, the content rules run when the first ``SNIFF_SIZE`` bytes are staged
 (or at completion for smaller files), and a refusal retires the upload so nothing stays
-behind (see :meth:`app.uploads.filing.UploadFiler.enforce_content_policy`).
+behind (see :class:`ContentGate`).
 """
 
 from __future__ import annotations
@@ -21,9 +21,13 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass, field
 
-from app.errors import PayloadTooLarge, UnsupportedMediaType
+from app.db.models import UploadState
+from app.db.uploads import Claim
+from app.errors import FerryError, PayloadTooLarge, UnsupportedMediaType
 from app.settings import Settings
 from app.storage.sniff import Category
+from app.uploads.filing import Content
+from app.uploads.retiring import UploadRetirer
 
 
 def _matches(content_type: str, patterns: tuple[str, ...]) -> bool:
@@ -87,3 +91,22 @@ class UploadPolicy:
                 f"size {size} exceeds the {category} limit {limit} "
                 f"(FERRY_MAX_SIZE_{category.upper()})"
             )
+
+
+class ContentGate:
+    """The content rules applied to a claimed upload: a refused upload is retired at once,
+    so a refused 50 GB upload leaves nothing behind."""
+
+    def __init__(self, policy: UploadPolicy, retirer: UploadRetirer) -> None:
+        self._policy = policy
+        self._retirer = retirer
+
+    async def admit(self, claim: Claim, content: Content, size: int | None) -> None:
+        """Raise 413/415 (after retiring the upload) when ``content`` breaks a rule."""
+        if not self._policy.checks_content:
+            return
+        try:
+            self._policy.check_content(content.content_type, content.category, size)
+        except FerryError:
+            await self._retirer.retire(claim, UploadState.TERMINATED)
+            raise

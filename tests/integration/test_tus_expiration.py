@@ -12,12 +12,10 @@ from click.testing import CliRunner
 from litestar.testing import AsyncTestClient
 
 from app.__main__ import main as ferry_cli
-from app.db.engine import create_engine, create_session_factory, migrate
+from app.composition import open_ferry
+from app.db.engine import migrate
 from app.main import create_app
 from app.settings import Settings
-from app.storage.local import LocalBackend
-from app.storage.staging import StagingArea
-from app.uploads.service import UploadService
 from tests.conftest import MakeSettings
 from tests.integration.tus_helpers import (  # noqa: F401 - fixtures for this module
     OCTETS,
@@ -36,18 +34,8 @@ from tests.integration.tus_helpers import (  # noqa: F401 - fixtures for this mo
 
 async def expire_due_now(settings: Settings, limit: int = 500) -> int:
     """Run ``UploadService.expire_due()`` once, as the reaper does."""
-    engine = create_engine(settings.resolved_database_url)
-    try:
-        staging = StagingArea(settings.staging_dir)
-        uploads = UploadService(
-            sessions=create_session_factory(engine),
-            staging=staging,
-            backend=LocalBackend(settings.files_dir),
-            settings=settings,
-        )
-        return await uploads.expire_due(limit=limit)
-    finally:
-        await engine.dispose()
+    async with open_ferry(settings) as ferry:
+        return await ferry.uploads.expire_due(limit=limit)
 
 
 def parse_expires(value: str) -> datetime:

@@ -1,0 +1,121 @@
+"""The composition root: the one place that builds Ferry's object graph.
+
+:func:`open_ferry` builds, from settings, the database engine, the storage backend (its
+capabilities resolved and instrumented before anything holds it), the staging area, the
+upload repository (with the webhook outbox as its event log), admission, the upload and
+download services, and the authenticator, each handed what it needs in its constructor.
+Nothing is rewired afterwards. The web app (:func:`app.main.create_app`) and the CLI tasks
+(:mod:`app.cli_tasks`) both open the same graph.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from app.auth.keys import ApiKeyStore
+from app.db.engine import create_engine, create_session_factory
+from app.db.uploads import UploadRepository
+from app.http.authentication import Authenticator
+from app.http.downloads import DownloadService
+from app.http.links import LinkSigner
+from app.ops.admission import UploadAdmission
+from app.ops.hooks import PreCreateHook
+from app.ops.limits import CreationRateLimiter, OwnerQuotas
+from app.ops.metrics import instrumented
+from app.ops.webhooks import WebhookOutbox
+from app.settings import Settings
+from app.storage.backend import Storage, StorageBackend
+from app.storage.local import LocalBackend
+from app.storage.staging import StagingArea, limit_malloc_retention
+from app.uploads.service import UploadService
+
+
+def build_backend(settings: Settings, sessions: async_sessionmaker[AsyncSession]) -> StorageBackend:
+    """The storage backend chosen by ``FERRY_STORAGE`` (S3 keeps its parts ledger in the
+    app's database)."""
+    if settings.storage == "s3":
+        from app.storage.s3 import S3Backend  # aiobotocore only when S3 is used
+
+        return S3Backend(settings, sessions)
+    return LocalBackend(settings.files_dir)
+
+
+@dataclass(frozen=True, slots=True)
+class Ferry:
+    """Everything one Ferry process runs on, built once."""
+
+    settings: Settings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    backend: StorageBackend
+    """The backend itself (its own attributes, e.g. for tests); code uses ``storage``."""
+    storage: Storage
+    staging: StagingArea
+    repository: UploadRepository
+    uploads: UploadService
+    downloads: DownloadService
+    outbox: WebhookOutbox
+    authenticator: Authenticator
+    link_signer: LinkSigner
+
+
+@contextlib.asynccontextmanager
+async def open_ferry(settings: Settings) -> AsyncIterator[Ferry]:
+    """Build the object graph, start the backend, and close everything afterwards."""
+    engine = create_engine(settings.resolved_database_url)
+    sessions = create_session_factory(engine)
+    backend = build_backend(settings, sessions)
+    storage = instrumented(Storage.of(backend))
+    # S3 sends parts from staged pages; the local backend never reads them back.
+    staging = StagingArea(settings.staging_dir, drops_written_pages=storage.shipping is None)
+    client = httpx.AsyncClient(follow_redirects=False, trust_env=False)
+    outbox = WebhookOutbox(sessions, settings, client)
+    repository = UploadRepository(
+        sessions,
+        node_id=settings.resolved_node_id,
+        lease_seconds=settings.lock_lease_seconds,
+        ttl_seconds=settings.upload_ttl_seconds,
+        events=outbox,
+    )
+    admission = UploadAdmission(
+        CreationRateLimiter(settings.create_rate_per_minute, settings.create_burst),
+        OwnerQuotas(sessions, settings),
+        PreCreateHook(settings, client),
+    )
+    uploads = UploadService(
+        repository=repository,
+        storage=storage,
+        staging=staging,
+        settings=settings,
+        admission=admission.admit,
+    )
+    ferry = Ferry(
+        settings=settings,
+        engine=engine,
+        sessions=sessions,
+        backend=backend,
+        storage=storage,
+        staging=staging,
+        repository=repository,
+        uploads=uploads,
+        downloads=DownloadService(uploads, storage, settings=settings),
+        outbox=outbox,
+        authenticator=Authenticator(settings, ApiKeyStore(sessions)),
+        link_signer=LinkSigner.from_settings(settings),
+    )
+    try:
+        staging.prepare()
+        limit_malloc_retention()
+        await storage.backend.start()
+        try:
+            yield ferry
+        finally:
+            await storage.backend.close()
+    finally:
+        await client.aclose()
+        await engine.dispose()

@@ -1,0 +1,513 @@
+"""The one owner of upload rows: every state transition and the one-writer lease.
+
+No other module writes ``uploads`` rows or touches their lease columns. Each transition is
+a named operation with the guard that keeps the invariants in its ``WHERE`` clause:
+
+* :meth:`UploadRepository.claim` takes the lease with a compare-and-set (invariant 3), so
+  it works alike on SQLite and PostgreSQL, across processes and nodes; a crashed writer's
+  lease expires, a live writer renews it (:meth:`UploadRepository.kept_alive`);
+* :meth:`UploadRepository.commit_offset` moves the offset only from the value the writer
+  read and only while its lease holds (invariants 2 and 3);
+* :meth:`UploadRepository.complete_and_file` writes the ``File`` row and completes the
+  upload in one transaction (invariant 4);
+* :meth:`UploadRepository.retire` takes the row out of the live states before anything
+  frees its bytes (invariant 5).
+
+A creation-with-upload is the one exception to "the row exists first": its row waits for
+its body's outcome (nobody else knows its id before the response). That is carried as an
+explicit value, :attr:`Claim.saved` ``False``; the first transition of such a claim inserts
+the row instead of updating it, so a small file costs one transaction in all.
+
+Change events (the webhook outbox, counters) are recorded through :class:`UploadEvents`
+inside the transaction of the change that causes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import uuid
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from sqlalchemy import CursorResult, delete, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.core.clock import utcnow
+from app.db.models import File, Upload, UploadState
+from app.errors import Gone
+
+logger = logging.getLogger(__name__)
+
+_IDS_PER_QUERY = 500
+"""Ids in one ``IN (...)`` (SQLite caps the parameters of a statement)."""
+
+_RELEASED: dict[str, Any] = {"lock_token": None, "lock_holder": None, "lock_expires_at": None}
+
+
+class UploadEvents(Protocol):
+    """What the rest of Ferry learns of upload changes, recorded in their transaction."""
+
+    def file_recorded(self, session: AsyncSession, stored: File) -> None:
+        """An upload became a file (``session`` is the filing transaction)."""
+
+    def upload_terminated(self, session: AsyncSession, upload: Upload) -> None:
+        """Its owner terminated an upload (``session`` is the retiring transaction)."""
+
+    def committed(self) -> None:
+        """A transaction that recorded events has committed."""
+
+
+class NoUploadEvents:
+    """Nobody listens (tests and tools that build a repository of their own)."""
+
+    def file_recorded(self, session: AsyncSession, stored: File) -> None:
+        """Nothing to record."""
+
+    def upload_terminated(self, session: AsyncSession, upload: Upload) -> None:
+        """Nothing to record."""
+
+    def committed(self) -> None:
+        """Nothing to wake."""
+
+
+@dataclass(slots=True)
+class Claim:
+    """An upload held under this process's lease, and whether its row exists yet."""
+
+    upload: Upload
+    token: str
+    saved: bool = True
+    """``False`` for a creation-with-upload whose row is inserted with its body's outcome."""
+
+    @property
+    def upload_id(self) -> uuid.UUID:
+        """The claimed upload's id."""
+        return self.upload.id
+
+
+@dataclass(slots=True)
+class LeaseState:
+    """Whether a kept-alive lease was lost while its holder worked."""
+
+    lost: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LiveUploads:
+    """Ids of the uploads whose backend objects must be kept (for the orphan sweeps)."""
+
+    active: set[uuid.UUID] = field(default_factory=set)
+    partials: set[uuid.UUID] = field(default_factory=set)
+
+
+def _live_condition() -> Any:
+    """Active uploads, and completed partials waiting for a final upload."""
+    return or_(
+        Upload.state == UploadState.ACTIVE,
+        (Upload.state == UploadState.COMPLETED) & Upload.is_partial,
+    )
+
+
+class UploadRepository:
+    """Reads uploads and files; every upload row transition and lease operation."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        *,
+        node_id: str,
+        lease_seconds: float,
+        ttl_seconds: float,
+        events: UploadEvents | None = None,
+    ) -> None:
+        self._sessions = sessions
+        self.node_id = node_id
+        self.lease = timedelta(seconds=lease_seconds)
+        self.ttl = timedelta(seconds=ttl_seconds)
+        self._events: UploadEvents = events or NoUploadEvents()
+
+    # ------------------------------------------------------------------ reads
+
+    async def find(self, upload_id: uuid.UUID) -> Upload | None:
+        """The upload row, whatever its state."""
+        async with self._sessions() as session:
+            return await session.get(Upload, upload_id)
+
+    async def find_file(self, file_id: uuid.UUID) -> File | None:
+        """The file row of a completed upload."""
+        async with self._sessions() as session:
+            return await session.get(File, file_id)
+
+    async def find_many(self, ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, Upload]:
+        """Uploads by id (missing ones are absent from the answer)."""
+        wanted = list(set(ids))
+        found: dict[uuid.UUID, Upload] = {}
+        async with self._sessions() as session:
+            for start in range(0, len(wanted), _IDS_PER_QUERY):
+                batch = wanted[start : start + _IDS_PER_QUERY]
+                rows = await session.scalars(select(Upload).where(Upload.id.in_(batch)))
+                found.update((row.id, row) for row in rows)
+        return found
+
+    async def live(self) -> list[Upload]:
+        """Every upload that still needs its bytes (start-up reconciliation)."""
+        async with self._sessions() as session:
+            return list(await session.scalars(select(Upload).where(_live_condition())))
+
+    async def live_ids(self) -> LiveUploads:
+        """Ids of the active uploads and of the live partial uploads."""
+        async with self._sessions() as session:
+            rows = (
+                await session.execute(
+                    select(Upload.id, Upload.state, Upload.is_partial).where(_live_condition())
+                )
+            ).all()
+        return LiveUploads(
+            active={row.id for row in rows if row.state == UploadState.ACTIVE},
+            partials={row.id for row in rows if row.is_partial},
+        )
+
+    async def due_for_expiry(self, now: datetime, limit: int) -> list[Upload]:
+        """Unfinished uploads (and unused partials) whose expiry has passed."""
+        async with self._sessions() as session:
+            statement = (
+                select(Upload).where(Upload.expires_at <= now, _live_condition()).limit(limit)
+            )
+            return list(await session.scalars(statement))
+
+    async def finals_naming(self, partial_id: uuid.UUID) -> list[Upload]:
+        """Active final uploads whose partials include ``partial_id``."""
+        async with self._sessions() as session:
+            finals = await session.scalars(
+                select(Upload).where(
+                    Upload.state == UploadState.ACTIVE, Upload.concat_parts.is_not(None)
+                )
+            )
+            return [final for final in finals if str(partial_id) in (final.concat_parts or [])]
+
+    async def filed_ids(self, ids: Iterable[uuid.UUID]) -> set[uuid.UUID]:
+        """Which of ``ids`` have a file row."""
+        wanted = list(ids)
+        filed: set[uuid.UUID] = set()
+        async with self._sessions() as session:
+            for start in range(0, len(wanted), _IDS_PER_QUERY):
+                batch = wanted[start : start + _IDS_PER_QUERY]
+                filed.update(await session.scalars(select(File.id).where(File.id.in_(batch))))
+        return filed
+
+    # ------------------------------------------------------------------ creation
+
+    def new_upload(
+        self,
+        *,
+        owner: str | None,
+        length: int | None,
+        metadata: dict[str, str | None],
+        is_partial: bool,
+        concat_parts: list[str] | None,
+        storage: str,
+    ) -> Upload:
+        """A new active upload at offset 0 (not saved yet)."""
+        return Upload(
+            id=uuid.uuid4(),
+            owner=owner,
+            state=UploadState.ACTIVE,
+            length=length,
+            offset=0,
+            upload_metadata=dict(metadata),
+            is_partial=is_partial,
+            concat_parts=concat_parts,
+            storage=storage,
+            expires_at=utcnow() + self.ttl,
+        )
+
+    async def create(self, upload: Upload, *, claimed: bool = False) -> Claim | None:
+        """Insert a new upload; ``claimed``: born under this process's lease (saves a round
+        trip when a body follows at once)."""
+        claim = None
+        if claimed:
+            claim = Claim(upload=upload, token=secrets.token_hex(16))
+            self._hold(upload, claim.token)
+        async with self._sessions() as session, session.begin():
+            session.add(upload)
+        return claim
+
+    def claim_unsaved(self, upload: Upload) -> Claim:
+        """A creation-with-upload: its lease is taken in memory, its row inserted by the
+        first transition (nobody else can know its id before the response)."""
+        claim = Claim(upload=upload, token=secrets.token_hex(16), saved=False)
+        self._hold(upload, claim.token)
+        return claim
+
+    def _hold(self, upload: Upload, token: str) -> None:
+        upload.lock_token = token
+        upload.lock_holder = self.node_id
+        upload.lock_expires_at = utcnow() + self.lease
+
+    # ------------------------------------------------------------------ the lease
+
+    def _claim_statement(self, upload_id: uuid.UUID, token: str, conditions: dict[str, Any]) -> Any:
+        """The compare-and-set UPDATE: free (or expired) lease and every condition holds."""
+        now = utcnow()
+        return (
+            update(Upload)
+            .where(
+                Upload.id == upload_id,
+                or_(Upload.lock_token.is_(None), Upload.lock_expires_at < now),
+                *(getattr(Upload, column) == value for column, value in conditions.items()),
+            )
+            .values(lock_token=token, lock_holder=self.node_id, lock_expires_at=now + self.lease)
+            .execution_options(synchronize_session=False)
+        )
+
+    async def claim(self, upload: Upload, **conditions: Any) -> Claim | None:
+        """Take ``upload``'s lease if it is free (or expired) and every ``column == value``
+        holds; ``None`` when the lease is held or a condition failed."""
+        token = secrets.token_hex(16)
+        if await self._execute(self._claim_statement(upload.id, token, conditions)) != 1:
+            return None
+        self._hold(upload, token)
+        return Claim(upload=upload, token=token)
+
+    async def claim_and_load(self, upload_id: uuid.UUID, **conditions: Any) -> Claim | None:
+        """Like :meth:`claim` by id, returning the locked row too: one round trip."""
+        token = secrets.token_hex(16)
+        statement = self._claim_statement(upload_id, token, conditions).returning(Upload)
+        async with self._sessions() as session, session.begin():
+            row = (await session.scalars(statement)).one_or_none()
+        return None if row is None else Claim(upload=row, token=token)
+
+    async def renew(self, claim: Claim) -> bool:
+        """Extend a held lease; ``False`` means it was lost."""
+        statement = (
+            update(Upload)
+            .where(Upload.id == claim.upload_id, Upload.lock_token == claim.token)
+            .values(lock_expires_at=utcnow() + self.lease)
+            .execution_options(synchronize_session=False)
+        )
+        return await self._execute(statement) == 1
+
+    async def release(self, claim: Claim) -> None:
+        """Give a lease back (a no-op if it was already released, lost or never saved)."""
+        if claim.saved:
+            statement = (
+                update(Upload)
+                .where(Upload.id == claim.upload_id, Upload.lock_token == claim.token)
+                .values(**_RELEASED)
+                .execution_options(synchronize_session=False)
+            )
+            await self._execute(statement)
+        self._let_go(claim.upload)
+
+    @staticmethod
+    def _let_go(upload: Upload) -> None:
+        upload.lock_token = upload.lock_holder = upload.lock_expires_at = None
+
+    async def release_stale_of_this_node(self) -> int:
+        """At start-up: leases this node held before it stopped belong to dead requests."""
+        statement = (
+            update(Upload)
+            .where(Upload.lock_holder == self.node_id)
+            .values(**_RELEASED)
+            .execution_options(synchronize_session=False)
+        )
+        return await self._execute(statement)
+
+    @contextlib.asynccontextmanager
+    async def kept_alive(self, claim: Claim) -> AsyncIterator[LeaseState]:
+        """Renew the lease in the background while its holder works (a body streams, S3
+        completes). The yielded state's ``lost`` turns true if renewal fails, so the writer
+        stops before it could interleave with a new holder. An unsaved claim has no row to
+        renew and cannot be lost."""
+        state = LeaseState()
+        if not claim.saved:
+            yield state
+            return
+
+        async def renew_forever() -> None:
+            interval = self.lease.total_seconds() / 3
+            while True:
+                await asyncio.sleep(interval)
+                try:
+                    renewed = await self.renew(claim)
+                except Exception:
+                    logger.warning(
+                        "renewing the lease of upload %s failed; retrying", claim.upload_id
+                    )
+                    continue
+                if not renewed:
+                    state.lost = True
+                    return
+
+        task = asyncio.create_task(renew_forever())
+        try:
+            yield state
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # ------------------------------------------------------------------ transitions
+
+    async def commit_offset(
+        self, claim: Claim, new_offset: int, *, release: bool, committed: int | None = None
+    ) -> bool:
+        """Record a durable offset; one statement also gives the lease back when asked.
+
+        ``committed`` is the offset the database holds when ``upload.offset`` already moved
+        on in memory (a completion whose filing failed). An unsaved claim is inserted here,
+        active at ``new_offset``. Returns ``False`` when the lease was lost meanwhile.
+        """
+        upload = claim.upload
+        expires_at = utcnow() + self.ttl
+        if not claim.saved:
+            if upload.state in (UploadState.TERMINATED, UploadState.EXPIRED):
+                raise Gone("the upload was refused before it was stored")
+            upload.state = UploadState.ACTIVE  # a filing that failed may have set COMPLETED
+            upload.offset = new_offset
+            upload.expires_at = expires_at
+            if release:
+                self._let_go(upload)
+            async with self._sessions() as session, session.begin():
+                session.add(upload)
+            claim.saved = True
+            return True
+        result = await self._execute(
+            update(Upload)
+            .where(
+                Upload.id == upload.id,
+                Upload.lock_token == claim.token,
+                Upload.offset == (upload.offset if committed is None else committed),
+            )
+            .values(
+                offset=new_offset,
+                expires_at=expires_at,
+                updated_at=utcnow(),
+                **(_RELEASED if release else {}),
+            )
+            .execution_options(synchronize_session=False)
+        )
+        if result != 1:
+            return False
+        upload.offset = new_offset
+        upload.expires_at = expires_at
+        if release:
+            self._let_go(upload)
+        return True
+
+    async def set_length(self, upload: Upload, length: int) -> None:
+        """Fix a deferred length (creation-defer-length) once it is known; only once."""
+        await self._execute(
+            update(Upload)
+            .where(Upload.id == upload.id, Upload.length.is_(None))
+            .values(length=length)
+            .execution_options(synchronize_session=False)
+        )
+        upload.length = length
+
+    async def record_assembly(self, claim: Claim, size: int) -> None:
+        """A final upload concatenated in staging: all ``size`` bytes are there."""
+        await self._execute(
+            update(Upload)
+            .where(Upload.id == claim.upload_id, Upload.lock_token == claim.token)
+            .values(length=size, offset=size)
+            .execution_options(synchronize_session=False)
+        )
+        claim.upload.length = claim.upload.offset = size
+
+    async def complete_and_file(self, claim: Claim, stored: File) -> None:
+        """Write the file row and complete the upload in one transaction; lease held.
+
+        An unsaved claim (a creation-with-upload) is inserted here, completed: a small
+        file costs one transaction in all.
+        """
+        upload = claim.upload
+        completed: dict[str, Any] = {
+            "state": UploadState.COMPLETED,
+            "length": stored.size,
+            "offset": stored.size,
+            "expires_at": None,
+            **_RELEASED,
+        }
+        async with self._sessions() as session, session.begin():
+            if not claim.saved:
+                for name, value in completed.items():
+                    setattr(upload, name, value)
+                session.add(upload)
+            session.add(stored)
+            if claim.saved:
+                await session.execute(
+                    update(Upload)
+                    .where(Upload.id == upload.id, Upload.lock_token == claim.token)
+                    .values(**completed)
+                    .execution_options(synchronize_session=False)
+                )
+            self._events.file_recorded(session, stored)
+        self._events.committed()
+        claim.saved = True
+        upload.state = UploadState.COMPLETED
+        upload.expires_at = None
+        upload.length = upload.offset = stored.size
+        self._let_go(upload)
+
+    async def complete_partial(self, claim: Claim) -> None:
+        """A partial upload has all its bytes: completed, kept until its expiry for a final
+        upload to use (tus concatenation: a partial is not processed on its own)."""
+        await self._execute(
+            update(Upload)
+            .where(Upload.id == claim.upload_id, Upload.lock_token == claim.token)
+            .values(state=UploadState.COMPLETED, expires_at=utcnow() + self.ttl, **_RELEASED)
+            .execution_options(synchronize_session=False)
+        )
+        claim.upload.state = UploadState.COMPLETED
+        self._let_go(claim.upload)
+
+    async def retire(
+        self, claim: Claim, state: UploadState, *, announce: bool = False
+    ) -> File | None:
+        """Take the upload out of the live states (terminated or expired) and delete its file
+        row; returns that row so the caller can free its bytes. Lease held.
+
+        ``announce``: its owner terminated it, which is an event (post-terminate).
+        """
+        async with self._sessions() as session, session.begin():
+            stored = await session.get(File, claim.upload_id)
+            retired = await session.execute(
+                update(Upload)
+                .where(Upload.id == claim.upload_id, Upload.lock_token == claim.token)
+                .values(state=state, updated_at=utcnow(), **_RELEASED)
+                .execution_options(synchronize_session=False)
+            )
+            if stored is not None:
+                await session.execute(delete(File).where(File.id == claim.upload_id))
+            if announce and _rowcount(retired) == 1:
+                self._events.upload_terminated(session, claim.upload)
+        if announce:
+            self._events.committed()
+        claim.upload.state = state
+        self._let_go(claim.upload)
+        return stored
+
+    async def rewind(self, upload: Upload, offset: int) -> None:
+        """Set the committed offset to what storage really holds (start-up only)."""
+        await self._execute(
+            update(Upload)
+            .where(Upload.id == upload.id)
+            .values(offset=offset)
+            .execution_options(synchronize_session=False)
+        )
+        upload.offset = offset
+
+    async def _execute(self, statement: Any) -> int:
+        async with self._sessions() as session, session.begin():
+            return _rowcount(await session.execute(statement))
+
+
+def _rowcount(result: Any) -> int:
+    cursor: CursorResult[Any] = result
+    return int(cursor.rowcount)

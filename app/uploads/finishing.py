@@ -1,0 +1,159 @@
+"""Finishing: an upload whose bytes are all there becomes a file (or a completed partial).
+
+:class:`UploadFinisher` runs with the upload's lease held and kept alive (storing can wait
+on S3 for the last parts). Its road depends on what the upload is:
+
+* a partial upload is stored in the partial store (if the storage has one) and completed,
+  never filed; final uploads waiting for it are finished next;
+* a final upload with a partial store is assembled there, read back and filed;
+* any other upload (a final concatenated in staging included) is stored and filed
+  (:class:`~app.uploads.filing.UploadFiler`), the file row committed with its completion.
+
+The content rules are checked before anything is stored (:class:`ContentGate`).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import anyio
+
+from app.db.models import Upload, UploadState
+from app.db.uploads import Claim, UploadRepository
+from app.errors import FerryError
+from app.storage.backend import Storage
+from app.storage.staging import StagingArea
+from app.uploads.concatenation import Concatenator
+from app.uploads.filing import UploadFiler, file_row
+from app.uploads.hashing import RunningHashes
+from app.uploads.validation import ContentGate
+from app.uploads.visibility import visible
+
+logger = logging.getLogger(__name__)
+
+
+class UploadFinisher:
+    """Turns fully staged (or fully assembled) uploads into files; lease held."""
+
+    def __init__(
+        self,
+        repository: UploadRepository,
+        storage: Storage,
+        staging: StagingArea,
+        hashes: RunningHashes,
+        filer: UploadFiler,
+        concatenator: Concatenator,
+        gate: ContentGate,
+    ) -> None:
+        self._repository = repository
+        self._storage = storage
+        self._staging = staging
+        self._hashes = hashes
+        self._filer = filer
+        self._concatenator = concatenator
+        self._gate = gate
+
+    async def finish_when_free(self, upload: Upload) -> Upload:
+        """Claim and finish an upload whose bytes are all there (or a final one).
+
+        Returns ``upload`` as it was when someone else holds it (writing or finishing).
+        """
+        claim = await self._repository.claim_and_load(upload.id, state=UploadState.ACTIVE)
+        if claim is None:
+            return upload
+        try:
+            visible(claim.upload, None)
+            ready = await self._is_ready(claim)
+        except BaseException:
+            await self._repository.release(claim)
+            raise
+        if not ready:
+            await self._repository.release(claim)
+            return claim.upload
+        return await self.finish(claim)
+
+    async def _is_ready(self, claim: Claim) -> bool:
+        upload = claim.upload
+        if not upload.is_final:
+            return upload.is_complete
+        if self._storage.partials is not None:
+            return await self._concatenator.finished_partials(upload) is not None
+        return await self._concatenator.assemble_in_staging(claim)
+
+    async def finish(
+        self, claim: Claim, *, head: bytes | None = None, uncommitted_from: int | None = None
+    ) -> Upload:
+        """Complete a claimed upload whose bytes are all there.
+
+        ``head``: its first bytes as the completing body saw them. ``uncommitted_from``:
+        the body that completed it left its offset to the filing transaction; the database
+        still holds this value, and a failed filing commits the durable offset instead (a
+        HEAD then retries the completion).
+        """
+        upload = claim.upload
+        try:
+            async with self._repository.kept_alive(claim):
+                await self._complete(claim, head)
+        except BaseException:
+            if uncommitted_from is not None:
+                await self._keep_durable_offset(claim, uncommitted_from)
+            await self._repository.release(claim)
+            raise
+        self._hashes.forget(upload.id)
+        if upload.is_partial:
+            await self._finish_finals_waiting_for(upload)
+        return upload
+
+    async def _complete(self, claim: Claim, head: bytes | None) -> None:
+        upload = claim.upload
+        if upload.is_partial:
+            # concatenation: a partial is not processed on its own; its bytes stay (staged,
+            # or in the partial store) until a final upload uses them or it expires.
+            if self._storage.partials is not None:
+                await self._concatenator.store_partial(upload)
+            await self._repository.complete_partial(claim)
+            return
+        first_row = not claim.saved
+        if upload.is_final and self._storage.partials is not None:
+            partials = await self._concatenator.stored_partials(upload)
+            await self._gate.admit(claim, partials.content, partials.size)
+            filed = await self._concatenator.assemble_in_store(upload, partials)
+        else:
+            content = await self._filer.staged_content(upload, head)
+            if content is None:
+                filed = await self._filer.adopt_stored(upload)
+            else:
+                await self._gate.admit(claim, content, upload.length or 0)
+                filed = await self._filer.store_staged(upload, content, keep_staged=first_row)
+        backend_name = self._storage.backend.name
+        await self._repository.complete_and_file(claim, file_row(upload, filed, backend_name))
+        if first_row:
+            # The staged name was kept until the rows existed (``keep_staged``).
+            await self._staging.remove(upload.id)
+
+    async def _keep_durable_offset(self, claim: Claim, committed: int) -> None:
+        """Keep the durable bytes of a completion whose filing failed."""
+        upload = claim.upload
+        with anyio.CancelScope(shield=True):
+            try:
+                await self._repository.commit_offset(
+                    claim, upload.offset, release=False, committed=committed
+                )
+            except FerryError:
+                pass  # the upload was retired (refused by validation)
+            except Exception:
+                logger.warning(
+                    "upload %s: could not commit offset %d after a failed completion; "
+                    "the client resends from %d",
+                    upload.id,
+                    upload.offset,
+                    committed,
+                    exc_info=True,
+                )
+
+    async def _finish_finals_waiting_for(self, partial: Upload) -> None:
+        for final in await self._repository.finals_naming(partial.id):
+            try:
+                await self.finish_when_free(final)
+            except Exception:
+                logger.exception("could not finish final upload %s", final.id)

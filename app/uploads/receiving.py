@@ -1,0 +1,74 @@
+"""One body into the staging file, under a kept-alive lease; nothing is committed here.
+
+:class:`BodyReceiver` is the "stream" step of an append: it writes the body's pieces at
+the upload's offset, feeds the chunk checksums and the running SHA-256, stops at the
+upload's end or when the lease is lost, and fdatasyncs what arrived (invariant 1: only
+synced bytes may be acknowledged). It reports how the body ended as a :class:`Received`
+value; the upload service decides what to commit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from app.core.checksums import ChunkDigest
+from app.db.uploads import Claim, UploadRepository
+from app.errors import ClientDisconnected
+from app.storage.sniff import SNIFF_SIZE
+from app.storage.staging import StagingArea
+
+
+@dataclass(slots=True)
+class Received:
+    """How one body ended."""
+
+    durable_end: int
+    """The staging file's synced length: what may be acknowledged."""
+    disconnected: bool = False
+    too_large: bool = False
+    lease_lost: bool = False
+    head: bytes = b""
+    """The upload's first bytes, when this body started at offset 0."""
+
+
+class BodyReceiver:
+    """Streams request bodies into staging files."""
+
+    def __init__(self, repository: UploadRepository, staging: StagingArea) -> None:
+        self._repository = repository
+        self._staging = staging
+
+    async def receive(
+        self,
+        claim: Claim,
+        body: AsyncIterator[bytes],
+        room: int,
+        digests: list[ChunkDigest],
+    ) -> Received:
+        """Write ``body`` at the claimed upload's offset, at most ``room`` bytes, and sync."""
+        upload = claim.upload
+        writer = await self._staging.open_writer(upload.id, upload.offset, digests, SNIFF_SIZE)
+        outcome = Received(durable_end=upload.offset)
+        try:
+            async with self._repository.kept_alive(claim) as lease:
+                taken = 0
+                try:
+                    async for piece in body:
+                        if lease.lost:
+                            outcome.lease_lost = True
+                            break
+                        taken += len(piece)
+                        if taken > room:
+                            outcome.too_large = True
+                            break
+                        await writer.write(piece)
+                except ClientDisconnected:
+                    outcome.disconnected = True
+                if not outcome.lease_lost:
+                    # Invariant 1: only fdatasync'ed bytes may be acknowledged.
+                    outcome.durable_end = await writer.sync()
+        finally:
+            await writer.close()
+        outcome.head = bytes(writer.head)
+        return outcome
