@@ -125,19 +125,10 @@ async def health(state: State) -> Response[dict[str, bool]]:
     return Response(checks, status_code=200 if all(checks.values()) else 503)
 
 
-def create_app(
-    settings: Settings | None = None,
-    *,
-    reconcile: bool = True,
-    on_started: Callable[[], None] | None = None,
-) -> FerryApp:
-    """Build the ASGI application; nothing touches disk or network until start-up.
-
-    ``reconcile=False`` skips start-up reconciliation: with several workers only the first
-    one reconciles, before the others start (it truncates staging files another worker
-    could be appending to). ``on_started`` runs once start-up is complete.
-    """
-    settings = settings or load_settings()
+def _lifespan(
+    settings: Settings, *, reconcile: bool, on_started: Callable[[], None] | None
+) -> Callable[[Litestar], contextlib.AbstractAsyncContextManager[None]]:
+    """Open the object graph for the app's lifetime, reconcile, run the background tasks."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -171,6 +162,12 @@ def create_app(
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
 
+    return lifespan
+
+
+def _dependencies(settings: Settings) -> dict[str, Provide]:
+    """What handlers receive by name: the settings and the lifetime services."""
+
     def provide_settings() -> Settings:
         return settings
 
@@ -179,6 +176,27 @@ def create_app(
 
     def provide_downloads(state: State) -> DownloadService:
         return state.downloads  # type: ignore[no-any-return]
+
+    return {
+        "settings": Provide(provide_settings, sync_to_thread=False),
+        "uploads": Provide(provide_uploads, sync_to_thread=False),
+        "downloads": Provide(provide_downloads, sync_to_thread=False),
+    }
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    reconcile: bool = True,
+    on_started: Callable[[], None] | None = None,
+) -> FerryApp:
+    """Build the ASGI application; nothing touches disk or network until start-up.
+
+    ``reconcile=False`` skips start-up reconciliation: with several workers only the first
+    one reconciles, before the others start (it truncates staging files another worker
+    could be appending to). ``on_started`` runs once start-up is complete.
+    """
+    settings = settings or load_settings()
 
     app = FerryApp(
         route_handlers=[
@@ -189,12 +207,8 @@ def create_app(
             *OPERATIONS_ROUTES,
         ],
         middleware=[AuthenticationMiddleware(settings)],
-        dependencies={
-            "settings": Provide(provide_settings, sync_to_thread=False),
-            "uploads": Provide(provide_uploads, sync_to_thread=False),
-            "downloads": Provide(provide_downloads, sync_to_thread=False),
-        },
-        lifespan=[lifespan],
+        dependencies=_dependencies(settings),
+        lifespan=[_lifespan(settings, reconcile=reconcile, on_started=on_started)],
         cors_config=CORSConfig(
             allow_origins=list(settings.cors_origins),
             allow_methods=["GET", "HEAD", "POST", "PATCH", "DELETE", "OPTIONS"],

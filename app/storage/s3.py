@@ -22,7 +22,7 @@ above all):
 * :mod:`app.storage.s3_reading`: ranged downloads and presigned URLs.
 
 Every public coroutine stays a method of :class:`S3Backend` (the ops layer times the
-backend's own coroutine methods, :class:`~app.ops.metrics.InstrumentedBackend`).
+backend's own coroutine methods, :func:`~app.ops.metrics.instrumented`).
 """
 
 from __future__ import annotations
