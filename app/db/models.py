@@ -14,7 +14,7 @@ from typing import Any
 
 from advanced_alchemy.base import UUIDAuditBase
 from advanced_alchemy.types import DateTimeUTC, JsonB
-from sqlalchemy import BigInteger, Boolean, Index, String
+from sqlalchemy import BigInteger, Boolean, Index, LargeBinary, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 
@@ -56,6 +56,9 @@ class Upload(UUIDAuditBase):
     lock_expires_at: Mapped[datetime | None] = mapped_column(
         DateTimeUTC(timezone=True), default=None
     )
+    sha256_state: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
+    """The running SHA-256 of ``[0, offset)``, saved with the offset (``ResumableSha256``),
+    so any process can go on hashing where the last acknowledgement left off."""
 
     @property
     def is_final(self) -> bool:

@@ -355,13 +355,21 @@ class UploadRepository:
     # ------------------------------------------------------------------ transitions
 
     async def commit_offset(
-        self, claim: Claim, new_offset: int, *, release: bool, committed: int | None = None
+        self,
+        claim: Claim,
+        new_offset: int,
+        *,
+        release: bool,
+        committed: int | None = None,
+        sha256_state: bytes | None = None,
     ) -> bool:
         """Record a durable offset; one statement also gives the lease back when asked.
 
         ``committed`` is the offset the database holds when ``upload.offset`` already moved
         on in memory (a completion whose filing failed). An unsaved claim is inserted here,
-        active at ``new_offset``. Returns ``False`` when the lease was lost meanwhile.
+        active at ``new_offset``. ``sha256_state``: the running hash of ``[0, new_offset)``
+        (``None`` keeps none: completion then hashes the stored bytes). Returns ``False``
+        when the lease was lost meanwhile.
         """
         upload = claim.upload
         expires_at = utcnow() + self.ttl
@@ -371,6 +379,7 @@ class UploadRepository:
             upload.state = UploadState.ACTIVE  # a filing that failed may have set COMPLETED
             upload.offset = new_offset
             upload.expires_at = expires_at
+            upload.sha256_state = sha256_state
             if release:
                 self._let_go(upload)
             async with self._sessions() as session, session.begin():
@@ -387,6 +396,7 @@ class UploadRepository:
             .values(
                 offset=new_offset,
                 expires_at=expires_at,
+                sha256_state=sha256_state,
                 updated_at=utcnow(),
                 **(_RELEASED if release else {}),
             )
@@ -396,6 +406,7 @@ class UploadRepository:
             return False
         upload.offset = new_offset
         upload.expires_at = expires_at
+        upload.sha256_state = sha256_state
         if release:
             self._let_go(upload)
         return True
@@ -410,15 +421,16 @@ class UploadRepository:
         )
         upload.length = length
 
-    async def record_assembly(self, claim: Claim, size: int) -> None:
+    async def record_assembly(self, claim: Claim, size: int, sha256_state: bytes) -> None:
         """A final upload concatenated in staging: all ``size`` bytes are there."""
         await self._execute(
             update(Upload)
             .where(Upload.id == claim.upload_id, Upload.lock_token == claim.token)
-            .values(length=size, offset=size)
+            .values(length=size, offset=size, sha256_state=sha256_state)
             .execution_options(synchronize_session=False)
         )
         claim.upload.length = claim.upload.offset = size
+        claim.upload.sha256_state = sha256_state
 
     async def complete_and_file(self, claim: Claim, stored: File) -> None:
         """Write the file row and complete the upload in one transaction; lease held.
@@ -432,6 +444,7 @@ class UploadRepository:
             "length": stored.size,
             "offset": stored.size,
             "expires_at": None,
+            "sha256_state": None,
             **_RELEASED,
         }
         async with self._sessions() as session, session.begin():

@@ -17,17 +17,17 @@ bookkeeping and the assembly, and returns values to it.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio.to_thread
 
 from app.core.clock import utcnow
+from app.core.sha256 import ResumableSha256
 from app.db.models import Upload, UploadState
 from app.db.uploads import Claim, UploadRepository
 from app.errors import BadRequest, NotFound, ServiceUnavailable
@@ -35,10 +35,6 @@ from app.storage.backend import PartialStore, Storage, StoredObject
 from app.storage.sniff import SNIFF_SIZE
 from app.storage.staging import StagingArea
 from app.uploads.filing import Content, Filed, read_head, sha256_and_size
-from app.uploads.hashing import RunningHashes
-
-if TYPE_CHECKING:
-    from hashlib import _Hash
 
 logger = logging.getLogger(__name__)
 
@@ -62,12 +58,10 @@ class Concatenator:
         repository: UploadRepository,
         storage: Storage,
         staging: StagingArea,
-        hashes: RunningHashes,
     ) -> None:
         self._repository = repository
         self._storage = storage
         self._staging = staging
-        self._hashes = hashes
 
     async def load_partials(self, ids: list[uuid.UUID], owner: str | None) -> list[Upload]:
         """The partial uploads a final upload names, in order; 404/400 for unusable ones."""
@@ -107,10 +101,9 @@ class Concatenator:
             return False
         paths = [self._staging.path_for(p.id) for p in partials]
         target = self._staging.path_for(final.id)
-        running = hashlib.sha256()
+        running = ResumableSha256()
         size = await anyio.to_thread.run_sync(_concatenate_files, paths, target, running)
-        await self._repository.record_assembly(claim, size)
-        self._hashes.record(final.id, size, running)
+        await self._repository.record_assembly(claim, size, running.state())
         return True
 
     async def stored_partials(self, final: Upload) -> StoredPartials:
@@ -180,7 +173,7 @@ class Concatenator:
         return self._storage.partials
 
 
-def _concatenate_files(sources: list[Any], target: Any, running: _Hash) -> int:
+def _concatenate_files(sources: list[Any], target: Any, running: ResumableSha256) -> int:
     """Copy ``sources`` end to end into ``target``, hashing on the way (worker thread)."""
     total = 0
     with open(target, "wb") as out:

@@ -19,12 +19,12 @@ import anyio.to_thread
 
 from app.core.filenames import safe_display_name
 from app.core.metadata import decode_metadata_value
+from app.core.sha256 import ResumableSha256
 from app.db.models import File, Upload
 from app.errors import ServiceUnavailable
 from app.storage.backend import Storage, StoredObject
 from app.storage.sniff import SNIFF_SIZE, category_for, sniff_content_type
 from app.storage.staging import StagingArea
-from app.uploads.hashing import RunningHashes
 
 logger = logging.getLogger(__name__)
 
@@ -55,10 +55,9 @@ class Filed:
 class UploadFiler:
     """Stores and hashes finished uploads; lease held by the caller."""
 
-    def __init__(self, storage: Storage, staging: StagingArea, hashes: RunningHashes) -> None:
+    def __init__(self, storage: Storage, staging: StagingArea) -> None:
         self._storage = storage
         self._staging = staging
-        self._hashes = hashes
 
     async def staged_content(self, upload: Upload, head: bytes | None = None) -> Content | None:
         """The content of a fully staged upload, or ``None`` when its staging file is gone
@@ -78,9 +77,25 @@ class UploadFiler:
         return await read_head(self._staging.read_range(upload.id, 0, SNIFF_SIZE))
 
     async def store_staged(self, upload: Upload, content: Content, *, keep_staged: bool) -> Filed:
-        """Store a fully staged upload and hash it; 503 when storage refuses."""
+        """Store a fully staged upload and hash it; 503 when storage refuses.
+
+        The staged bytes must be exactly what was acknowledged: a staging file of another
+        length refuses the completion (invariant 4), and the upload stays resumable.
+        """
         size = upload.length or 0
-        sha256 = self._hashes.digest_at(upload.id, size)
+        if self._storage.shipping is None:
+            staged = await self._staging.size(upload.id)
+            if staged != size:
+                logger.error(
+                    "upload %s: staging holds %s bytes but %d were acknowledged; "
+                    "completion refused",
+                    upload.id,
+                    staged,
+                    size,
+                )
+                raise ServiceUnavailable(f"upload {upload.id} cannot be verified; retry later")
+        running = ResumableSha256.resume(upload.sha256_state, size)
+        sha256 = None if running is None else running.hexdigest()
         if sha256 is None and not self._storage.reclaims_staging:
             sha256 = await sha256_of(self._staging.read_range(upload.id, 0, size))
         try:

@@ -25,7 +25,6 @@ from app.storage.backend import Storage
 from app.storage.staging import StagingArea
 from app.uploads.concatenation import Concatenator
 from app.uploads.filing import UploadFiler, file_row
-from app.uploads.hashing import RunningHashes
 from app.uploads.validation import ContentGate
 from app.uploads.visibility import visible
 
@@ -40,7 +39,6 @@ class UploadFinisher:
         repository: UploadRepository,
         storage: Storage,
         staging: StagingArea,
-        hashes: RunningHashes,
         filer: UploadFiler,
         concatenator: Concatenator,
         gate: ContentGate,
@@ -48,7 +46,6 @@ class UploadFinisher:
         self._repository = repository
         self._storage = storage
         self._staging = staging
-        self._hashes = hashes
         self._filer = filer
         self._concatenator = concatenator
         self._gate = gate
@@ -99,7 +96,6 @@ class UploadFinisher:
                 await self._keep_durable_offset(claim, uncommitted_from)
             await self._repository.release(claim)
             raise
-        self._hashes.forget(upload.id)
         if upload.is_partial:
             await self._finish_finals_waiting_for(upload)
         return upload
@@ -137,7 +133,11 @@ class UploadFinisher:
         with anyio.CancelScope(shield=True):
             try:
                 await self._repository.commit_offset(
-                    claim, upload.offset, release=False, committed=committed
+                    claim,
+                    upload.offset,
+                    release=False,
+                    committed=committed,
+                    sha256_state=upload.sha256_state,
                 )
             except FerryError:
                 pass  # the upload was retired (refused by validation)

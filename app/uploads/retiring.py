@@ -6,7 +6,6 @@ from app.db.models import UploadState
 from app.db.uploads import Claim, UploadRepository
 from app.storage.backend import Storage
 from app.storage.staging import StagingArea
-from app.uploads.hashing import RunningHashes
 
 
 class UploadRetirer:
@@ -17,12 +16,10 @@ class UploadRetirer:
         repository: UploadRepository,
         storage: Storage,
         staging: StagingArea,
-        hashes: RunningHashes,
     ) -> None:
         self._repository = repository
         self._storage = storage
         self._staging = staging
-        self._hashes = hashes
 
     async def retire(self, claim: Claim, state: UploadState, *, announce: bool = False) -> None:
         """Terminate or expire a claimed upload and free its staging file and objects.
@@ -33,7 +30,6 @@ class UploadRetirer:
         """
         upload = claim.upload
         stored = await self._repository.retire(claim, state, announce=announce)
-        self._hashes.forget(upload.id)
         await self._staging.remove(upload.id)
         backend = self._storage.backend
         await backend.discard_upload(upload.id)

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from app.core.checksums import ChecksumSpec, ChunkDigest, ChunkVerifier
+from app.core.sha256 import ResumableSha256
 from app.db.models import File, Upload, UploadState
 from app.db.uploads import Claim, UploadRepository
 from app.errors import (
@@ -47,7 +48,6 @@ from app.storage.staging import StagingArea
 from app.uploads.concatenation import Concatenator
 from app.uploads.filing import Content, UploadFiler
 from app.uploads.finishing import UploadFinisher
-from app.uploads.hashing import RunningHashes
 from app.uploads.maintenance import UploadMaintenance
 from app.uploads.receiving import BodyReceiver, Received
 from app.uploads.retiring import UploadRetirer
@@ -117,27 +117,24 @@ class UploadService:
         storage: Storage,
         staging: StagingArea,
         settings: Settings,
-        hashes: RunningHashes | None = None,
         admission: Admission | None = None,
     ) -> None:
         self._repository = repository
         self._storage = storage
         self._staging = staging
         self._max_size = settings.max_size
-        self._hashes = hashes or RunningHashes()
         self._admission = admission
         self.policy = UploadPolicy.from_settings(settings)
         """Validation rules shared by every upload path (:mod:`app.uploads.validation`)."""
-        self._retirer = UploadRetirer(repository, storage, staging, self._hashes)
+        self._retirer = UploadRetirer(repository, storage, staging)
         self._gate = ContentGate(self.policy, self._retirer)
         self._receiver = BodyReceiver(repository, staging)
-        self._concatenator = Concatenator(repository, storage, staging, self._hashes)
-        self._filer = UploadFiler(storage, staging, self._hashes)
+        self._concatenator = Concatenator(repository, storage, staging)
+        self._filer = UploadFiler(storage, staging)
         self._finisher = UploadFinisher(
             repository,
             storage,
             staging,
-            self._hashes,
             self._filer,
             self._concatenator,
             self._gate,
@@ -279,7 +276,7 @@ class UploadService:
         body that completes a local upload leaves its offset to the filing transaction.
         """
         upload = claim.upload
-        running = self._hashes.resume_at(upload.id, upload.offset)
+        running = ResumableSha256.resume(upload.sha256_state, upload.offset)
         verifier = ChunkVerifier(request.checksum, request.checksum_trailer)
         digests: list[ChunkDigest] = [*verifier.digests, *([running] if running else [])]
         received = await self._receiver.receive(claim, body, room, digests)
@@ -290,19 +287,17 @@ class UploadService:
             # The file row and the offset are committed together; a crash in between
             # leaves stored bytes that start-up reconciliation adopts (or discards).
             upload.offset = new_offset
-            if running is not None:
-                self._hashes.record(upload.id, new_offset, running)
+            upload.sha256_state = None if running is None else running.state()
             return await self._finisher.finish(
                 claim, head=received.head, uncommitted_from=old_offset
             )
         checks_content = old_offset < SNIFF_SIZE <= new_offset and not completes
         release = not completes and not checks_content
-        if not await self._repository.commit_offset(claim, new_offset, release=release):
+        state = None if running is None else running.state()
+        if not await self._repository.commit_offset(
+            claim, new_offset, release=release, sha256_state=state
+        ):
             raise UploadLocked("the upload's lock was lost before the offset could be committed")
-        if running is not None:
-            self._hashes.record(upload.id, new_offset, running)
-        else:
-            self._hashes.forget(upload.id)
         await self._ship(upload, new_offset)
         if checks_content:
             # Validation as early as the magic bytes allow: a refused 50 GB upload stops

@@ -1,0 +1,43 @@
+"""The running SHA-256 state of each upload, saved with every acknowledged offset, and the
+S3 segments ledger (acknowledged bytes past the last whole part, kept as objects).
+
+Revision ID: 0004_sha256_state
+Revises: 0002_s3_parts, 0003_auth_ops
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import advanced_alchemy.types
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0004_sha256_state"
+down_revision: str | Sequence[str] | None = ("0002_s3_parts", "0003_auth_ops")
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+GUID = advanced_alchemy.types.guid.GUID(length=16)
+DATETIME = advanced_alchemy.types.datetime.DateTimeUTC(timezone=True)
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("uploads") as batch:
+        batch.add_column(sa.Column("sha256_state", sa.LargeBinary(), nullable=True))
+    op.create_table(
+        "s3_segments",
+        sa.Column("upload_id", GUID, nullable=False),
+        sa.Column("start_offset", sa.BigInteger(), nullable=False),
+        sa.Column("end_offset", sa.BigInteger(), nullable=False),
+        sa.Column("object_key", sa.String(length=1024), nullable=False),
+        sa.Column("checksum_crc32c", sa.String(length=16), nullable=False),
+        sa.Column("created_at", DATETIME, nullable=False),
+        sa.PrimaryKeyConstraint("upload_id", "start_offset", name="pk_s3_segments"),
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("s3_segments")
+    with op.batch_alter_table("uploads") as batch:
+        batch.drop_column("sha256_state")
