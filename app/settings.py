@@ -83,11 +83,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     s3_part_concurrency: PositiveInt = 4
     """Parts of one upload sent to S3 at the same time."""
 
-    s3_staging_budget: PositiveInt = 8 * 1024 * 1024 * 1024
-    """Staged bytes not yet in S3 above which new PATCHes get 503 (S3 down or slow)."""
-
     s3_timeout_seconds: PositiveInt = 60
-    """S3 read timeout, and how long completion waits for parts without progress (then 503)."""
+    """S3 read timeout; a PATCH waits at most twice this (and 5 s) for S3 to take its bytes,
+    then answers 503 having acknowledged nothing."""
 
     max_size: NonNegativeInt = 1024**4
     """Largest upload in bytes, announced as ``Tus-Max-Size``."""
@@ -230,7 +228,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
 
     workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
     """Server processes sharing the port (one event loop each). More than one needs
-    PostgreSQL and the local backend; see ``app/ops/workers.py``."""
+    PostgreSQL; see ``app/ops/workers.py``."""
 
     port: Port = 8000
     """Port ``ferry serve`` listens on."""
@@ -311,11 +309,6 @@ def _check_consistency(settings: Settings) -> None:
         raise SettingsError("FERRY_S3_BUCKET: required when FERRY_STORAGE=s3")
     if "none" in settings.auth and len(settings.auth) > 1:
         raise SettingsError("FERRY_AUTH: 'none' cannot be combined with other methods")
-    if settings.workers > 1 and settings.storage == "s3":
-        raise SettingsError(
-            "FERRY_WORKERS: more than one worker needs FERRY_STORAGE=local "
-            "(S3 parts are shipped by the process that staged them)"
-        )
     if settings.workers > 1 and settings.resolved_database_url.startswith("sqlite"):
         raise SettingsError(
             "FERRY_WORKERS: more than one worker needs PostgreSQL (FERRY_DATABASE_URL); "

@@ -59,6 +59,8 @@ class Upload(UUIDAuditBase):
     sha256_state: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
     """The running SHA-256 of ``[0, offset)``, saved with the offset (``ResumableSha256``),
     so any process can go on hashing where the last acknowledgement left off."""
+    content_type: Mapped[str | None] = mapped_column(String(255), default=None)
+    """Sniffed from the first bytes once they are acknowledged (no process needs them again)."""
 
     @property
     def is_final(self) -> bool:

@@ -362,14 +362,16 @@ class UploadRepository:
         release: bool,
         committed: int | None = None,
         sha256_state: bytes | None = None,
+        content_type: str | None = None,
     ) -> bool:
         """Record a durable offset; one statement also gives the lease back when asked.
 
         ``committed`` is the offset the database holds when ``upload.offset`` already moved
         on in memory (a completion whose filing failed). An unsaved claim is inserted here,
         active at ``new_offset``. ``sha256_state``: the running hash of ``[0, new_offset)``
-        (``None`` keeps none: completion then hashes the stored bytes). Returns ``False``
-        when the lease was lost meanwhile.
+        (``None`` keeps none: completion then hashes the stored bytes). ``content_type``:
+        sniffed from the first bytes, recorded when given. Returns ``False`` when the lease
+        was lost meanwhile.
         """
         upload = claim.upload
         expires_at = utcnow() + self.ttl
@@ -380,6 +382,7 @@ class UploadRepository:
             upload.offset = new_offset
             upload.expires_at = expires_at
             upload.sha256_state = sha256_state
+            upload.content_type = content_type or upload.content_type
             if release:
                 self._let_go(upload)
             async with self._sessions() as session, session.begin():
@@ -399,6 +402,7 @@ class UploadRepository:
                 sha256_state=sha256_state,
                 updated_at=utcnow(),
                 **(_RELEASED if release else {}),
+                **({"content_type": content_type} if content_type else {}),
             )
             .execution_options(synchronize_session=False)
         )
@@ -407,6 +411,7 @@ class UploadRepository:
         upload.offset = new_offset
         upload.expires_at = expires_at
         upload.sha256_state = sha256_state
+        upload.content_type = content_type or upload.content_type
         if release:
             self._let_go(upload)
         return True

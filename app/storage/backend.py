@@ -79,32 +79,36 @@ class StorageBackend(Protocol):
 
 
 class StagedByteShipping(Protocol):
-    """A backend that takes staged bytes as they become durable (S3: background parts).
+    """A backend that must hold bytes before they are acknowledged (S3: parts and
+    segments), so that staging is only a buffer and any process can continue an upload.
 
-    Such a backend reclaims staging space once bytes are shipped, so a finished upload's
-    SHA-256 must come from the running hash or the stored object, never from staging.
+    Such a backend's staging files may lack bytes (another process received them): the
+    service asks it to :meth:`restore_staged` before appending, and hashes a finished
+    upload from the running hash or the stored object, never from staging.
     """
 
-    async def staged_bytes_durable(
+    async def restore_staged(self, upload_id: uuid.UUID, staged_path: Path, offset: int) -> None:
+        """Make staging hold what appending at ``offset`` needs (the acknowledged bytes past
+        the last whole part)."""
+
+    async def ship_acknowledged(
         self,
         upload_id: uuid.UUID,
         staged_path: Path,
-        durable_offset: int,
+        committed: int,
+        durable: int,
         length: int | None,
         *,
         partial: bool = False,
     ) -> None:
-        """A PATCH made ``[0, durable_offset)`` durable in staging; backends may ship parts.
+        """Hold ``[committed, durable)`` of the staged bytes before they are acknowledged.
 
         ``partial``: the bytes belong to a partial upload (tus concatenation), which only a
-        :class:`PartialStore` is ever told about; it ships them to the partial's own place.
+        :class:`PartialStore` is ever told about; it keeps them in the partial's own place.
         """
 
     def check_length(self, length: int) -> None:
         """413 for a length the backend cannot hold (S3: more than max parts x 5 GiB)."""
-
-    def check_staging_room(self) -> None:
-        """503 while the backend lags so far behind that staging holds its budget."""
 
 
 class PartialStore(Protocol):

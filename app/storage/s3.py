@@ -1,21 +1,20 @@
-"""S3 backend: staged bytes are shipped as multipart parts in the background.
+"""S3 backend: acknowledged bytes are in S3, so any process can continue any upload.
 
-A PATCH is acknowledged once its bytes are durable in the staging file; S3 is not on that
-path. After each commit :meth:`S3Backend.staged_bytes_durable` schedules every *whole*
-part that is now staged; each is recorded in the ledger (:mod:`app.storage.s3_ledger`)
-once S3 acknowledged it, and then its staging space is reclaimed. On completion only the
-last part and CompleteMultipartUpload remain; uploads smaller than one part become a
-single PutObject. Before an upload's first part in a process, the ledger is reconciled
-with ListParts, so a crash at any point loses nothing that was acknowledged.
+A PATCH is answered only once its bytes are in S3 and recorded in the ledger
+(:mod:`app.storage.s3_ledger`): :meth:`S3Backend.ship_acknowledged` sends the whole parts
+the new bytes complete and keeps the rest as a segment object
+(:mod:`app.storage.s3_shipping`). Local staging is a buffer: a process that did not commit
+the current offset itself reads the segments back first (:meth:`S3Backend.restore_staged`).
+On completion only CompleteMultipartUpload remains (uploads smaller than one part were put
+whole by the body that completed them), checked against the recorded parts before the
+service files anything.
 
 :class:`S3Backend` is the entry point the app, the upload service and the ops layer see:
 it keeps the S3 client, the admission checks and the object keys, and delegates each
 other concern to a collaborator it owns (:mod:`app.storage.s3_collaborator` holds what
-they share, the in-memory :class:`~app.storage.s3_collaborator.Shipment` of each upload
-above all):
+they share):
 
-* :mod:`app.storage.s3_shipping`: background parts, from staging into S3;
-* :mod:`app.storage.s3_reconcile`: an upload's ledger, loaded and checked against S3;
+* :mod:`app.storage.s3_shipping`: parts and segments, from staging into S3, and back;
 * :mod:`app.storage.s3_completion`: the object of a finished upload, a partial upload's
   object, and a final upload's assembly (:mod:`app.storage.s3_concat`);
 * :mod:`app.storage.s3_cleanup`: aborts, deletes and the orphan sweeps;
@@ -36,16 +35,15 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from app.errors import PayloadTooLarge, ServiceUnavailable
+from app.errors import PayloadTooLarge
 from app.storage.backend import Capabilities, StoredObject
 from app.storage.parts import PartTooLarge, check_upload_length
 from app.storage.s3_cleanup import ObjectCleaner
 from app.storage.s3_client import direct_part_uploader, s3_client, s3_session
-from app.storage.s3_collaborator import PARTIALS_FOLDER, TRANSIENT_ERRORS, Shipment
+from app.storage.s3_collaborator import PARTIALS_FOLDER, TRANSIENT_ERRORS
 from app.storage.s3_completion import ObjectCompleter
 from app.storage.s3_concat import FinalAssembly
 from app.storage.s3_reading import ObjectReader
-from app.storage.s3_reconcile import LedgerReconciler
 from app.storage.s3_shipping import PartShipper
 from app.storage.sniff import Category
 
@@ -71,24 +69,22 @@ class S3Backend:
         """The app's session factory: the parts ledger lives in the same database."""
         self._client: S3Client | None = None
         self._exit_stack = contextlib.AsyncExitStack()
-        self._shipments: dict[uuid.UUID, Shipment] = {}
         self._global_slots: asyncio.Semaphore | None = None
         self.part_uploader: PartUploader | None = None
         """Sends part bodies with sendfile; ``None`` (behind a proxy): through the client."""
         self.retry_pause_max = 30.0
-        """Longest pause between attempts of a background part upload."""
+        """Longest pause between attempts of a part or segment upload."""
         self._reader = ObjectReader(self)
         self._cleaner = ObjectCleaner(self)
-        self._reconciler = LedgerReconciler(self)
-        self._shipper = PartShipper(self, self._reconciler)
-        self._completer = ObjectCompleter(self, self._shipper, self._reconciler, self._cleaner)
+        self._shipper = PartShipper(self)
+        self._completer = ObjectCompleter(self, self._shipper, self._cleaner)
 
     # ------------------------------------------------------------------ life cycle
 
     def capabilities(self) -> Capabilities:
-        """Every capability: staged bytes ship as parts (and are punched out of staging,
-        so SHA-256 comes from S3 after a restart), partial uploads are objects of their
-        own and finals are assembled in S3, orphans are swept, downloads presigned."""
+        """Every capability: acknowledged bytes ship as parts and segments (so staging
+        is a buffer any process can rebuild), partial uploads are objects of their own and
+        finals are assembled in S3, orphans are swept, downloads presigned."""
         return Capabilities(shipping=self, partials=self, sweeping=self, presigning=self)
 
     async def start(self) -> None:
@@ -102,12 +98,7 @@ class S3Backend:
         self._global_slots = asyncio.Semaphore(self.settings.s3_part_concurrency * 2)
 
     async def close(self) -> None:
-        """Stop background parts (their bytes stay staged) and close the client."""
-        tasks = [t for s in self._shipments.values() for t in [*s.in_flight.values(), s.pump] if t]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self._shipments.clear()
+        """Close the client (every acknowledged byte is in S3 already)."""
         if self.part_uploader is not None:
             self.part_uploader.close()
         await self._exit_stack.aclose()
@@ -146,18 +137,6 @@ class S3Backend:
         except PartTooLarge as exc:
             raise PayloadTooLarge(str(exc)) from None
 
-    def pending_bytes(self) -> int:
-        """Bytes staged and acknowledged but not yet in S3, over all uploads."""
-        return sum(max(0, s.durable_offset - s.shipped_bytes) for s in self._shipments.values())
-
-    def check_staging_room(self) -> None:
-        """503 while S3 lags so far behind that staging holds more than the budget."""
-        if self.pending_bytes() >= self.settings.s3_staging_budget:
-            raise ServiceUnavailable(
-                "object storage is behind; the staging budget is used up; retry later",
-                headers={"Retry-After": "10"},
-            )
-
     # ------------------------------------------------------------------ keys
 
     def key_for(self, upload_id: uuid.UUID, category: str) -> str:
@@ -174,18 +153,26 @@ class S3Backend:
 
     # ------------------------------------------------------------------ shipping and storing
 
-    async def staged_bytes_durable(
+    async def restore_staged(self, upload_id: uuid.UUID, staged_path: Path, offset: int) -> None:
+        """Make staging hold the acknowledged bytes past the last whole part (from S3 when
+        another process, or this one before a restart, acknowledged them)."""
+        await self._shipper.restore(upload_id, staged_path, offset)
+
+    async def ship_acknowledged(
         self,
         upload_id: uuid.UUID,
         staged_path: Path,
-        durable_offset: int,
+        committed: int,
+        durable: int,
         length: int | None,
         *,
         partial: bool = False,
     ) -> None:
-        """Schedule every whole part inside ``[0, durable_offset)``; never waits for S3."""
-        shipment = self._shipper.shipment(upload_id, staged_path)
-        await self._shipper.ship_durable(shipment, durable_offset, length, partial=partial)
+        """Put ``[committed, durable)`` into S3 (parts, or a segment) before it is
+        acknowledged; 503 when S3 does not take it in bounded time."""
+        await self._shipper.ship(
+            upload_id, staged_path, committed, durable, length, partial=partial
+        )
 
     async def store(
         self,
@@ -197,10 +184,10 @@ class S3Backend:
         *,
         keep_staged: bool = False,
     ) -> StoredObject:
-        """Send what is left, complete the object, verify it and drop the staging file
+        """Complete the object and verify it against the ledger; drop the staging file
         (unless ``keep_staged``)."""
-        shipment = self._shipper.shipment(upload_id, staged_path)
-        stored = await self._completer.store(shipment, size, category, content_type)
+        key = self.key_for(upload_id, category)
+        stored = await self._completer.store(upload_id, staged_path, size, key, content_type)
         if not keep_staged:
             await anyio.Path(staged_path).unlink(missing_ok=True)
         return stored
@@ -254,7 +241,9 @@ class S3Backend:
     # ------------------------------------------------------------------ cleanup
 
     async def discard_upload(self, upload_id: uuid.UUID) -> None:
-        """Abort the upload's multipart upload (if any) and forget its parts."""
+        """Abort the upload's multipart upload (if any), delete its segments, forget it."""
+        self._shipper.staged_upto.pop(upload_id, None)
+        await self._shipper.drop_segments(upload_id)
         await self._cleaner.discard_upload(upload_id)
 
     async def discard_partial(self, upload_id: uuid.UUID) -> None:

@@ -10,7 +10,6 @@ spared, since its upload may be too new to be in the live set the sweep was give
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -24,7 +23,8 @@ from app.storage.s3_collaborator import (
     S3Collaborator,
     error_code,
 )
-from app.storage.s3_ledger import multipart_uploads, parts
+from app.storage.s3_ledger import multipart_uploads, parts, segments
+from app.storage.s3_shipping import SEGMENTS_FOLDER
 
 logger = logging.getLogger(__name__)
 
@@ -37,13 +37,7 @@ class ObjectCleaner(S3Collaborator):
     """Aborts, deletes and forgets what no live upload needs any more."""
 
     async def forget(self, upload_id: uuid.UUID) -> None:
-        """Drop the ledger rows and the in-memory state of an upload."""
-        shipment = self.shipments.pop(upload_id, None)
-        if shipment is not None:
-            for task in list(shipment.in_flight.values()):
-                task.cancel()
-            if shipment.loaded and shipment.multipart is None:
-                return  # known to have no ledger rows: spare a transaction per small file
+        """Drop the upload's multipart and parts ledger rows."""
         async with self.sessions() as session, session.begin():
             await session.execute(delete(parts).where(parts.c.upload_id == upload_id))
             await session.execute(
@@ -52,12 +46,6 @@ class ObjectCleaner(S3Collaborator):
 
     async def discard_upload(self, upload_id: uuid.UUID) -> None:
         """Abort the upload's multipart upload (if any) and forget its parts."""
-        shipment = self.shipments.pop(upload_id, None)
-        if shipment is not None:
-            tasks = [t for t in [*shipment.in_flight.values(), shipment.pump] if t]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
         async with self.sessions() as session:
             row = (
                 await session.execute(
@@ -114,7 +102,30 @@ class ObjectCleaner(S3Collaborator):
                 await self.forget(upload_id)
         if aborted:
             logger.info("aborted %d orphaned multipart uploads", aborted)
+        await self._delete_orphaned_segments(live_upload_ids)
         return aborted
+
+    async def _delete_orphaned_segments(self, live_upload_ids: set[uuid.UUID]) -> None:
+        """Delete segment objects (``{prefix}segments/{uid}/…``) of uploads no longer live,
+        and their ledger rows."""
+        now = datetime.now(UTC)
+        gone: set[uuid.UUID] = set()
+        paginator = self.client.get_paginator("list_objects_v2")
+        prefix = f"{self.prefix}{SEGMENTS_FOLDER}/"
+        async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                try:
+                    owner = uuid.UUID(item["Key"][len(prefix) :].split("/", 1)[0])
+                except ValueError:
+                    continue
+                modified = item.get("LastModified")
+                if owner in live_upload_ids or (modified and now - modified < ORPHAN_GRACE):
+                    continue
+                await self.delete(item["Key"])
+                gone.add(owner)
+        if gone:
+            async with self.sessions() as session, session.begin():
+                await session.execute(delete(segments).where(segments.c.upload_id.in_(gone)))
 
     async def delete(self, key: str) -> None:
         """Delete a stored object; a missing one is not an error."""

@@ -2,16 +2,13 @@
 
 The backend delegates shipping parts, reconciling the ledger, completing objects, cleaning
 up and reading to one object each; they all work on the backend's one S3 client, its
-parts ledger (in the app's database) and the :class:`Shipment` of each upload this
-process is sending. The client is read through the backend each time: ``start()`` opens it.
+parts ledger (in the app's database). The client is read through the backend each time:
+``start()`` opens it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import uuid
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -20,7 +17,6 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.errors import ServiceUnavailable
 from app.storage.backend import StoredObject
-from app.storage.s3_ledger import Multipart, PartRecord
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -42,43 +38,14 @@ PARTIALS_FOLDER = "partials"
 """Partial uploads (tus concatenation) are kept at ``{prefix}partials/{uid}``."""
 
 
-@dataclass(eq=False)
-class Shipment:
-    """What this process knows about one upload's way into S3."""
-
-    upload_id: uuid.UUID
-    staged_path: Path
-    partial: bool = False
-    """A partial upload's bytes: they go to its partial object, not to a file key."""
-    durable_offset: int = 0
-    length: int | None = None
-    multipart: Multipart | None = None
-    recorded: dict[int, PartRecord] = field(default_factory=dict)
-    in_flight: dict[int, asyncio.Task[None]] = field(default_factory=dict)
-    scheduled_upto: int = 0
-    loaded: bool = False
-    lost: bool = False
-    finished: StoredObject | None = None
-    """The object, when the multipart upload turned out to be completed already."""
-    last_error: BaseException | None = None
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    pump: asyncio.Task[None] | None = None
-    slots: asyncio.Semaphore | None = None
-
-    @property
-    def shipped_bytes(self) -> int:
-        return sum(record.size for record in self.recorded.values())
-
-
 class S3Collaborator:
-    """Sees the backend's settings, bucket and shipments; client and ledger through it."""
+    """Sees the backend's settings and bucket; its client and ledger through it."""
 
     def __init__(self, backend: S3Backend) -> None:
         self._backend = backend
         self.settings = backend.settings
         self.bucket = backend.bucket
         self.prefix = backend.prefix
-        self.shipments = backend._shipments
 
     @property
     def client(self) -> S3Client:
@@ -89,21 +56,6 @@ class S3Collaborator:
     def sessions(self) -> async_sessionmaker[AsyncSession]:
         """The session factory of the parts ledger ."""
         return self._backend.sessions
-
-    def shipment(self, upload_id: uuid.UUID, staged_path: Path) -> Shipment:
-        """The upload's shipment, begun now if this process has none yet."""
-        shipment = self.shipments.get(upload_id)
-        if shipment is None:
-            shipment = Shipment(upload_id=upload_id, staged_path=staged_path)
-            shipment.slots = asyncio.Semaphore(self.settings.s3_part_concurrency)
-            self.shipments[upload_id] = shipment
-        return shipment
-
-    def object_key(self, shipment: Shipment, category: str) -> str:
-        """Where the shipment's bytes go: its partial object, or its file's key."""
-        if shipment.partial:
-            return self._backend.partial_key(shipment.upload_id)
-        return self._backend.key_for(shipment.upload_id, category)
 
     async def head(self, key: str) -> StoredObject | None:
         """The object at ``key`` (size and ETag), or ``None`` where there is none."""

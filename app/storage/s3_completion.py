@@ -15,7 +15,7 @@ through the backend's ``*_assembly`` methods (delegated here).
 
 from __future__ import annotations
 
-import asyncio
+import base64
 import logging
 import uuid
 from pathlib import Path
@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 import anyio.to_thread
+import google_crc32c
 from botocore.exceptions import ClientError
 
 from app.errors import PayloadTooLarge, ServiceUnavailable
@@ -32,20 +33,17 @@ from app.storage.parts import PartPlan, PartTooLarge
 from app.storage.s3_collaborator import (
     TRANSIENT_ERRORS,
     S3Collaborator,
-    Shipment,
     error_code,
     storage_unavailable,
 )
 from app.storage.s3_ledger import Multipart, PartRecord
-from app.storage.s3_reconcile import PartsLost
 from app.storage.sniff import Category
-from app.storage.staged_parts import StagedRangeReader, crc32c_of_range
+from app.storage.staged_parts import StagedRangeReader, crc32c_base64, crc32c_of_range
 
 if TYPE_CHECKING:
     from app.storage.s3 import S3Backend
     from app.storage.s3_cleanup import ObjectCleaner
     from app.storage.s3_concat import FinalAssembly
-    from app.storage.s3_reconcile import LedgerReconciler
     from app.storage.s3_shipping import PartShipper
 
 logger = logging.getLogger(__name__)
@@ -62,87 +60,69 @@ class ObjectCompleter(S3Collaborator):
         self,
         backend: S3Backend,
         shipper: PartShipper,
-        reconciler: LedgerReconciler,
         cleaner: ObjectCleaner,
     ) -> None:
         super().__init__(backend)
         self._shipper = shipper
-        self._reconciler = reconciler
         self._cleaner = cleaner
 
     async def store(
-        self, shipment: Shipment, size: int, category: str, content_type: str
+        self,
+        upload_id: uuid.UUID,
+        staged_path: Path,
+        size: int,
+        key: str,
+        content_type: str,
     ) -> StoredObject:
-        """Send what is left, complete the object and verify it; the upload's ledger rows
-        and in-memory state go (its staging file is the caller's to drop)."""
-        upload_id = shipment.upload_id
-        shipment.durable_offset = size
-        shipment.length = size
+        """Complete and verify the object of an upload whose ``size`` bytes are all
+        acknowledged (so all in S3); its ledger rows and segments go afterwards.
+
+        Verification before the caller files anything (invariant 4): the recorded parts
+        must hold exactly ``[0, size)``, S3 must report the object at that length, and the
+        checksum of the completed object must be the one of the recorded parts.
+        """
         try:
-            stored = await self._store(shipment, size, category, content_type)
-        except PartsLost as exc:
-            raise ServiceUnavailable(
-                f"upload {upload_id}: the object store lost parts that are no longer staged"
-            ) from exc
+            stored = await self._store(upload_id, staged_path, size, key, content_type)
         except TRANSIENT_ERRORS as exc:
             logger.warning("upload %s: storing in S3 failed: %r", upload_id, exc)
             raise storage_unavailable() from exc
+        await self._shipper.drop_segments(upload_id)
         await self._cleaner.forget(upload_id)
+        self._shipper.staged_upto.pop(upload_id, None)
         return stored
 
     async def _store(
-        self, shipment: Shipment, size: int, category: str, content_type: str
+        self, upload_id: uuid.UUID, staged_path: Path, size: int, key: str, content_type: str
     ) -> StoredObject:
-        async with shipment.lock:
-            await self._reconciler.ensure_loaded(shipment)
-            if shipment.finished is not None and shipment.finished.size == size:
-                return shipment.finished
-            plan = self._shipper.plan_of(shipment)
-            if shipment.multipart is None and size <= plan.size_of(1):
-                return await self._put_single(shipment, size, category, content_type)
-            if shipment.multipart is None:
-                await self._shipper.begin_multipart(shipment, plan)
-            wanted = plan.parts_for(size)
-            self._shipper.schedule_parts(shipment, [p.number for p in wanted], plan)
-        await self._wait_for_parts(shipment, len(wanted))
-        multipart = shipment.multipart
-        assert multipart is not None
-        for span in wanted:
-            record = shipment.recorded.get(span.number)
-            if record is None or record.size != span.size:
-                raise ServiceUnavailable(
-                    f"part {span.number} of upload {shipment.upload_id} is missing"
-                )
-        return await self._complete(multipart, [shipment.recorded[p.number] for p in wanted], size)
-
-    async def _wait_for_parts(self, shipment: Shipment, count: int) -> None:
-        """Wait for the scheduled parts; 503 after ``s3_timeout_seconds`` without progress."""
-        loop = asyncio.get_running_loop()
-        # one timed-out attempt plus its retry may pass before a part lands
-        patience = 2.0 * self.settings.s3_timeout_seconds + 5.0
-        last_progress, recorded = loop.time(), len(shipment.recorded)
-        while pending := [t for t in shipment.in_flight.values() if not t.done()]:
-            await asyncio.wait(pending, timeout=1.0)
-            if len(shipment.recorded) != recorded:
-                last_progress, recorded = loop.time(), len(shipment.recorded)
-            elif loop.time() - last_progress > patience:
-                raise ServiceUnavailable(
-                    "object storage is not accepting parts; retry later",
-                    headers={"Retry-After": "10"},
-                )
-        if not shipment.loaded:
-            # A part found the multipart upload gone: reconcile now, send again next time.
-            async with shipment.lock:
-                await self._reconciler.ensure_loaded(shipment)
-            raise ServiceUnavailable("the multipart upload was lost; retry to send it again")
-        if len(shipment.recorded) < count:
-            raise ServiceUnavailable("object storage is unavailable; retry later")
-
-    async def _put_single(
-        self, shipment: Shipment, size: int, category: str, content_type: str
-    ) -> StoredObject:
-        key = self.object_key(shipment, category)
-        return await self.put_from_file(key, shipment.staged_path, size, content_type)
+        ledger = await self._shipper.load(upload_id)
+        try:
+            held, chain = ledger.acknowledged(size)
+        except ServiceUnavailable:
+            # Stored before a crash hid that from the database: the ledger went with it.
+            found = await self.head(ledger.multipart.key if ledger.multipart else key)
+            if found is not None and found.size == size:
+                return found
+            staged_whole = ledger.multipart is None and not ledger.segments
+            if staged_whole and await _size_of(staged_path) == size:
+                # Staged whole by a version that shipped only at completion.
+                return await self.put_from_file(key, staged_path, size, content_type)
+            raise
+        if ledger.multipart is not None and not chain:
+            return await self._complete(ledger.multipart, held, size)
+        if ledger.multipart is None and len(chain) == 1 and chain[0].key == key:
+            # A one-part upload: the body that completed it put the object already.
+            return StoredObject(key=key, size=size)
+        if ledger.multipart is not None:
+            logger.error(
+                "upload %s: %d acknowledged bytes are in segments, not parts; completion refused",
+                upload_id,
+                size - sum(record.size for record in held),
+            )
+            raise ServiceUnavailable(f"upload {upload_id} cannot be verified in S3")
+        # No object yet (an empty upload, or a category other than the one sniffed when
+        # the object was put): one PutObject from the acknowledged bytes.
+        await self._shipper.restore(upload_id, staged_path, size)
+        return await self.put_from_file(key, staged_path, size, content_type)
 
     async def put_from_file(
         self, key: str, path: Path, size: int, content_type: str, crc: str | None = None
@@ -191,6 +171,16 @@ class ObjectCompleter(S3Collaborator):
         if "ETag" not in response:
             # a 200 whose body was an error (botocore usually turns those into errors)
             raise ServiceUnavailable("CompleteMultipartUpload answered without an ETag")
+        reported = response.get("ChecksumCRC32C")
+        expected = composite_crc32c(records)
+        if reported and expected and reported != expected:
+            logger.error(
+                "object %s: S3 assembled checksum %s, the recorded parts make %s",
+                multipart.key,
+                reported,
+                expected,
+            )
+            raise ServiceUnavailable(f"object {multipart.key} does not match its parts")
         found = await self.head(multipart.key)
         if found is None or found.size != size:
             raise ServiceUnavailable(
@@ -211,21 +201,16 @@ class ObjectCompleter(S3Collaborator):
     # ------------------------------------------------------------------ concatenation
 
     async def store_partial(self, upload_id: uuid.UUID, staged_path: Path, size: int) -> None:
-        """Ship what is left of a complete partial upload into its partial object."""
-        if await anyio.Path(staged_path).exists():
-            shipment = self.shipment(upload_id, staged_path)
-            shipment.partial = True
-            await self.store(shipment, size, Category.OTHER.value, _OCTETS)
-            await anyio.Path(staged_path).unlink(missing_ok=True)
-            return
-        # The staging file goes only after the object is complete: a crash came between.
+        """Complete a partial upload's object from its acknowledged parts; idempotent."""
+        key = self._backend.partial_key(upload_id)
         try:
-            found = await self.head(self._backend.partial_key(upload_id))
+            found = await self.head(key)
         except TRANSIENT_ERRORS as exc:
             raise storage_unavailable() from exc
-        if found is None or found.size != size:
-            raise ServiceUnavailable(f"partial upload {upload_id} lost its staged bytes")
-        await self._cleaner.forget(upload_id)
+        if found is not None and found.size == size:
+            return  # completed before a crash hid that from the database
+        await self.store(upload_id, staged_path, size, key, _OCTETS)
+        await anyio.Path(staged_path).unlink(missing_ok=True)
 
     async def concatenate(self, assembly: FinalAssembly, content_type: str) -> StoredObject:
         """Run a final upload's assembly; its spool file goes whatever the outcome.
@@ -267,3 +252,18 @@ class ObjectCompleter(S3Collaborator):
         """Abort a failed assembly, waiting a bounded time (else the next attempt does)."""
         with anyio.CancelScope(shield=True), anyio.move_on_after(ABORT_PATIENCE):
             await self._cleaner.discard_upload(final_id)
+
+
+def composite_crc32c(records: list[PartRecord]) -> str | None:
+    """S3's checksum of a multipart object: the CRC32C of the parts' CRC32Cs, ``-N``."""
+    if not records or any(record.crc32c is None for record in records):
+        return None
+    joined = b"".join(base64.b64decode(record.crc32c or "") for record in records)
+    return f"{crc32c_base64(int(google_crc32c.value(joined)))}-{len(records)}"
+
+
+async def _size_of(path: Path) -> int | None:
+    try:
+        return (await anyio.Path(path).stat()).st_size
+    except FileNotFoundError:
+        return None

@@ -6,7 +6,12 @@ part shipper, the ledger reconciler, the completer and the cleaner):
 * ``s3_multipart_uploads`` — one row per upload that has started a multipart upload: the
   object key, S3's ``UploadId`` and the part plan chosen for it (so a restart cuts the
   same parts again);
-* ``s3_parts`` — one row per part S3 acknowledged: number, size, ETag and CRC32C.
+* ``s3_parts`` — one row per part S3 acknowledged: number, size, ETag and CRC32C;
+* ``s3_segments`` — acknowledged bytes past the last whole part, each PATCH's share kept
+  as an object of its own (as tusd keeps an incomplete part), until a whole part holds them.
+
+Which rows count is decided by the upload's committed offset: parts and segments that end
+past it belong to a request that was never acknowledged and are replaced or dropped.
 
 A row is written only after S3 answered, so the ledger may lag S3 (a part uploaded just
 before a crash) but never runs ahead of it; start-up reconciliation with ListParts closes
@@ -51,6 +56,29 @@ parts = Table(
     Column("created_at", DateTimeUTC(timezone=True), nullable=False),
     PrimaryKeyConstraint("upload_id", "part_number", name="pk_s3_parts"),
 )
+
+
+segments = Table(
+    "s3_segments",
+    orm_registry.metadata,
+    Column("upload_id", GUID(length=16), nullable=False),
+    Column("start_offset", BigInteger, nullable=False),
+    Column("end_offset", BigInteger, nullable=False),
+    Column("object_key", String(1024), nullable=False),
+    Column("checksum_crc32c", String(16), nullable=False),
+    Column("created_at", DateTimeUTC(timezone=True), nullable=False),
+    PrimaryKeyConstraint("upload_id", "start_offset", name="pk_s3_segments"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """One ``s3_segments`` row: bytes ``[start, end)`` of an upload, kept at ``key``."""
+
+    start: int
+    end: int
+    key: str
+    crc32c: str
 
 
 @dataclass(frozen=True, slots=True)

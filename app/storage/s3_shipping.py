@@ -1,15 +1,22 @@
-"""Shipping staged bytes to S3 as multipart parts, in the background.
+"""Acknowledged means in S3: a PATCH's bytes are shipped before its offset is committed.
 
-A PATCH is acknowledged once its bytes are durable in the staging file; S3 is not on that
-path. After each commit :meth:`PartShipper.ship_durable` schedules every *whole*
-part (as cut by :mod:`app.storage.parts`) that is now staged. Each part is sent from the
-staging file with bounded concurrency (per upload and per process), retried with backoff
-until S3 takes it, recorded in the ledger (:mod:`app.storage.s3_ledger`) and only then
-reclaimed from staging. Parts are numbered by the plan, never by arrival, so a part sent
-again after a crash replaces the earlier one.
+Local staging is a buffer, never the only copy of an acknowledged byte. After a body is
+staged, :meth:`PartShipper.ship` sends every whole part (as cut by :mod:`app.storage.parts`)
+that the new bytes complete, and keeps what lies past the last whole part as a *segment*:
+an object of its own holding just this request's share (tusd keeps an "incomplete part"
+the same way). Each part and segment is recorded in the ledger once S3 has it; only then
+does the upload service commit the offset and answer. A body that completes the upload
+sends its last part (or, below one part, the whole object) the same way.
 
-Part bodies are not SHA-256 signed (``UNSIGNED-PAYLOAD``, which costs ~4x less CPU than
-payload signing); each part carries a CRC32C instead, so S3 rejects a corrupted part.
+Any process can continue any upload: :meth:`PartShipper.restore` makes the staging file
+hold the acknowledged bytes past the last whole part again, from this process's own staging
+when it committed the current offset itself, else from the segments in S3. The ledger rows
+that count are those that end at or before the committed offset; anything past it belongs
+to a request that was never acknowledged and is replaced or dropped.
+
+Parts are numbered by the plan, never by arrival, so a part sent again replaces the earlier
+one. Part bodies are not SHA-256 signed (``UNSIGNED-PAYLOAD``, ~4x less CPU than payload
+signing); every part and segment carries a CRC32C instead, which S3 checks.
 """
 
 from __future__ import annotations
@@ -17,171 +24,309 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import secrets
 import uuid
-from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import anyio.to_thread
 from botocore.exceptions import ClientError
-from sqlalchemy import delete, insert
+from sqlalchemy import and_, delete, insert, select
 
+from app.errors import ServiceUnavailable
 from app.storage.parts import PartPlan, PartSpan, PartTooLarge, plan_for_deferred, plan_for_length
-from app.storage.s3_collaborator import RETRYABLE_ERRORS, S3Collaborator, Shipment, error_code
-from app.storage.s3_ledger import Multipart, PartRecord, multipart_uploads, parts
-from app.storage.s3_reconcile import PartsLost
+from app.storage.s3_collaborator import TRANSIENT_ERRORS, S3Collaborator, error_code
+from app.storage.s3_ledger import (
+    Multipart,
+    PartRecord,
+    Segment,
+    multipart_uploads,
+    parts,
+    segments,
+)
 from app.storage.sniff import SNIFF_SIZE, category_for, sniff_content_type
-from app.storage.staged_parts import StagedPartBody, crc32c_of_range, reclaim_range
+from app.storage.staged_parts import (
+    StagedPartBody,
+    StagedRangeReader,
+    crc32c_of_range,
+    reclaim_range,
+)
 
 if TYPE_CHECKING:
     from app.storage.s3 import S3Backend
-    from app.storage.s3_reconcile import LedgerReconciler
 
 logger = logging.getLogger(__name__)
 
 PRESIGNED_PART_SECONDS = 15 * 60
 """Lifetime of the presigned URL of one UploadPart (used at once, retried at most once)."""
+SEGMENTS_FOLDER = "segments"
+"""Segments are kept at ``{prefix}segments/{uid}/{start}-{end}-{token}``."""
+_OCTETS = "application/octet-stream"
+
+
+@dataclass(slots=True)
+class Ledger:
+    """What the database records of one upload's way into S3."""
+
+    multipart: Multipart | None = None
+    parts: dict[int, PartRecord] = field(default_factory=dict)
+    segments: list[Segment] = field(default_factory=list)
+
+    def acknowledged(self, offset: int) -> tuple[list[PartRecord], list[Segment]]:
+        """The parts (from 1, contiguous) and the segment chain that hold ``[0, offset)``.
+
+        Raises :class:`ServiceUnavailable` when they do not reach ``offset``: bytes that
+        were acknowledged are missing, and nothing may be built on them.
+        """
+        held: list[PartRecord] = []
+        end = 0
+        if self.multipart is not None:
+            plan = self.multipart.plan
+            number = 1
+            while (record := self.parts.get(number)) is not None:
+                span = plan.span(number)
+                whole = record.size == span.size and span.end <= offset
+                # (An upload's last part is shorter, and ends exactly at its length.)
+                last = record.size < span.size and span.start + record.size == offset
+                if not (whole or last):
+                    break
+                held.append(record)
+                end = span.start + record.size
+                number += 1
+                if last:
+                    break
+        chain: list[Segment] = []
+        by_start = {segment.start: segment for segment in self.segments}
+        while end < offset and (segment := by_start.get(end)) is not None:
+            if segment.end > offset:
+                break
+            chain.append(segment)
+            end = segment.end
+        if end != offset:
+            raise ServiceUnavailable(
+                f"S3 holds {end} of the {offset} acknowledged bytes; the upload cannot go on"
+            )
+        return held, chain
 
 
 class PartShipper(S3Collaborator):
-    """Begins multipart uploads and sends their parts from staging, recording each one.
+    """Ships acknowledged bytes (parts and segments) and restores staging from them."""
 
-    The retry pause, the part uploader and the process-wide part slots are read through
-    the backend each time (tests and ``start()`` set them after construction).
-    """
-
-    def __init__(self, backend: S3Backend, reconciler: LedgerReconciler) -> None:
+    def __init__(self, backend: S3Backend) -> None:
         super().__init__(backend)
-        self._reconciler = reconciler
+        self.staged_upto: dict[uuid.UUID, int] = {}
+        """Uploads whose staging file this process knows to hold the acknowledged bytes
+        past the last whole part, up to the offset it committed itself."""
 
-    async def ship_durable(
-        self, shipment: Shipment, durable_offset: int, length: int | None, *, partial: bool
-    ) -> None:
-        """Schedule every whole part inside ``[0, durable_offset)``; never waits for S3."""
-        shipment.partial = shipment.partial or partial
-        shipment.durable_offset = max(shipment.durable_offset, durable_offset)
-        shipment.length = length
-        if shipment.multipart is None and self._is_single_part(length):
-            return  # store() sends it with one PutObject (and loads the ledger first)
-        if shipment.pump is None or shipment.pump.done():
-            shipment.pump = asyncio.create_task(self._pump(shipment))
+    # ------------------------------------------------------------------ the ledger
 
-    async def _pump(self, shipment: Shipment) -> None:
-        """Schedule whole parts; while S3 refuses to start the upload, keep trying."""
-        pause = 0.5
-        while True:
-            try:
-                async with shipment.lock:
-                    await self._reconciler.ensure_loaded(shipment)
-                    await self._schedule_whole_parts(shipment)
-                return
-            except RETRYABLE_ERRORS as exc:
-                shipment.last_error = exc
-                logger.warning("upload %s: cannot start parts yet: %r", shipment.upload_id, exc)
-            except PartsLost:
-                logger.error("upload %s: S3 lost reclaimed parts", shipment.upload_id)
-                return
-            await asyncio.sleep(pause * (0.5 + random.random()))  # noqa: S311 - jitter
-            pause = min(pause * 2, self._backend.retry_pause_max)
-
-    async def _schedule_whole_parts(self, shipment: Shipment) -> None:
-        """Start every whole part staged so far, beginning the multipart upload (lock held).
-
-        A one-part upload waits for :meth:`S3Backend.store`, which sends it with one
-        PutObject.
-        """
-        while shipment.finished is None:
-            seen = shipment.durable_offset
-            plan = self.plan_of(shipment)
-            whole = plan.whole_parts_within(seen)
-            single = shipment.length is not None and shipment.length <= plan.size_of(1)
-            if whole == 0 or (single and shipment.multipart is None):
-                return
-            if shipment.multipart is None:
-                await self.begin_multipart(shipment, plan)
-            self.schedule_parts(shipment, range(shipment.scheduled_upto + 1, whole + 1), plan)
-            shipment.scheduled_upto = max(shipment.scheduled_upto, whole)
-            if shipment.durable_offset == seen:
-                return
-
-    def _is_single_part(self, length: int | None) -> bool:
-        if length is None:
-            return False
-        settings = self.settings
-        try:
-            plan = plan_for_length(length, settings.s3_min_part_size, settings.s3_max_parts)
-        except PartTooLarge:
-            return False
-        return length <= plan.size_of(1)
-
-    def plan_of(self, shipment: Shipment) -> PartPlan:
-        """How the shipment's bytes are cut into parts: its multipart upload's plan, if any."""
-        if shipment.multipart is not None:
-            return shipment.multipart.plan
-        settings = self.settings
-        if shipment.length is not None:
-            return plan_for_length(
-                shipment.length, settings.s3_min_part_size, settings.s3_max_parts
+    async def load(self, upload_id: uuid.UUID) -> Ledger:
+        """The upload's multipart row, parts and segments, as the database has them."""
+        async with self.sessions() as session:
+            row = (
+                await session.execute(
+                    select(multipart_uploads).where(multipart_uploads.c.upload_id == upload_id)
+                )
+            ).first()
+            part_rows = (
+                (await session.execute(select(parts).where(parts.c.upload_id == upload_id))).all()
+                if row is not None
+                else []
             )
+            segment_rows = (
+                await session.execute(select(segments).where(segments.c.upload_id == upload_id))
+            ).all()
+        ledger = Ledger(
+            segments=[
+                Segment(r.start_offset, r.end_offset, r.object_key, r.checksum_crc32c)
+                for r in segment_rows
+            ]
+        )
+        if row is not None:
+            plan = PartPlan(
+                base_size=row.base_part_size, max_parts=row.max_parts, growth_step=row.growth_step
+            )
+            ledger.multipart = Multipart(row.object_key, row.s3_upload_id, plan)
+            ledger.parts = {
+                r.part_number: PartRecord(r.part_number, r.size, r.etag, r.checksum_crc32c)
+                for r in part_rows
+            }
+        return ledger
+
+    def plan_for(self, ledger: Ledger, length: int | None) -> PartPlan:
+        """How the upload's bytes are cut: its multipart upload's plan, or a new one."""
+        if ledger.multipart is not None:
+            return ledger.multipart.plan
+        settings = self.settings
+        if length is not None:
+            return plan_for_length(length, settings.s3_min_part_size, settings.s3_max_parts)
         return plan_for_deferred(
             settings.s3_min_part_size, settings.s3_max_parts, settings.max_size
         )
 
-    def schedule_parts(self, shipment: Shipment, numbers: Iterable[int], plan: PartPlan) -> None:
-        """Send each of these parts in the background, unless recorded or under way."""
-        for number in numbers:
-            if number in shipment.recorded or number in shipment.in_flight:
-                continue
-            span = plan.span(number)
-            if shipment.length is not None and span.end > shipment.length:
-                span = PartSpan(number=number, start=span.start, size=shipment.length - span.start)
-            task = asyncio.create_task(self._ship_until_done(shipment, span))
-            shipment.in_flight[number] = task
-            task.add_done_callback(_drop_from(shipment.in_flight, number))
+    def is_single(self, ledger: Ledger, length: int | None) -> bool:
+        """An upload that fits in one part: one PutObject, never a multipart upload."""
+        if ledger.multipart is not None or length is None:
+            return False
+        try:
+            return length <= self.plan_for(ledger, length).size_of(1)
+        except PartTooLarge:
+            return False
 
-    async def _ship_until_done(self, shipment: Shipment, span: PartSpan) -> None:
-        """Send one part, retrying with backoff until S3 takes it (or it is cancelled)."""
-        pause = 0.5
+    # ------------------------------------------------------------------ restoring
+
+    async def restore(self, upload_id: uuid.UUID, staged_path: Path, offset: int) -> None:
+        """Make staging hold the acknowledged bytes past the last whole part.
+
+        Nothing to do when this process committed ``offset`` itself; otherwise the
+        segments are read back from S3 (another process, or this one before a restart,
+        acknowledged them).
+        """
+        if self.staged_upto.get(upload_id) == offset and await _size_of(staged_path) == offset:
+            return
+        self.staged_upto.pop(upload_id, None)
+        ledger = await self._loaded(upload_id)
+        held, chain = ledger.acknowledged(offset)
+        start = _end_of(ledger, held)
+        await anyio.to_thread.run_sync(_truncate, staged_path, start)
+        try:
+            for segment in chain:
+                await self._download(segment, staged_path)
+        except TRANSIENT_ERRORS as exc:
+            raise _unavailable(f"reading back upload {upload_id} from S3", exc) from exc
+        await anyio.to_thread.run_sync(_truncate, staged_path, offset)
+        self.staged_upto[upload_id] = offset
+
+    async def _download(self, segment: Segment, staged_path: Path) -> None:
+        response = await self.client.get_object(Bucket=self.bucket, Key=segment.key)
+        async with response["Body"] as body:
+            position = segment.start
+            while block := await body.read(1024 * 1024):
+                await anyio.to_thread.run_sync(_write_at, staged_path, position, block)
+                position += len(block)
+        if position != segment.end:
+            raise ServiceUnavailable(f"segment {segment.key} is short in S3")
+
+    async def _loaded(self, upload_id: uuid.UUID) -> Ledger:
+        try:
+            return await self.load(upload_id)
+        except TRANSIENT_ERRORS as exc:
+            raise _unavailable(f"loading the ledger of {upload_id}", exc) from exc
+
+    # ------------------------------------------------------------------ shipping
+
+    async def ship(
+        self,
+        upload_id: uuid.UUID,
+        staged_path: Path,
+        committed: int,
+        durable: int,
+        length: int | None,
+        *,
+        partial: bool,
+    ) -> None:
+        """Put ``[committed, durable)`` into S3 before it is acknowledged.
+
+        Whole parts the new bytes complete are sent (the upload's last part too when they
+        complete it); what lies past the last whole part becomes a segment. An upload of
+        one part is put whole by the body that completes it. Raises 503 when S3 does not
+        take them in bounded time: then nothing is acknowledged.
+        """
+        self.staged_upto.pop(upload_id, None)
+        ledger = await self._loaded(upload_id)
+        held, _chain = ledger.acknowledged(committed)
+        if any(segment.end <= _end_of(ledger, held) for segment in ledger.segments):
+            # Whole parts hold these bytes now (since an earlier, acknowledged request).
+            await self.drop_segments(upload_id, below=_end_of(ledger, held))
+        try:
+            if self.is_single(ledger, length):
+                if durable == length:
+                    await self._put_whole(upload_id, staged_path, durable, partial=partial)
+                else:
+                    await self._put_segment(upload_id, staged_path, committed, durable)
+            else:
+                sent_upto = await self._send_parts(
+                    upload_id, staged_path, ledger, held, durable, length, partial=partial
+                )
+                if sent_upto < durable:
+                    await self._put_segment(
+                        upload_id, staged_path, max(committed, sent_upto), durable
+                    )
+        except TRANSIENT_ERRORS as exc:
+            raise _unavailable(f"shipping upload {upload_id}", exc) from exc
+        self.staged_upto[upload_id] = durable
+
+    async def _send_parts(
+        self,
+        upload_id: uuid.UUID,
+        staged_path: Path,
+        ledger: Ledger,
+        held: list[PartRecord],
+        durable: int,
+        length: int | None,
+        *,
+        partial: bool,
+    ) -> int:
+        """Send the parts ``[0, durable)`` completes past the held ones; returns their end."""
+        plan = self.plan_for(ledger, length)
+        wanted = plan.whole_parts_within(durable)
+        spans = [plan.span(n) for n in range(len(held) + 1, wanted + 1)]
+        if length is not None and durable == length and plan.start_of(wanted + 1) < length:
+            last = plan.start_of(wanted + 1)
+            spans.append(PartSpan(number=wanted + 1, start=last, size=length - last))
+        if not spans:
+            return _end_of(ledger, held)
+        if ledger.multipart is None:
+            ledger.multipart = await self.begin_multipart(upload_id, staged_path, plan, partial)
+        multipart = ledger.multipart
+        slots = asyncio.Semaphore(self.settings.s3_part_concurrency)
+        await asyncio.gather(
+            *(self._send_recorded(upload_id, staged_path, multipart, span, slots) for span in spans)
+        )
+        return spans[-1].end
+
+    async def _send_recorded(
+        self,
+        upload_id: uuid.UUID,
+        staged_path: Path,
+        multipart: Multipart,
+        span: PartSpan,
+        slots: asyncio.Semaphore,
+    ) -> None:
+        async with slots, self._backend.part_slots:
+            crc = await anyio.to_thread.run_sync(
+                crc32c_of_range, staged_path, span.start, span.size
+            )
+            etag = await self._with_retries(
+                lambda: self._send_part(staged_path, multipart, span, crc)
+            )
+        await self._record_part(upload_id, PartRecord(span.number, span.size, etag, crc))
+        # The part is in S3: its staged bytes (but the head, kept for sniffing) are not
+        # needed any more.
+        await anyio.to_thread.run_sync(reclaim_range, staged_path, span.start, span.end)
+
+    async def _with_retries(self, attempt: Any) -> Any:
+        """Attempts with jittered backoff until S3 answers, for at most twice
+        ``FERRY_S3_TIMEOUT_SECONDS`` and 5 s (then the request gets 503 and nothing is
+        acknowledged)."""
+        loop = asyncio.get_running_loop()
+        # one timed-out attempt plus its retries may pass before S3 takes the bytes
+        give_up_at = loop.time() + 2 * self.settings.s3_timeout_seconds + 5
+        pause = 0.25
         while True:
             try:
-                await self._ship_part(shipment, span)
-                shipment.last_error = None
-                return
-            except ClientError as exc:
-                if error_code(exc) == "NoSuchUpload":
-                    shipment.loaded = False  # reconcile before the next attempt
-                    shipment.last_error = exc
-                    return
-                shipment.last_error = exc
-            except FileNotFoundError:
-                return  # the staging file is gone: the upload was finished or removed
-            except RETRYABLE_ERRORS as exc:
-                # S3 or the database (the ledger) is unwell: S3 may hold the part already;
-                # sending it again under the same number replaces it.
-                shipment.last_error = exc
-            logger.warning(
-                "upload %s part %d failed (%r); retrying in %.1fs",
-                shipment.upload_id,
-                span.number,
-                shipment.last_error,
-                pause,
-            )
+                with anyio.fail_after(self.settings.s3_timeout_seconds):
+                    return await attempt()
+            except (*TRANSIENT_ERRORS, TimeoutError) as exc:  # type: ignore[misc]
+                gone = isinstance(exc, ClientError) and error_code(exc) == "NoSuchUpload"
+                if gone or loop.time() + pause > give_up_at:
+                    raise
+                logger.warning("S3 call failed (%r); retrying in %.2fs", exc, pause)
             await asyncio.sleep(pause * (0.5 + random.random()))  # noqa: S311 - jitter
             pause = min(pause * 2, self._backend.retry_pause_max)
-
-    async def _ship_part(self, shipment: Shipment, span: PartSpan) -> None:
-        multipart = shipment.multipart
-        assert multipart is not None and shipment.slots is not None
-        async with shipment.slots, self._backend.part_slots:
-            crc = await anyio.to_thread.run_sync(
-                crc32c_of_range, shipment.staged_path, span.start, span.size
-            )
-            etag = await self._send_part(shipment.staged_path, multipart, span, crc)
-        record = PartRecord(span.number, span.size, etag, crc)
-        await self._record_part(shipment.upload_id, record)
-        shipment.recorded[span.number] = record
-        await anyio.to_thread.run_sync(reclaim_range, shipment.staged_path, span.start, span.end)
 
     async def _send_part(
         self, staged_path: Path, multipart: Multipart, span: PartSpan, crc: str
@@ -225,17 +370,88 @@ class PartShipper(S3Collaborator):
                 )
             )
 
-    async def begin_multipart(self, shipment: Shipment, plan: PartPlan) -> None:
-        """Start the shipment's multipart upload at the key its sniffed category gives."""
-        head = await anyio.to_thread.run_sync(_read_head, shipment.staged_path)
+    async def _put_segment(
+        self, upload_id: uuid.UUID, staged_path: Path, start: int, end: int
+    ) -> None:
+        """Keep ``[start, end)`` as a segment object, recorded in the ledger."""
+        key = f"{self.prefix}{SEGMENTS_FOLDER}/{upload_id}/{start}-{end}-{secrets.token_hex(4)}"
+        crc = await anyio.to_thread.run_sync(crc32c_of_range, staged_path, start, end - start)
+        await self._with_retries(
+            lambda: self.put_range(key, staged_path, start, end - start, _OCTETS, crc)
+        )
+        async with self.sessions() as session, session.begin():
+            # Rows past the committed offset (``start``) were never acknowledged.
+            await session.execute(
+                delete(segments).where(
+                    segments.c.upload_id == upload_id, segments.c.start_offset >= start
+                )
+            )
+            await session.execute(
+                insert(segments).values(
+                    upload_id=upload_id,
+                    start_offset=start,
+                    end_offset=end,
+                    object_key=key,
+                    checksum_crc32c=crc,
+                    created_at=datetime.now(UTC),
+                )
+            )
+
+    async def _put_whole(
+        self, upload_id: uuid.UUID, staged_path: Path, size: int, *, partial: bool
+    ) -> None:
+        """One PutObject of a one-part upload at its final key, recorded as its only
+        segment (the completion then needs no other request to S3)."""
+        head = await anyio.to_thread.run_sync(_read_head, staged_path)
+        content_type = sniff_content_type(head)
+        key = self._final_key(upload_id, category_for(content_type).value, partial=partial)
+        crc = await anyio.to_thread.run_sync(crc32c_of_range, staged_path, 0, size)
+        await self._with_retries(
+            lambda: self.put_range(key, staged_path, 0, size, content_type, crc)
+        )
+        await self.drop_segments(upload_id)
+        async with self.sessions() as session, session.begin():
+            await session.execute(delete(segments).where(segments.c.upload_id == upload_id))
+            await session.execute(
+                insert(segments).values(
+                    upload_id=upload_id,
+                    start_offset=0,
+                    end_offset=size,
+                    object_key=key,
+                    checksum_crc32c=crc,
+                    created_at=datetime.now(UTC),
+                )
+            )
+
+    def _final_key(self, upload_id: uuid.UUID, category: str, *, partial: bool) -> str:
+        if partial:
+            return self._backend.partial_key(upload_id)
+        return self._backend.key_for(upload_id, category)
+
+    async def put_range(
+        self, key: str, path: Path, start: int, size: int, content_type: str, crc: str
+    ) -> None:
+        """One PutObject of ``[start, start + size)`` of a local file, streamed."""
+        with StagedRangeReader(path, start, size) as body:
+            await self.client.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=body,  # type: ignore[arg-type]
+                ContentLength=size,
+                ContentType=content_type,
+                ChecksumCRC32C=crc,
+            )
+
+    async def begin_multipart(
+        self, upload_id: uuid.UUID, staged_path: Path, plan: PartPlan, partial: bool
+    ) -> Multipart:
+        """Start the upload's multipart upload at the key its sniffed category gives."""
+        head = await anyio.to_thread.run_sync(_read_head, staged_path)
         content_type = sniff_content_type(head)
         # The service sniffs the same head with the same function, so the category (and
         # the key) chosen now is the one it will ask store() for.
-        key = self.object_key(shipment, category_for(content_type).value)
-        shipment.multipart = await self.begin_registered(
-            shipment.upload_id, key, content_type, plan
-        )
-        shipment.recorded.clear()
+        key = self._final_key(upload_id, category_for(content_type).value, partial=partial)
+        return await self.begin_registered(upload_id, key, content_type, plan)
 
     async def begin_registered(
         self, upload_id: uuid.UUID, key: str, content_type: str, plan: PartPlan
@@ -263,16 +479,57 @@ class PartShipper(S3Collaborator):
             )
         return multipart
 
+    # ------------------------------------------------------------------ segments' end
 
-def _drop_from(
-    in_flight: dict[int, asyncio.Task[None]], number: int
-) -> Callable[[asyncio.Task[None]], None]:
-    """A done-callback that removes a finished part task from the in-flight map."""
+    async def drop_segments(self, upload_id: uuid.UUID, *, below: int | None = None) -> None:
+        """Delete segment objects and rows (all, or those ending at or before ``below``)."""
+        condition = segments.c.upload_id == upload_id
+        if below is not None:
+            condition = and_(condition, segments.c.end_offset <= below)
+        async with self.sessions() as session:
+            rows = (await session.execute(select(segments.c.object_key).where(condition))).all()
+        for row in rows:
+            if row.object_key.startswith(f"{self.prefix}{SEGMENTS_FOLDER}/"):
+                try:
+                    await self.client.delete_object(Bucket=self.bucket, Key=row.object_key)
+                except TRANSIENT_ERRORS as exc:
+                    logger.warning("deleting segment %s failed (%r)", row.object_key, exc)
+                    return  # the rows stay, so a later pass (or the sweep) retries
+        async with self.sessions() as session, session.begin():
+            await session.execute(delete(segments).where(condition))
 
-    def drop(_task: asyncio.Task[None]) -> None:
-        in_flight.pop(number, None)
 
-    return drop
+def _end_of(ledger: Ledger, held: list[PartRecord]) -> int:
+    """Where the held whole parts end."""
+    if not held or ledger.multipart is None:
+        return 0
+    return ledger.multipart.plan.start_of(held[-1].number) + held[-1].size
+
+
+def _unavailable(doing: str, exc: BaseException) -> ServiceUnavailable:
+    logger.warning("%s failed: %r", doing, exc)
+    return ServiceUnavailable(
+        "object storage is unavailable; nothing was acknowledged; retry later",
+        headers={"Retry-After": "5"},
+    )
+
+
+async def _size_of(path: Path) -> int | None:
+    try:
+        return (await anyio.Path(path).stat()).st_size
+    except FileNotFoundError:
+        return None
+
+
+def _truncate(path: Path, size: int) -> None:
+    with open(path, "ab") as handle:
+        handle.truncate(size)
+
+
+def _write_at(path: Path, position: int, block: bytes) -> None:
+    with open(path, "r+b") as handle:
+        handle.seek(position)
+        handle.write(block)
 
 
 def _read_head(path: Path) -> bytes:

@@ -39,7 +39,11 @@ class Content:
     @classmethod
     def of(cls, head: bytes) -> Content:
         """Sniffed from ``head`` (magic bytes, never the client's word)."""
-        content_type = sniff_content_type(head)
+        return cls.of_type(sniff_content_type(head))
+
+    @classmethod
+    def of_type(cls, content_type: str) -> Content:
+        """A content type sniffed before, with its category."""
         return cls(content_type, category_for(content_type).value)
 
 
@@ -66,6 +70,8 @@ class UploadFiler:
         ``head`` is the first bytes as the body that completed the upload saw them.
         """
         size = upload.length or 0
+        if upload.content_type is not None:
+            return Content.of_type(upload.content_type)
         if head is None or len(head) != min(size, SNIFF_SIZE):
             if await self._staging.size(upload.id) != size:
                 return None

@@ -117,6 +117,10 @@ class UploadMaintenance:
                 except Exception:
                     logger.exception("could not store partial %s at start-up", upload.id)
             return
+        if self._storage.shipping is not None:
+            # Storage holds every acknowledged byte (S3): staging is this node's cache and
+            # never decides an offset (another node may have gone on meanwhile).
+            return
         size = await self._staging.size(upload.id)
         if size is None:
             if upload.is_complete and upload.state == UploadState.ACTIVE:

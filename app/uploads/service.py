@@ -42,7 +42,7 @@ from app.errors import (
     PayloadTooLarge,
     UploadLocked,
 )
-from app.storage.backend import Storage
+from app.storage.backend import StagedByteShipping, Storage
 from app.storage.sniff import SNIFF_SIZE
 from app.storage.staging import StagingArea
 from app.uploads.concatenation import Concatenator
@@ -251,8 +251,6 @@ class UploadService:
                 if claim is not None:
                     await self._repository.release(claim)
                 return upload
-            if self._storage.shipping is not None:
-                self._storage.shipping.check_staging_room()  # 503 while S3 lags too far
             if claim is None:
                 claim = await self._claim_at_offset(upload, request.offset)
         except BaseException as failure:
@@ -276,6 +274,11 @@ class UploadService:
         body that completes a local upload leaves its offset to the filing transaction.
         """
         upload = claim.upload
+        shipping = self._shipping_for(upload)
+        staged_path = self._staging.path_for(upload.id)
+        if shipping is not None and upload.offset > 0:
+            # Another process may have acknowledged the bytes this one appends to.
+            await shipping.restore_staged(upload.id, staged_path, upload.offset)
         running = ResumableSha256.resume(upload.sha256_state, upload.offset)
         verifier = ChunkVerifier(request.checksum, request.checksum_trailer)
         digests: list[ChunkDigest] = [*verifier.digests, *([running] if running else [])]
@@ -283,6 +286,16 @@ class UploadService:
         await self._refuse_unverified(claim, received, verifier)
         old_offset, new_offset = upload.offset, received.durable_end
         completes = upload.length is not None and new_offset == upload.length
+        if shipping is not None and (new_offset > old_offset or completes):
+            # Acknowledged means in S3: the bytes are held there before the commit.
+            await shipping.ship_acknowledged(
+                upload.id,
+                staged_path,
+                old_offset,
+                new_offset,
+                upload.length,
+                partial=upload.is_partial,
+            )
         if completes and not received.disconnected and self._files_in_one_commit(upload):
             # The file row and the offset are committed together; a crash in between
             # leaves stored bytes that start-up reconciliation adopts (or discards).
@@ -291,19 +304,26 @@ class UploadService:
             return await self._finisher.finish(
                 claim, head=received.head, uncommitted_from=old_offset
             )
-        checks_content = old_offset < SNIFF_SIZE <= new_offset and not completes
+        content = None
+        if old_offset < SNIFF_SIZE <= new_offset:
+            # The first bytes are all here: what they are is recorded with the offset, so
+            # no process needs them again (S3 staging may not hold them later).
+            content = Content.of(await self._filer.head_of_staged(upload))
+        checks_content = content is not None and not completes
         release = not completes and not checks_content
         state = None if running is None else running.state()
         if not await self._repository.commit_offset(
-            claim, new_offset, release=release, sha256_state=state
+            claim,
+            new_offset,
+            release=release,
+            sha256_state=state,
+            content_type=None if content is None else content.content_type,
         ):
             raise UploadLocked("the upload's lock was lost before the offset could be committed")
-        await self._ship(upload, new_offset)
-        if checks_content:
+        if checks_content and content is not None:
             # Validation as early as the magic bytes allow: a refused 50 GB upload stops
             # after its first chunk instead of at completion.
-            head = await self._filer.head_of_staged(upload)
-            await self._gate.admit(claim, Content.of(head), upload.length)
+            await self._gate.admit(claim, content, upload.length)
         if received.disconnected:
             raise ClientDisconnected(f"client disconnected; {new_offset} bytes are stored")
         if completes:
@@ -332,22 +352,13 @@ class UploadService:
             await self._repository.commit_offset(claim, claim.upload.offset, release=True)
         raise reason
 
-    async def _ship(self, upload: Upload, durable_offset: int) -> None:
-        """Hand newly durable bytes to storage that ships them (S3 parts)."""
-        shipping = self._storage.shipping
-        if shipping is None:
-            return
+    def _shipping_for(self, upload: Upload) -> StagedByteShipping | None:
+        """The storage that holds this upload's bytes before they are acknowledged."""
         if upload.is_partial and self._storage.partials is None:
             # Without a partial store, a partial upload's bytes stay staged whole until a
-            # final upload concatenates them locally: nothing may ship (and reclaim) them.
-            return
-        await shipping.staged_bytes_durable(
-            upload.id,
-            self._staging.path_for(upload.id),
-            durable_offset,
-            upload.length,
-            partial=upload.is_partial,
-        )
+            # final upload concatenates them locally.
+            return None
+        return self._storage.shipping
 
     def _files_in_one_commit(self, upload: Upload) -> bool:
         """Whether completing ``upload`` may commit its offset with its file row.

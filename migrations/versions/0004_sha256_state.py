@@ -1,5 +1,6 @@
-"""The running SHA-256 state of each upload, saved with every acknowledged offset, and the
-S3 segments ledger (acknowledged bytes past the last whole part, kept as objects).
+"""The running SHA-256 state of each upload, saved with every acknowledged offset, its
+sniffed content type, and the S3 segments ledger (acknowledged bytes past the last whole
+part, kept as objects).
 
 Revision ID: 0004_sha256_state
 Revises: 0002_s3_parts, 0003_auth_ops
@@ -25,6 +26,7 @@ DATETIME = advanced_alchemy.types.datetime.DateTimeUTC(timezone=True)
 def upgrade() -> None:
     with op.batch_alter_table("uploads") as batch:
         batch.add_column(sa.Column("sha256_state", sa.LargeBinary(), nullable=True))
+        batch.add_column(sa.Column("content_type", sa.String(length=255), nullable=True))
     op.create_table(
         "s3_segments",
         sa.Column("upload_id", GUID, nullable=False),
@@ -40,4 +42,5 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("s3_segments")
     with op.batch_alter_table("uploads") as batch:
+        batch.drop_column("content_type")
         batch.drop_column("sha256_state")

@@ -115,14 +115,7 @@ def test_bad_value_in_env_file_names_the_variable(tmp_path: Path) -> None:
     [
         ({}, "PostgreSQL"),
         ({"FERRY_DATABASE_URL": "sqlite+aiosqlite:///x.db"}, "PostgreSQL"),
-        (
-            {
-                "FERRY_DATABASE_URL": "postgresql+asyncpg://h/db",
-                "FERRY_STORAGE": "s3",
-                "FERRY_S3_BUCKET": "b",
-            },
-            "FERRY_STORAGE=local",
-        ),
+        ({"FERRY_STORAGE": "s3", "FERRY_S3_BUCKET": "b"}, "PostgreSQL"),
     ],
 )
 def test_several_workers_are_refused_where_processes_cannot_share_the_work(
@@ -132,8 +125,12 @@ def test_several_workers_are_refused_where_processes_cannot_share_the_work(
         load_settings({"FERRY_WORKERS": "2", **variables}, env_file=None)
 
 
-def test_several_workers_with_postgresql_and_local_storage_are_accepted() -> None:
+@pytest.mark.parametrize("storage", [{}, {"FERRY_STORAGE": "s3", "FERRY_S3_BUCKET": "b"}])
+def test_several_workers_with_postgresql_are_accepted_on_local_and_s3_storage(
+    storage: dict[str, str],
+) -> None:
     settings = load_settings(
-        {"FERRY_WORKERS": "4", "FERRY_DATABASE_URL": "postgresql+asyncpg://h/db"}, env_file=None
+        {"FERRY_WORKERS": "4", "FERRY_DATABASE_URL": "postgresql+asyncpg://h/db", **storage},
+        env_file=None,
     )
     assert settings.workers == 4
