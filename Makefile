@@ -1,5 +1,6 @@
 # Ferry: `make run` serves on 127.0.0.1:8000 with the embedded default (SQLite + local disk);
-# `make test` runs every test, installing and starting what the tests need.
+# `make test` checks lint, then runs every test, installing and starting what the tests need;
+# `make test-fast` runs the in-process unit and SQLite integration tests (no services needed).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -7,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 JS_DIR := tests/interop/js
 
-.PHONY: install run test lint format bench clean test-deps
+.PHONY: install run test test-fast lint format bench clean test-deps
 
 install: $(STAMP)
 
@@ -25,13 +26,20 @@ test-deps: install
 run: install
 	FERRY_AUTH=$${FERRY_AUTH:-none} $(BIN)/ferry serve
 
-test: test-deps
+# Lint first: an unclean tree fails the build before any test runs (CI runs `make test`).
+test: lint test-deps
 	$(BIN)/pytest
+
+# The markers are applied from what each test uses (tests/support/markers.py).
+FAST_MARKERS := not bench and not postgres and not s3 and not node and not browser and not serve
+
+test-fast: install
+	$(BIN)/pytest tests/unit tests/integration -m "$(FAST_MARKERS)"
 
 lint: install
 	$(BIN)/ruff check app tests scripts migrations
 	$(BIN)/ruff format --check app tests scripts migrations
-	$(BIN)/mypy app
+	$(BIN)/mypy --strict app
 
 format: install
 	$(BIN)/ruff format app tests scripts migrations

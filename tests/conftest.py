@@ -17,8 +17,10 @@ from tests.support.services import postgres_database
 
 MakeSettings = Callable[..., Settings]
 
-#: S3 fixtures (SeaweedFS, moto, ``make_s3_settings``) for every test layer.
-pytest_plugins = ["tests.support.seaweed"]
+#: The ``postgres``, ``s3``, ``node``, ``browser`` and ``serve`` markers, applied from what
+#: each test uses; S3 fixtures (SeaweedFS, moto, ``make_s3_settings``) for every test layer;
+#: ``pytester`` for the test of the markers (tests/unit/test_markers.py).
+pytest_plugins = ["tests.support.markers", "tests.support.seaweed", "pytester"]
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

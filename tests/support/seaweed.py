@@ -35,6 +35,7 @@ import pytest
 from botocore.config import Config
 
 from app.settings import Settings
+from tests.support.markers import expect_marker
 from tests.support.services import PROJECT_ROOT, free_port, require_service
 
 WEED = PROJECT_ROOT / ".venv" / "bin" / "weed"
@@ -191,6 +192,7 @@ def run_moto(bucket: str = "ferry-moto") -> Iterator[S3Endpoint]:
 @pytest.fixture(scope="session")
 def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Endpoint]:
     """One SeaweedFS S3 server for the whole session."""
+    expect_marker("s3", "the SeaweedFS S3 server")
     require_service(WEED.exists() and shutil.which(str(WEED)) is not None, f"{WEED} is missing")
     with run_seaweedfs(tmp_path_factory.mktemp("s3")) as endpoint:
         yield endpoint
@@ -199,6 +201,7 @@ def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Endpoint]:
 @pytest.fixture(scope="session")
 def moto_s3() -> Iterator[S3Endpoint]:
     """moto's S3 server for the whole session (AWS's 5 MiB minimum part rule)."""
+    expect_marker("s3", "the moto S3 server")
     try:
         import moto.server  # noqa: F401
     except ImportError:

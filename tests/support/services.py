@@ -72,6 +72,9 @@ async def _admin_execute(sql: str) -> None:
 @contextlib.contextmanager
 def postgres_database() -> Iterator[str]:
     """A fresh, empty PostgreSQL database for one test; dropped afterwards."""
+    from tests.support.markers import expect_marker  # a plugin: imported by pytest first
+
+    expect_marker("postgres", "a PostgreSQL database")
     require_service(postgres_available(), "PostgreSQL is not running on 127.0.0.1:5432")
     name = f"ferry_t_{uuid.uuid4().hex[:12]}"
     asyncio.run(_admin_execute(f'CREATE DATABASE "{name}"'))
@@ -98,6 +101,9 @@ class FerryProcess:
 
     def start(self, timeout: float = 30.0) -> None:
         """Start the server and wait until ``/health`` answers 200."""
+        from tests.support.markers import expect_marker
+
+        expect_marker("serve", "a ferry serve process")
         self.log_path = self.data_dir.parent / f"ferry-{self.port}.log"
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
