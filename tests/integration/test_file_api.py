@@ -15,6 +15,9 @@ from app.main import FerryApp, create_app
 from app.settings import Settings
 from tests.conftest import MakeSettings
 from tests.integration.tus_helpers import (  # noqa: F401 - per-module PostgreSQL database
+    OCTETS,
+    TUS,
+    b64,
     database_url,
     tus_postgres_database,
 )
@@ -105,6 +108,49 @@ async def test_get_and_patch_metadata_and_name(client: AsyncTestClient[FerryApp]
     assert (await client.patch(f"/api/files/{uid}", json={"colour": "red"})).status_code == 400
     download = await client.get(f"/files/{uid}")
     assert "final.txt" in download.headers["content-disposition"]
+
+
+async def test_bidi_controls_are_stripped_from_put_tus_form_and_renamed_names_and_downloads(
+    client: AsyncTestClient[FerryApp],
+) -> None:
+    # PUT: U+202E (right-to-left override) would show "invoice\u202efdp.exe" as "invoiceexe.pdf".
+    put = await client.put("/api/files/invoice%E2%80%AEfdp.exe", content=b"plain text\n")
+    assert put.status_code == 201, put.text
+    uid = put.json()["uid"]
+    assert put.json()["name"] == "invoicefdp.exe"
+    assert put.json()["metadata"]["filename"] == "invoicefdp.exe"
+    disposition = (await client.get(f"/files/{uid}")).headers["content-disposition"]
+    assert disposition.endswith("filename*=UTF-8''invoicefdp.exe")
+    # tus: the filename metadata becomes the file's name (isolates and marks too).
+    isolated = b64("report\u2067\u200fcod.exe\u2069")
+    created = await client.post(
+        "/files/",
+        headers={**TUS, "Upload-Length": "6", "Upload-Metadata": f"filename {isolated}"},
+    )
+    assert created.status_code == 201, created.text
+    tus_uid = created.headers["location"].rsplit("/", 1)[-1]
+    patched = await client.patch(
+        f"/files/{tus_uid}",
+        content=b"hello\n",
+        headers={**TUS, "Upload-Offset": "0", "Content-Type": OCTETS},
+    )
+    assert patched.status_code == 204, patched.text
+    assert (await client.get(f"/api/files/{tus_uid}")).json()["name"] == "reportcod.exe"
+    # A multipart form's file name.
+    form = await client.post(
+        "/api/files", files=[("file", ("movie\u202a\u061c.txt", b"words\n", "text/plain"))]
+    )
+    assert form.status_code == 201, form.text
+    assert form.json()["files"][0]["name"] == "movie.txt"
+    # A rename.
+    renamed = await client.patch(f"/api/files/{uid}", json={"name": "photo\u202egpj.exe"})
+    assert renamed.status_code == 200, renamed.text
+    assert renamed.json()["name"] == "photogpj.exe"
+    disposition = (await client.get(f"/files/{uid}")).headers["content-disposition"]
+    assert "%E2%80" not in disposition
+    # A name made of bidi controls only is refused, not stored empty.
+    empty = await client.patch(f"/api/files/{uid}", json={"name": "\u202e\u202c"})
+    assert empty.status_code == 400
 
 
 async def test_delete_removes_object_row_and_is_then_404(
