@@ -111,10 +111,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     """Largest file of the ``other`` category in bytes; 0: only ``max_size`` applies."""
 
     max_metadata_bytes: PositiveInt = 16 * 1024
-    """Largest ``Upload-Metadata`` header accepted (431 above it)."""
+    """Largest ``Upload-Metadata`` header accepted (431 above it); also a file's metadata
+    after ``PATCH /api/files/{uid}`` (413)."""
 
     max_metadata_keys: PositiveInt = 64
-    """Most keys one ``Upload-Metadata`` header may carry (400 above it)."""
+    """Most keys one ``Upload-Metadata`` header (or a file's metadata) may carry (400 above it)."""
 
     upload_ttl_seconds: PositiveInt = 24 * 3600
     """Unfinished uploads expire this long after their last activity."""

@@ -11,6 +11,9 @@ from litestar.testing import AsyncTestClient
 
 from app.auth.keys import ApiKeyStore
 from app.db.engine import create_engine, create_session_factory, migrate
+from app.errors import BadRequest, PayloadTooLarge
+from app.files.api import check_metadata_caps
+from app.files.schemas import encode_metadata_value
 from app.main import FerryApp, create_app
 from app.settings import Settings
 from tests.conftest import MakeSettings
@@ -151,6 +154,41 @@ async def test_bidi_controls_are_stripped_from_put_tus_form_and_renamed_names_an
     # A name made of bidi controls only is refused, not stored empty.
     empty = await client.patch(f"/api/files/{uid}", json={"name": "\u202e\u202c"})
     assert empty.status_code == 400
+
+
+async def test_patched_file_metadata_is_held_to_the_upload_metadata_caps(
+    client: AsyncTestClient[FerryApp],
+) -> None:
+    uid = (await _put(client, "notes.txt", b"notes\n"))["uid"]
+    url = f"/api/files/{uid}"
+    # 64 keys at most (FERRY_MAX_METADATA_KEYS); the PUT set "filename".
+    keys = {f"k{i}": "v" for i in range(63)}
+    assert (await client.patch(url, json={"metadata": keys})).status_code == 200
+    too_many = await client.patch(url, json={"metadata": {"one-more": "v"}})
+    assert too_many.status_code == 400
+    assert "FERRY_MAX_METADATA_KEYS" in too_many.text
+    cleared = await client.patch(url, json={"metadata": dict.fromkeys(keys)})
+    assert set(cleared.json()["metadata"]) == {"filename"}
+    # 16 KiB at most as Upload-Metadata (FERRY_MAX_METADATA_BYTES): one call fits, the
+    # next one would pass the cap (three calls used to build a 17 MiB record).
+    value = "x" * 6000  # 8000 bytes in base64
+    assert (await client.patch(url, json={"metadata": {"a": value}})).status_code == 200
+    too_large = await client.patch(url, json={"metadata": {"b": value, "c": value}})
+    assert too_large.status_code == 413
+    assert "FERRY_MAX_METADATA_BYTES" in too_large.text
+    record = (await client.get(url)).json()
+    assert set(record["metadata"]) == {"filename", "a"}
+    assert (await client.patch(url, json={"metadata": {"b": "small"}})).status_code == 200
+
+
+def test_file_metadata_already_over_a_lowered_cap_may_shrink_but_not_grow() -> None:
+    settings = Settings(max_metadata_keys=2, max_metadata_bytes=100)
+    before = {f"k{i}": encode_metadata_value("v" * 20) for i in range(4)}
+    check_metadata_caps(dict(list(before.items())[:3]), before, settings)
+    with pytest.raises(BadRequest, match="FERRY_MAX_METADATA_KEYS"):
+        check_metadata_caps({**before, "k4": None}, before, settings)
+    with pytest.raises(PayloadTooLarge, match="FERRY_MAX_METADATA_BYTES"):
+        check_metadata_caps({**before, "k0": encode_metadata_value("v" * 40)}, before, settings)
 
 
 async def test_delete_removes_object_row_and_is_then_404(
