@@ -32,6 +32,11 @@ LEGACY_NAMES: dict[str, str] = {
 #: Settings whose environment value is a comma-separated list.
 LIST_FIELDS = frozenset({"cors_origins", "auth", "allowed_types", "denied_types"})
 
+#: ``FERRY_SIGNING_KEY``'s placeholder in ``.env.example``: public, so it signs nothing.
+EXAMPLE_SIGNING_KEY = "change-me-to-a-long-random-string"
+#: Shortest accepted ``FERRY_SIGNING_KEY`` (HMAC-SHA256 keys of a hash's length).
+MIN_SIGNING_KEY_BYTES = 32
+
 PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
 NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
@@ -184,7 +189,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     """URL that receives post-finish and post-terminate events (empty: none are sent)."""
 
     webhook_secret: str = ""
-    """HMAC-SHA256 key signing each webhook (``Ferry-Signature``)."""
+    """HMAC-SHA256 key signing each webhook (``Ferry-Signature``); required with a URL."""
 
     webhook_max_attempts: PositiveInt = 12
     """Deliveries tried per event before it is given up (and logged as an error)."""
@@ -211,7 +216,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     """On SIGTERM, running requests get this long before the server exits anyway."""
 
     signing_key: str = ""
-    """Secret for signed download links; empty: a random per-process key (with a warning)."""
+    """Secret for signed download links, at least 32 bytes; empty: a random per-process key
+    (with a warning)."""
 
     download_mode: Literal["proxy", "redirect"] = "proxy"
     """``proxy`` streams files through Ferry; ``redirect`` answers 307 to a presigned S3 URL
@@ -324,3 +330,24 @@ def _check_consistency(settings: Settings) -> None:
         )
     if settings.s3_min_part_size < 5 * 1024 * 1024 and settings.storage == "s3":
         raise SettingsError("FERRY_S3_MIN_PART_SIZE: must be at least 5242880 (5 MiB)")
+    _check_secrets(settings)
+
+
+def _check_secrets(settings: Settings) -> None:
+    """Refuse keys anyone could know: events and links signed with them prove nothing."""
+    if settings.webhook_url and not settings.webhook_secret:
+        raise SettingsError(
+            "FERRY_WEBHOOK_SECRET: required when FERRY_WEBHOOK_URL is set "
+            "(events would be signed with an empty key)"
+        )
+    if settings.signing_key == EXAMPLE_SIGNING_KEY:
+        raise SettingsError(
+            "FERRY_SIGNING_KEY: still the placeholder of .env.example; "
+            "set a random secret (e.g. openssl rand -hex 32)"
+        )
+    size = len(settings.signing_key.encode("utf-8"))
+    if 0 < size < MIN_SIGNING_KEY_BYTES:
+        raise SettingsError(
+            f"FERRY_SIGNING_KEY: {size} bytes is too short; use at least "
+            f"{MIN_SIGNING_KEY_BYTES} random bytes (e.g. openssl rand -hex 32)"
+        )
