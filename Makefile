@@ -20,10 +20,11 @@ $(STAMP): pyproject.toml
 test-deps: install
 	bash scripts/install-test-deps.sh
 
-# Local use on loopback needs no key (FERRY_AUTH=none unless set); Ferry refuses auth-off
-# on any other address. Set FERRY_AUTH=keys and run `ferry keys create --owner you` to try auth.
+# Local use on loopback needs no key (FERRY_AUTH=none unless the environment or .env sets
+# it); Ferry refuses auth-off on any other address. Set FERRY_AUTH=keys (environment or
+# .env) and run `ferry keys create --owner you` to try auth.
 run: install
-	FERRY_AUTH=$${FERRY_AUTH:-none} $(BIN)/ferry serve
+	$(BIN)/ferry serve --default-auth none
 
 test: test-deps
 	$(BIN)/pytest

@@ -15,9 +15,9 @@ from app import __version__
 from app.settings import Settings, SettingsError, load_settings
 
 
-def _settings() -> Settings:
+def _settings(defaults: dict[str, str] | None = None) -> Settings:
     try:
-        return load_settings()
+        return load_settings(defaults=defaults)
     except SettingsError as exc:
         click.echo(f"ferry: invalid configuration: {exc}", err=True)
         sys.exit(2)
@@ -44,7 +44,16 @@ def main() -> None:
     is_flag=True,
     help="Allow FERRY_AUTH=none on a non-loopback address (same as FERRY_ALLOW_NO_AUTH=true).",
 )
-def serve(host: str | None, port: int | None, insecure_no_auth: bool) -> None:
+@click.option(
+    "--default-auth",
+    default=None,
+    metavar="METHODS",
+    help="FERRY_AUTH when neither the environment nor .env sets it ('make run' passes "
+    "'none'; none is still refused off loopback).",
+)
+def serve(
+    host: str | None, port: int | None, insecure_no_auth: bool, default_auth: str | None
+) -> None:
     """Apply pending migrations (unless FERRY_AUTO_MIGRATE=false) and serve HTTP.
 
     FERRY_WORKERS=N (PostgreSQL and local storage) serves from N processes.
@@ -52,7 +61,7 @@ def serve(host: str | None, port: int | None, insecure_no_auth: bool) -> None:
     from app.db.engine import MigrationFailed, migrate_apart
     from app.ops.shutdown import auth_refusal_for_serving
 
-    settings = _settings()
+    settings = _settings(None if default_auth is None else {"FERRY_AUTH": default_auth})
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     bind = host or settings.host
     problem = auth_refusal_for_serving(settings, bind, forced=insecure_no_auth)

@@ -265,9 +265,12 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
         return self.node_id or os.uname().nodename
 
 
-def _raw_values(environ: Mapping[str, str], env_file: Path | None) -> dict[str, str]:
-    """Collect ``FERRY_*`` values: the environment wins over the ``.env`` file."""
-    merged: dict[str, str] = {}
+def _raw_values(
+    environ: Mapping[str, str], env_file: Path | None, defaults: Mapping[str, str]
+) -> dict[str, str]:
+    """Collect ``FERRY_*`` values: the environment wins over the ``.env`` file, which wins
+    over ``defaults``."""
+    merged: dict[str, str] = dict(defaults)
     if env_file is not None and env_file.is_file():
         merged.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
     merged.update(environ)
@@ -293,10 +296,17 @@ def _variable_for(path: str) -> str:
 
 
 def load_settings(
-    environ: Mapping[str, str] | None = None, env_file: Path | None = Path(".env")
+    environ: Mapping[str, str] | None = None,
+    env_file: Path | None = Path(".env"),
+    defaults: Mapping[str, str] | None = None,
 ) -> Settings:
-    """Build and validate settings; raise :class:`SettingsError` naming a bad variable."""
-    raw = _raw_values(os.environ if environ is None else environ, env_file)
+    """Build and validate settings; raise :class:`SettingsError` naming a bad variable.
+
+    ``defaults`` (``FERRY_*`` names) apply where neither the environment nor the ``.env``
+    file sets a variable: how ``make run`` turns auth off on loopback without overriding
+    a ``FERRY_AUTH`` written in ``.env``.
+    """
+    raw = _raw_values(os.environ if environ is None else environ, env_file, defaults or {})
     values: dict[str, object] = {}
     for key, text in raw.items():
         if key in LIST_FIELDS:

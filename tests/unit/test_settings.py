@@ -55,6 +55,17 @@ def test_env_file_is_read_and_the_environment_wins(tmp_path: Path) -> None:
     assert settings.port == 7001
 
 
+def test_defaults_apply_only_where_neither_the_environment_nor_env_file_sets_a_variable(
+    tmp_path: Path,
+) -> None:
+    env_file = tmp_path / ".env"
+    defaults = {"FERRY_AUTH": "none"}
+    assert load_settings({}, env_file, defaults).auth == ("none",)
+    env_file.write_text("FERRY_AUTH=keys\n")
+    assert load_settings({}, env_file, defaults).auth == ("keys",)
+    assert load_settings({"FERRY_AUTH": "jwt"}, env_file, defaults).auth == ("jwt",)
+
+
 def test_missing_env_file_is_fine(tmp_path: Path) -> None:
     assert load({}, tmp_path / "absent.env") == Settings()
 
