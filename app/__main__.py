@@ -59,6 +59,7 @@ def serve(
     FERRY_WORKERS=N (PostgreSQL and local storage) serves from N processes.
     """
     from app.db.engine import MigrationFailed, migrate_apart
+    from app.ops.data_dir_lock import DataDirInUse, hold_data_dir
     from app.ops.shutdown import auth_refusal_for_serving
 
     settings = _settings(None if default_auth is None else {"FERRY_AUTH": default_auth})
@@ -68,6 +69,12 @@ def serve(
     if problem:
         click.echo(f"ferry: {problem}", err=True)
         sys.exit(2)
+    try:
+        # Before migrations and reconciliation: a second server must change nothing.
+        hold_data_dir(settings.data_dir)
+    except DataDirInUse as exc:
+        click.echo(f"ferry: {exc}", err=True)
+        sys.exit(1)
     if settings.auto_migrate:
         try:
             migrate_apart(settings)

@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 
-from tests.support.services import FERRY, PROJECT_ROOT, free_port
+from tests.e2e.support import MIB, OCTETS, TUS, create_upload, tus_offset
+from tests.support.services import (
+    FERRY,
+    PROJECT_ROOT,
+    FerryProcess,
+    free_port,
+    postgres_database,
+    running_ferry,
+)
 
 
 def _clean_env(**variables: str) -> dict[str, str]:
@@ -113,3 +124,95 @@ def test_make_run_respects_ferry_auth_from_dot_env_and_defaults_to_none_without_
         )
         with _make_run(directory, port) as url:
             assert httpx.get(f"{url}/api/files", timeout=10).status_code == expected, auth_line
+
+
+def _staging_size(data_dir: Path, url: str) -> int:
+    return (data_dir / "staging" / url.rstrip("/").rsplit("/", 1)[-1]).stat().st_size
+
+
+def _read_response(sock: socket.socket) -> bytes:
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        piece = sock.recv(65536)
+        if not piece:
+            break
+        answer += piece
+    return answer
+
+
+def test_a_second_serve_on_the_same_data_dir_exits_and_leaves_a_live_patch_untouched(
+    tmp_path: Path,
+) -> None:
+    payload = os.urandom(16 * MIB)
+    half = len(payload) // 2
+    with running_ferry(tmp_path) as first:
+        url = create_upload(first.url, len(payload))
+        parts = urlsplit(url)
+        head = (
+            f"PATCH {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+            f"Tus-Resumable: 1.0.0\r\nContent-Type: {OCTETS}\r\n"
+            f"Upload-Offset: 0\r\nContent-Length: {len(payload)}\r\n\r\n"
+        ).encode()
+        with socket.create_connection(("127.0.0.1", first.port), timeout=60) as sock:
+            # A PATCH in progress: half its body is in the staging file, uncommitted.
+            sock.sendall(head + payload[:half])
+            deadline = time.monotonic() + 30
+            while _staging_size(first.data_dir, url) < half - MIB:
+                assert time.monotonic() < deadline, "the first half never reached staging"
+                time.sleep(0.05)
+            staged = _staging_size(first.data_dir, url)
+            lock_file = (first.data_dir / "ferry.lock").read_bytes()
+            assert first.process is not None
+            first_pid = first.process.pid
+            # A second `make run` (same port), then one on a port of its own.
+            for port in (first.port, free_port()):
+                second = subprocess.run(
+                    [str(FERRY), "serve", "--host", "127.0.0.1", "--port", str(port)],
+                    env=first.env,
+                    cwd=first.data_dir.parent,
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                    check=False,
+                )
+                assert second.returncode == 1, second.stderr
+                assert second.stderr.startswith("ferry: data directory "), second.stderr
+                assert f"in use by another ferry serve (pid {first_pid})" in second.stderr
+                assert second.stderr.count("\n") == 1, second.stderr
+            assert _staging_size(first.data_dir, url) >= staged
+            assert (first.data_dir / "ferry.lock").read_bytes() == lock_file
+            # The live PATCH goes on as if nothing had happened.
+            sock.sendall(payload[half:])
+            answer = _read_response(sock)
+        assert answer.startswith(b"HTTP/1.1 204"), answer
+        assert f"upload-offset: {len(payload)}".encode() in answer.lower()
+        assert tus_offset(url) == len(payload)
+        record = httpx.get(f"{first.url}/api/files/{url.rsplit('/', 1)[-1]}", headers=TUS)
+        assert record.json()["sha256"] == hashlib.sha256(payload).hexdigest()
+
+
+def test_workers_hold_the_data_dir_until_the_supervisor_stops(tmp_path: Path) -> None:
+    with (
+        postgres_database() as database_url,
+        running_ferry(
+            tmp_path, {"FERRY_WORKERS": "2", "FERRY_DATABASE_URL": database_url}
+        ) as server,
+    ):
+        assert server.process is not None
+        supervisor = server.process.pid
+        second = subprocess.run(
+            [str(FERRY), "serve", "--port", str(free_port())],
+            env=server.env,
+            cwd=server.data_dir.parent,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert second.returncode == 1, second.stderr
+        assert f"in use by another ferry serve (pid {supervisor})" in second.stderr
+        server.stop()
+        # Stopped, it lets go: the next server starts on the same directory.
+        after = FerryProcess(data_dir=server.data_dir, env=server.env)
+        after.start()
+        after.stop()
