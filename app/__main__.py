@@ -69,6 +69,14 @@ def serve(
     if problem:
         click.echo(f"ferry: {problem}", err=True)
         sys.exit(2)
+    if settings.storage == "s3":
+        from app.storage.s3_client import s3_configuration_problem
+
+        # A wrong secret or bucket would otherwise look like an outage: 503 on every upload.
+        problem = asyncio.run(s3_configuration_problem(settings))
+        if problem:
+            click.echo(f"ferry: {problem}", err=True)
+            sys.exit(2)
     try:
         # Before migrations and reconciliation: a second server must change nothing.
         hold_data_dir(settings.data_dir)

@@ -34,7 +34,8 @@ from app.storage.s3_collaborator import (
     S3Collaborator,
     Shipment,
     error_code,
-    storage_unavailable,
+    misconfiguration_of,
+    storage_failure,
 )
 from app.storage.s3_ledger import Multipart, PartRecord
 from app.storage.s3_reconcile import PartsLost
@@ -86,7 +87,7 @@ class ObjectCompleter(S3Collaborator):
             ) from exc
         except TRANSIENT_ERRORS as exc:
             logger.warning("upload %s: storing in S3 failed: %r", upload_id, exc)
-            raise storage_unavailable() from exc
+            raise storage_failure(exc) from exc
         await self._cleaner.forget(upload_id)
         return stored
 
@@ -116,13 +117,17 @@ class ObjectCompleter(S3Collaborator):
         return await self._complete(multipart, [shipment.recorded[p.number] for p in wanted], size)
 
     async def _wait_for_parts(self, shipment: Shipment, count: int) -> None:
-        """Wait for the scheduled parts; 503 after ``s3_timeout_seconds`` without progress."""
+        """Wait for the scheduled parts; 503 after ``s3_timeout_seconds`` without progress,
+        500 at once when S3 refuses Ferry's settings (no retry of a part can succeed)."""
         loop = asyncio.get_running_loop()
         # one timed-out attempt plus its retry may pass before a part lands
         patience = 2.0 * self.settings.s3_timeout_seconds + 5.0
         last_progress, recorded = loop.time(), len(shipment.recorded)
         while pending := [t for t in shipment.in_flight.values() if not t.done()]:
             await asyncio.wait(pending, timeout=1.0)
+            failure = shipment.last_error
+            if failure is not None and misconfiguration_of(failure):
+                raise storage_failure(failure)
             if len(shipment.recorded) != recorded:
                 last_progress, recorded = loop.time(), len(shipment.recorded)
             elif loop.time() - last_progress > patience:
@@ -222,7 +227,7 @@ class ObjectCompleter(S3Collaborator):
         try:
             found = await self.head(self._backend.partial_key(upload_id))
         except TRANSIENT_ERRORS as exc:
-            raise storage_unavailable() from exc
+            raise storage_failure(exc) from exc
         if found is None or found.size != size:
             raise ServiceUnavailable(f"partial upload {upload_id} lost its staged bytes")
         await self._cleaner.forget(upload_id)
@@ -242,7 +247,7 @@ class ObjectCompleter(S3Collaborator):
             raise PayloadTooLarge(str(exc)) from None
         except TRANSIENT_ERRORS as exc:
             logger.warning("final upload %s: assembly in S3 failed: %r", final_id, exc)
-            raise storage_unavailable() from exc
+            raise storage_failure(exc) from exc
         finally:
             await anyio.Path(assembly.spool_path).unlink(missing_ok=True)
 

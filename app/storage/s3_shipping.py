@@ -28,7 +28,14 @@ from botocore.exceptions import ClientError
 from sqlalchemy import delete, insert
 
 from app.storage.parts import PartPlan, PartSpan, PartTooLarge, plan_for_deferred, plan_for_length
-from app.storage.s3_collaborator import RETRYABLE_ERRORS, S3Collaborator, Shipment, error_code
+from app.storage.s3_collaborator import (
+    MISCONFIGURATION_HINTS,
+    RETRYABLE_ERRORS,
+    S3Collaborator,
+    Shipment,
+    error_code,
+    misconfiguration_of,
+)
 from app.storage.s3_ledger import Multipart, PartRecord, multipart_uploads, parts
 from app.storage.s3_reconcile import PartsLost
 from app.storage.sniff import SNIFF_SIZE, category_for, sniff_content_type
@@ -78,7 +85,7 @@ class PartShipper(S3Collaborator):
                 return
             except RETRYABLE_ERRORS as exc:
                 shipment.last_error = exc
-                logger.warning("upload %s: cannot start parts yet: %r", shipment.upload_id, exc)
+                _log_failure(exc, "upload %s: cannot start parts yet", shipment.upload_id)
             except PartsLost:
                 logger.error("upload %s: S3 lost reclaimed parts", shipment.upload_id)
                 return
@@ -160,11 +167,11 @@ class PartShipper(S3Collaborator):
                 # S3 or the database (the ledger) is unwell: S3 may hold the part already;
                 # sending it again under the same number replaces it.
                 shipment.last_error = exc
-            logger.warning(
-                "upload %s part %d failed (%r); retrying in %.1fs",
+            _log_failure(
+                shipment.last_error,
+                "upload %s part %d failed; retrying in %.1fs",
                 shipment.upload_id,
                 span.number,
-                shipment.last_error,
                 pause,
             )
             await asyncio.sleep(pause * (0.5 + random.random()))  # noqa: S311 - jitter
@@ -262,6 +269,21 @@ class PartShipper(S3Collaborator):
                 )
             )
         return multipart
+
+
+def _log_failure(exc: BaseException | None, message: str, *args: object) -> None:
+    """A warning for S3 being unwell; an error for S3 refusing Ferry's settings, which no
+    retry fixes (the retries go on: a bucket policy may still change)."""
+    code = misconfiguration_of(exc)
+    if code is None:
+        logger.warning(message + " (%r)", *args, exc)
+        return
+    logger.error(
+        message + " (S3 refused it with %s: a configuration problem, check %s)",
+        *args,
+        code,
+        MISCONFIGURATION_HINTS[code],
+    )
 
 
 def _drop_from(
