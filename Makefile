@@ -21,10 +21,11 @@ $(STAMP): pyproject.toml
 test-deps: install
 	bash scripts/install-test-deps.sh
 
-# Local use on loopback needs no key (FERRY_AUTH=none unless set); Ferry refuses auth-off
-# on any other address. Set FERRY_AUTH=keys and run `ferry keys create --owner you` to try auth.
+# Local use on loopback needs no key (FERRY_AUTH=none unless the environment or .env sets
+# it); Ferry refuses auth-off on any other address. Set FERRY_AUTH=keys (environment or
+# .env) and run `ferry keys create --owner you` to try auth.
 run: install
-	FERRY_AUTH=$${FERRY_AUTH:-none} $(BIN)/ferry serve
+	$(BIN)/ferry serve --default-auth none
 
 # Lint first: an unclean tree fails the build before any test runs (CI runs `make test`).
 test: lint test-deps

@@ -15,9 +15,9 @@ from app import __version__
 from app.settings import Settings, SettingsError, load_settings
 
 
-def _settings() -> Settings:
+def _settings(defaults: dict[str, str] | None = None) -> Settings:
     try:
-        return load_settings()
+        return load_settings(defaults=defaults)
     except SettingsError as exc:
         click.echo(f"ferry: invalid configuration: {exc}", err=True)
         sys.exit(2)
@@ -44,21 +44,45 @@ def main() -> None:
     is_flag=True,
     help="Allow FERRY_AUTH=none on a non-loopback address (same as FERRY_ALLOW_NO_AUTH=true).",
 )
-def serve(host: str | None, port: int | None, insecure_no_auth: bool) -> None:
+@click.option(
+    "--default-auth",
+    default=None,
+    metavar="METHODS",
+    help="FERRY_AUTH when neither the environment nor .env sets it ('make run' passes "
+    "'none'; none is still refused off loopback).",
+)
+def serve(
+    host: str | None, port: int | None, insecure_no_auth: bool, default_auth: str | None
+) -> None:
     """Apply pending migrations (unless FERRY_AUTO_MIGRATE=false) and serve HTTP.
 
     FERRY_WORKERS=N (PostgreSQL and local storage) serves from N processes.
     """
     from app.db.engine import MigrationFailed, migrate_apart
+    from app.ops.data_dir_lock import DataDirInUse, hold_data_dir
     from app.ops.shutdown import auth_refusal_for_serving
 
-    settings = _settings()
+    settings = _settings(None if default_auth is None else {"FERRY_AUTH": default_auth})
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     bind = host or settings.host
     problem = auth_refusal_for_serving(settings, bind, forced=insecure_no_auth)
     if problem:
         click.echo(f"ferry: {problem}", err=True)
         sys.exit(2)
+    if settings.storage == "s3":
+        from app.storage.s3_client import s3_configuration_problem
+
+        # A wrong secret or bucket would otherwise look like an outage: 503 on every upload.
+        problem = asyncio.run(s3_configuration_problem(settings))
+        if problem:
+            click.echo(f"ferry: {problem}", err=True)
+            sys.exit(2)
+    try:
+        # Before migrations and reconciliation: a second server must change nothing.
+        hold_data_dir(settings.data_dir)
+    except DataDirInUse as exc:
+        click.echo(f"ferry: {exc}", err=True)
+        sys.exit(1)
     if settings.auto_migrate:
         try:
             migrate_apart(settings)

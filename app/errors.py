@@ -134,6 +134,15 @@ class ChecksumMismatch(FerryError):
     default_message = "checksum mismatch"
 
 
+class StorageMisconfigured(FerryError):
+    """Object storage refuses Ferry's credentials or bucket: retrying cannot help."""
+
+    status_code = 500
+    default_message = (
+        "object storage refuses the server's S3 configuration; an operator must fix it"
+    )
+
+
 class ServiceUnavailable(FerryError):
     """A dependency (database, storage) is unavailable; nothing was acknowledged."""
 

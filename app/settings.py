@@ -32,6 +32,11 @@ LEGACY_NAMES: dict[str, str] = {
 #: Settings whose environment value is a comma-separated list.
 LIST_FIELDS = frozenset({"cors_origins", "auth", "allowed_types", "denied_types"})
 
+#: ``FERRY_SIGNING_KEY``'s placeholder in ``.env.example``: public, so it signs nothing.
+EXAMPLE_SIGNING_KEY = "change-me-to-a-long-random-string"
+#: Shortest accepted ``FERRY_SIGNING_KEY`` (HMAC-SHA256 keys of a hash's length).
+MIN_SIGNING_KEY_BYTES = 32
+
 PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
 NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
@@ -109,10 +114,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     """Largest file of the ``other`` category in bytes; 0: only ``max_size`` applies."""
 
     max_metadata_bytes: PositiveInt = 16 * 1024
-    """Largest ``Upload-Metadata`` header accepted (431 above it)."""
+    """Largest ``Upload-Metadata`` header accepted (431 above it); also a file's metadata
+    after ``PATCH /api/files/{uid}`` (413)."""
 
     max_metadata_keys: PositiveInt = 64
-    """Most keys one ``Upload-Metadata`` header may carry (400 above it)."""
+    """Most keys one ``Upload-Metadata`` header (or a file's metadata) may carry (400 above it)."""
 
     upload_ttl_seconds: PositiveInt = 24 * 3600
     """Unfinished uploads expire this long after their last activity."""
@@ -181,7 +187,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     """URL that receives post-finish and post-terminate events (empty: none are sent)."""
 
     webhook_secret: str = ""
-    """HMAC-SHA256 key signing each webhook (``Ferry-Signature``)."""
+    """HMAC-SHA256 key signing each webhook (``Ferry-Signature``); required with a URL."""
 
     webhook_max_attempts: PositiveInt = 12
     """Deliveries tried per event before it is given up (and logged as an error)."""
@@ -208,7 +214,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     """On SIGTERM, running requests get this long before the server exits anyway."""
 
     signing_key: str = ""
-    """Secret for signed download links; empty: a random per-process key (with a warning)."""
+    """Secret for signed download links, at least 32 bytes; empty: a random per-process key
+    (with a warning)."""
 
     download_mode: Literal["proxy", "redirect"] = "proxy"
     """``proxy`` streams files through Ferry; ``redirect`` answers 307 to a presigned S3 URL
@@ -256,9 +263,12 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
         return self.node_id or os.uname().nodename
 
 
-def _raw_values(environ: Mapping[str, str], env_file: Path | None) -> dict[str, str]:
-    """Collect ``FERRY_*`` values: the environment wins over the ``.env`` file."""
-    merged: dict[str, str] = {}
+def _raw_values(
+    environ: Mapping[str, str], env_file: Path | None, defaults: Mapping[str, str]
+) -> dict[str, str]:
+    """Collect ``FERRY_*`` values: the environment wins over the ``.env`` file, which wins
+    over ``defaults``."""
+    merged: dict[str, str] = dict(defaults)
     if env_file is not None and env_file.is_file():
         merged.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
     merged.update(environ)
@@ -284,10 +294,17 @@ def _variable_for(path: str) -> str:
 
 
 def load_settings(
-    environ: Mapping[str, str] | None = None, env_file: Path | None = Path(".env")
+    environ: Mapping[str, str] | None = None,
+    env_file: Path | None = Path(".env"),
+    defaults: Mapping[str, str] | None = None,
 ) -> Settings:
-    """Build and validate settings; raise :class:`SettingsError` naming a bad variable."""
-    raw = _raw_values(os.environ if environ is None else environ, env_file)
+    """Build and validate settings; raise :class:`SettingsError` naming a bad variable.
+
+    ``defaults`` (``FERRY_*`` names) apply where neither the environment nor the ``.env``
+    file sets a variable: how ``make run`` turns auth off on loopback without overriding
+    a ``FERRY_AUTH`` written in ``.env``.
+    """
+    raw = _raw_values(os.environ if environ is None else environ, env_file, defaults or {})
     values: dict[str, object] = {}
     for key, text in raw.items():
         if key in LIST_FIELDS:
@@ -316,3 +333,24 @@ def _check_consistency(settings: Settings) -> None:
         )
     if settings.s3_min_part_size < 5 * 1024 * 1024 and settings.storage == "s3":
         raise SettingsError("FERRY_S3_MIN_PART_SIZE: must be at least 5242880 (5 MiB)")
+    _check_secrets(settings)
+
+
+def _check_secrets(settings: Settings) -> None:
+    """Refuse keys anyone could know: events and links signed with them prove nothing."""
+    if settings.webhook_url and not settings.webhook_secret:
+        raise SettingsError(
+            "FERRY_WEBHOOK_SECRET: required when FERRY_WEBHOOK_URL is set "
+            "(events would be signed with an empty key)"
+        )
+    if settings.signing_key == EXAMPLE_SIGNING_KEY:
+        raise SettingsError(
+            "FERRY_SIGNING_KEY: still the placeholder of .env.example; "
+            "set a random secret (e.g. openssl rand -hex 32)"
+        )
+    size = len(settings.signing_key.encode("utf-8"))
+    if 0 < size < MIN_SIGNING_KEY_BYTES:
+        raise SettingsError(
+            f"FERRY_SIGNING_KEY: {size} bytes is too short; use at least "
+            f"{MIN_SIGNING_KEY_BYTES} random bytes (e.g. openssl rand -hex 32)"
+        )

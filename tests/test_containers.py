@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import pytest
 from ruamel.yaml import YAML
 
-from app.settings import ENV_PREFIX, Settings, load_settings
+from app.settings import ENV_PREFIX, Settings, SettingsError, load_settings
 from tests.support.seaweed import S3Endpoint
 from tests.support.services import (
     PROJECT_ROOT,
@@ -32,6 +33,7 @@ CONTAINERFILE = PROJECT_ROOT / "Containerfile"
 COMPOSE = PROJECT_ROOT / "compose.yml"
 ENV_EXAMPLE = PROJECT_ROOT / ".env.example"
 SETTING_NAMES = {ENV_PREFIX + field.name.upper() for field in msgspec.structs.fields(Settings)}
+STRONG_SIGNING_KEY = "9f2c4e1a7b3d5f608192a3b4c5d6e7f8091a2b3c4d5e6f70"
 
 
 def _run(args: list[str], **options: Any) -> subprocess.CompletedProcess[str]:
@@ -143,7 +145,10 @@ def test_env_example_lists_every_setting_and_loads() -> None:
         if line.startswith("FERRY_") and "=" in line
     )
     values = {key: value for key, value in values.items() if value}
-    load_settings(values, env_file=None)
+    # Its placeholder secret is refused until it is changed, as the file says.
+    with pytest.raises(SettingsError, match=r"^FERRY_SIGNING_KEY: still the placeholder"):
+        load_settings(values, env_file=None)
+    load_settings({**values, "FERRY_SIGNING_KEY": STRONG_SIGNING_KEY}, env_file=None)
 
 
 def _compose_environment(service: dict[str, Any]) -> dict[str, str]:
@@ -178,6 +183,10 @@ def test_compose_variables_come_from_env_example_and_make_valid_ferry_settings()
     for name in ("ferry", "migrate"):
         environment = _compose_environment(services[name])
         assert set(k for k in environment if k.startswith(ENV_PREFIX)) <= SETTING_NAMES
+        # The placeholder secret must be changed before use (Ferry refuses it).
+        with pytest.raises(SettingsError, match=r"^FERRY_SIGNING_KEY:"):
+            load_settings(environment, env_file=ENV_EXAMPLE)
+        environment["FERRY_SIGNING_KEY"] = STRONG_SIGNING_KEY
         settings = load_settings(environment, env_file=ENV_EXAMPLE)
         assert settings.storage == "s3"
         assert settings.database_url.startswith("postgresql+asyncpg://ferry:")

@@ -28,10 +28,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.core.filenames import validate_name
 from app.core.metadata import encode_metadata_value
 from app.db.models import File
-from app.errors import BadRequest, NotFound
+from app.core.filenames import validate_name
+from app.core.metadata import encode_metadata_value
+from app.errors import BadRequest, NotFound, PayloadTooLarge
 from app.http.schemas import FileOut, FilePage, FileUpdate, SortField, file_out
 from app.http.simple_uploads import API_FILES_PATH, post_form, put_file
 from app.http.tus import request_owner
+from app.http.tus_protocol import encode_upload_metadata
+from app.settings import Settings
 from app.uploads.service import UploadService
 
 AnyRequest = Request[Any, Any, Any]
@@ -76,6 +80,7 @@ async def provide_file_service(state: State) -> AsyncIterator[FileService]:
 
 Files = NamedDependency[FileService]
 Uploads = NamedDependency[UploadService]
+Config = NamedDependency[Settings]
 
 
 def _listing_filters(
@@ -175,16 +180,45 @@ async def get_file(request: AnyRequest, uid: FromPath[uuid.UUID], files: Files) 
     return file_out(await files.visible(uid, request_owner(request)), str(request.base_url))
 
 
+def check_metadata_caps(
+    metadata: dict[str, str | None], before: dict[str, str | None], settings: Settings
+) -> None:
+    """The caps of ``Upload-Metadata`` on a file's merged metadata: 400 for too many keys,
+    413 for too many bytes (as the header would carry them). A record already over a cap
+    (the caps were lowered) may still shrink."""
+    keys, limit = len(metadata), settings.max_metadata_keys
+    if keys > limit and keys > len(before):
+        raise BadRequest(
+            f"the file's metadata would have {keys} keys; at most {limit} are allowed "
+            "(FERRY_MAX_METADATA_KEYS)"
+        )
+    size, limit = len(encode_upload_metadata(metadata)), settings.max_metadata_bytes
+    if size > limit and size > len(encode_upload_metadata(before)):
+        raise PayloadTooLarge(
+            f"the file's metadata would take {size} bytes as Upload-Metadata; at most "
+            f"{limit} are allowed (FERRY_MAX_METADATA_BYTES)"
+        )
+
+
 @patch("/{uid:uuid}")
 async def update_file(
-    request: AnyRequest, uid: FromPath[uuid.UUID], data: JSONBody[FileUpdate], files: Files
+    request: AnyRequest,
+    uid: FromPath[uuid.UUID],
+    data: JSONBody[FileUpdate],
+    files: Files,
+    settings: Config,
 ) -> FileOut:
-    """Rename a file and/or set metadata keys (``null`` removes a key)."""
+    """Rename a file and/or set metadata keys (``null`` removes a key).
+
+    The merged metadata is held to ``Upload-Metadata``'s caps (``FERRY_MAX_METADATA_KEYS``,
+    400; ``FERRY_MAX_METADATA_BYTES``, 413).
+    """
     stored = await files.visible(uid, request_owner(request))
     if data.name is not None:
         stored.name = validate_name(data.name)
     if data.metadata is not None:
-        metadata = dict(stored.file_metadata or {})
+        before = dict(stored.file_metadata or {})
+        metadata = dict(before)
         for key, value in data.metadata.items():
             if not key or " " in key or "," in key:
                 raise BadRequest(f"metadata key {key[:40]!r} is not allowed")
@@ -192,6 +226,7 @@ async def update_file(
                 metadata.pop(key, None)
             else:
                 metadata[key] = encode_metadata_value(value)
+        check_metadata_caps(metadata, before, settings)
         stored.file_metadata = metadata
     updated = await files.update(stored, auto_commit=True)
     return file_out(updated, str(request.base_url))

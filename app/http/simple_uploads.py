@@ -206,7 +206,7 @@ async def put_file(
 
     Refusals: 413 (size), 415 (content type by magic bytes), 422 (digest mismatch).
     """
-    validate_name(name)
+    name = validate_name(name)
     stored = await store_simple_upload(
         uploads,
         name=name,

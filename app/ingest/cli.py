@@ -82,7 +82,7 @@ class ByteSize(click.ParamType):  # type: ignore[type-arg]
     default=DEFAULT_STATE_FILE,
     show_default=True,
     help="Journal of upload URLs and verified files; a rerun with the same file resumes "
-    "unfinished uploads and skips verified ones.",
+    "unfinished uploads and skips verified ones. Never uploaded itself.",
 )
 @click.option(
     "--retries",

@@ -22,6 +22,17 @@ from app.ingest.walk import LocalFile
 DEFAULT_STATE_FILE = ".ferry-ingest-state.json"
 
 
+def temporary_of(path: Path) -> Path:
+    """Where the compacted journal is written before it replaces ``path``."""
+    return path.with_name(path.name + ".tmp")
+
+
+def journal_files(path: Path) -> frozenset[Path]:
+    """The state file and its temporary file (resolved): an ingest never uploads them,
+    even when it runs inside the tree it walks (``ferry ingest .``)."""
+    return frozenset({path.resolve(), temporary_of(path).resolve()})
+
+
 @dataclass(slots=True)
 class Entry:
     """What is known about one local file on one server."""
@@ -69,7 +80,7 @@ class Journal:
                     except TypeError:
                         continue
                     self.entries[entry.path] = entry
-        temporary = self.path.with_name(self.path.name + ".tmp")
+        temporary = temporary_of(self.path)
         with temporary.open("w", encoding="utf-8") as handle:
             handle.writelines(others)
             for entry in self.entries.values():

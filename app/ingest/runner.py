@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import anyio.to_thread
 
-from app.ingest.journal import Entry, Journal
+from app.ingest.journal import Entry, Journal, journal_files
 from app.ingest.progress import ProgressView
 from app.ingest.tus_client import FileHasher, TransferError, TusClient, UploadGone
 from app.ingest.walk import LocalFile, find_files
@@ -361,7 +361,10 @@ async def run_ingest(options: IngestOptions, view: ProgressView) -> IngestReport
     files = await anyio.to_thread.run_sync(
         lambda: list(
             find_files(
-                options.paths, exclude=options.exclude, follow_symlinks=options.follow_symlinks
+                options.paths,
+                exclude=options.exclude,
+                follow_symlinks=options.follow_symlinks,
+                skip=journal_files(options.state_path),
             )
         )
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import fnmatch
 import glob
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,15 +63,21 @@ def _walk_directory(root: Path, follow_symlinks: bool) -> Iterator[tuple[Path, s
 
 
 def find_files(
-    arguments: Iterable[str], *, exclude: tuple[str, ...] = (), follow_symlinks: bool = False
+    arguments: Iterable[str],
+    *,
+    exclude: tuple[str, ...] = (),
+    follow_symlinks: bool = False,
+    skip: Collection[Path] = (),
 ) -> Iterator[LocalFile]:
     """Expand the command-line paths into files, in a stable order, each path once.
 
     A directory contributes every file below it (relative names start at the directory);
     an argument with ``*``, ``?`` or ``[`` is a glob (``**`` recurses). Symbolic links
-    are skipped unless ``follow_symlinks``.
+    are skipped unless ``follow_symlinks``. Files at the resolved paths ``skip`` (the
+    ingest's own state files) are never yielded.
     """
     emitted: set[Path] = set()
+    skip_names = {path.name for path in skip}
     for argument in arguments:
         if _GLOB_CHARS & set(argument):
             roots = [Path(match) for match in sorted(glob.glob(argument, recursive=True))]
@@ -89,6 +95,8 @@ def find_files(
                     continue
                 found = _file_at(path, relative, follow_symlinks)
                 if found is None or found.path in emitted:
+                    continue
+                if found.path.name in skip_names and found.path.resolve() in skip:
                     continue
                 emitted.add(found.path)
                 yield found

@@ -5,6 +5,8 @@ in Python (HTTP parsing, SQLAlchemy, sniffing; a few ms of CPU per small file), 
 machine with more cores, more processes answer more requests. This module is the small
 supervisor that makes that safe:
 
+* the data directory is locked by the supervisor (:mod:`app.ops.data_dir_lock`) before
+  anything starts, and the workers inherit the lock: no second server touches it;
 * the listening socket is bound once, here, and every worker accepts on it;
 * **start-up reconciliation runs once**, in the first worker, before any other worker
   exists: it truncates staging files past their committed offset and releases this node's

@@ -14,16 +14,20 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import os
 import ssl
 from typing import TYPE_CHECKING, Any
 
+import anyio
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession, get_session
+from botocore.exceptions import ClientError
 from botocore.httpsession import get_cert_path
 from botocore.utils import get_environ_proxies
 
 from app.storage.part_upload import PartUploader
+from app.storage.s3_collaborator import TRANSIENT_ERRORS
 
 if TYPE_CHECKING:
     from aiobotocore.session import ClientCreatorContext
@@ -31,7 +35,11 @@ if TYPE_CHECKING:
 
     from app.settings import Settings
 
+logger = logging.getLogger(__name__)
+
 CONNECT_TIMEOUT_SECONDS = 5.0
+#: How long the start-up check of the credentials and the bucket may take.
+CHECK_TIMEOUT_SECONDS = 20.0
 
 _MODEL_EXTENSIONS = (".json", ".json.gz")
 
@@ -103,3 +111,48 @@ def direct_part_uploader(
     return PartUploader(
         timeout=read_timeout, connect_timeout=CONNECT_TIMEOUT_SECONDS, ssl_context=ssl_context
     )
+
+
+async def s3_configuration_problem(settings: Settings) -> str | None:
+    """Why S3 refuses Ferry's credentials or bucket (one line naming the variable), or
+    ``None``: checked before serving, so a wrong secret is not a stream of 503s.
+
+    HeadBucket first; its errors carry only a status, so a refusal is asked again with a
+    one-key ListObjectsV2, whose error names the cause. S3 not answering is no reason to
+    refuse: uploads stage locally meanwhile, so that is only logged.
+    """
+    where = settings.s3_endpoint_url or "AWS"
+    bucket = settings.s3_bucket
+    try:
+        with anyio.fail_after(CHECK_TIMEOUT_SECONDS):
+            async with s3_client(s3_session(), settings) as client:
+                try:
+                    await client.head_bucket(Bucket=bucket)
+                    return None
+                except ClientError:
+                    pass
+                try:
+                    await client.list_objects_v2(
+                        Bucket=bucket, Prefix=settings.s3_prefix, MaxKeys=1
+                    )
+                    return None  # refused a HEAD but answers a listing: good enough
+                except ClientError as exc:
+                    code = str(exc.response.get("Error", {}).get("Code", ""))
+    except TRANSIENT_ERRORS as exc:  # S3 down or unreachable: logged, not fatal
+        logger.warning("S3 at %s could not be checked at start-up: %r", where, exc)
+        return None
+    key = settings.s3_access_key
+    problems = {
+        "SignatureDoesNotMatch": f"FERRY_S3_SECRET_KEY: S3 at {where} refuses the request "
+        f"signature (SignatureDoesNotMatch): the secret key is not the one of access key "
+        f"{key!r}",
+        "InvalidAccessKeyId": f"FERRY_S3_ACCESS_KEY: S3 at {where} does not know the access "
+        f"key {key!r} (InvalidAccessKeyId)",
+        "NoSuchBucket": f"FERRY_S3_BUCKET: S3 at {where} has no bucket {bucket!r} (NoSuchBucket)",
+        "AccessDenied": f"FERRY_S3_BUCKET: access key {key!r} may not use bucket {bucket!r} "
+        f"at {where} (AccessDenied); check the bucket name and the key's permissions",
+    }
+    if code in problems:
+        return problems[code]
+    logger.warning("S3 at %s answered the start-up check with %s", where, code or "an error")
+    return None

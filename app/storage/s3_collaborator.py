@@ -9,13 +9,14 @@ parts ledger (in the app's database). The client is read through the backend eac
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import TYPE_CHECKING
 
 import aiohttp
 from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.errors import ServiceUnavailable
+from app.errors import FerryError, ServiceUnavailable, StorageMisconfigured
 from app.storage.backend import StoredObject
 
 if TYPE_CHECKING:
@@ -24,7 +25,10 @@ if TYPE_CHECKING:
 
     from app.storage.s3 import S3Backend
 
-#: Errors of one S3 call that are worth retrying later (S3 or the network is unwell).
+logger = logging.getLogger(__name__)
+
+#: Errors of one S3 call that are worth retrying later (S3 or the network is unwell);
+#: among them, :data:`MISCONFIGURATION_HINTS` picks out those no retry fixes.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     BotoCoreError,
     ClientError,
@@ -34,6 +38,15 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 #: Errors a background task waits out: S3 trouble, or the database holding the ledger.
 RETRYABLE_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT_ERRORS, SQLAlchemyError)
+#: S3 error codes that mean Ferry's S3 settings are wrong, with the setting to check. A
+#: HEAD's error has no body, so its code is the bare status: 403 is one of the first three.
+MISCONFIGURATION_HINTS: dict[str, str] = {
+    "SignatureDoesNotMatch": "FERRY_S3_SECRET_KEY",
+    "InvalidAccessKeyId": "FERRY_S3_ACCESS_KEY",
+    "AccessDenied": "FERRY_S3_ACCESS_KEY's permissions on FERRY_S3_BUCKET",
+    "403": "FERRY_S3_ACCESS_KEY, FERRY_S3_SECRET_KEY and the key's permissions",
+    "NoSuchBucket": "FERRY_S3_BUCKET",
+}
 PARTIALS_FOLDER = "partials"
 """Partial uploads (tus concatenation) are kept at ``{prefix}partials/{uid}``."""
 
@@ -78,3 +91,27 @@ def storage_unavailable() -> ServiceUnavailable:
 def error_code(exc: ClientError) -> str:
     """The S3 error code of a failed call (``""`` if it has none)."""
     return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def misconfiguration_of(exc: BaseException | None) -> str | None:
+    """The S3 error code when ``exc`` says Ferry's S3 settings are wrong, else ``None``."""
+    if isinstance(exc, ClientError) and error_code(exc) in MISCONFIGURATION_HINTS:
+        return error_code(exc)
+    return None
+
+
+def storage_failure(exc: BaseException) -> FerryError:
+    """The client's error for a failed S3 call: 500 for a misconfiguration (logged as
+    one), else the 503 of :func:`storage_unavailable`."""
+    code = misconfiguration_of(exc)
+    if code is None:
+        return storage_unavailable()
+    logger.error(
+        "S3 refused Ferry's request with %s: a configuration problem, not an outage; check %s",
+        code,
+        MISCONFIGURATION_HINTS[code],
+    )
+    return StorageMisconfigured(
+        f"object storage refused the request ({code}): the server's S3 configuration is "
+        "wrong; retrying will not help until an operator fixes it"
+    )

@@ -34,7 +34,8 @@ from app.storage.s3_collaborator import (
     TRANSIENT_ERRORS,
     S3Collaborator,
     error_code,
-    storage_unavailable,
+    misconfiguration_of,
+    storage_failure,
 )
 from app.storage.s3_ledger import Multipart, PartRecord
 from app.storage.sniff import Category
@@ -85,7 +86,7 @@ class ObjectCompleter(S3Collaborator):
             stored = await self._store(upload_id, staged_path, size, key, content_type)
         except TRANSIENT_ERRORS as exc:
             logger.warning("upload %s: storing in S3 failed: %r", upload_id, exc)
-            raise storage_unavailable() from exc
+            raise storage_failure(exc) from exc
         await self._shipper.drop_segments(upload_id)
         await self._cleaner.forget(upload_id)
         self._shipper.staged_upto.pop(upload_id, None)
@@ -206,7 +207,7 @@ class ObjectCompleter(S3Collaborator):
         try:
             found = await self.head(key)
         except TRANSIENT_ERRORS as exc:
-            raise storage_unavailable() from exc
+            raise storage_failure(exc) from exc
         if found is not None and found.size == size:
             return  # completed before a crash hid that from the database
         await self.store(upload_id, staged_path, size, key, _OCTETS)
@@ -227,7 +228,7 @@ class ObjectCompleter(S3Collaborator):
             raise PayloadTooLarge(str(exc)) from None
         except TRANSIENT_ERRORS as exc:
             logger.warning("final upload %s: assembly in S3 failed: %r", final_id, exc)
-            raise storage_unavailable() from exc
+            raise storage_failure(exc) from exc
         finally:
             await anyio.Path(assembly.spool_path).unlink(missing_ok=True)
 

@@ -13,7 +13,8 @@ from typing import Any
 
 from app.core.filenames import content_disposition
 from app.errors import ServiceUnavailable
-from app.storage.s3_collaborator import TRANSIENT_ERRORS, S3Collaborator, storage_unavailable
+from app.core.filenames import content_disposition
+from app.storage.s3_collaborator import TRANSIENT_ERRORS, S3Collaborator, storage_failure
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +27,8 @@ class ObjectReader(S3Collaborator):
     async def open_range(self, key: str, start: int, length: int) -> AsyncIterator[bytes]:
         """Stream ``length`` bytes from ``start`` with one ranged GetObject.
 
-        S3 failing is a 503 (:class:`ServiceUnavailable`), never an unexplained 500.
+        S3 failing is a 503 (:class:`ServiceUnavailable`), or a 500 that says the S3
+        settings are wrong (:func:`storage_failure`), never an unexplained 500.
         """
         if length <= 0:
             return
@@ -37,7 +39,7 @@ class ObjectReader(S3Collaborator):
             body = response["Body"]
         except TRANSIENT_ERRORS as exc:
             logger.warning("reading %s from S3 failed: %r", key, exc)
-            raise storage_unavailable() from exc
+            raise storage_failure(exc) from exc
         try:
             remaining = length
             while remaining > 0:

@@ -36,9 +36,15 @@ import anyio.to_thread
 from botocore.exceptions import ClientError
 from sqlalchemy import and_, delete, insert, select
 
-from app.errors import ServiceUnavailable
+from app.errors import FerryError, ServiceUnavailable
 from app.storage.parts import PartPlan, PartSpan, PartTooLarge, plan_for_deferred, plan_for_length
-from app.storage.s3_collaborator import TRANSIENT_ERRORS, S3Collaborator, error_code
+from app.storage.s3_collaborator import (
+    TRANSIENT_ERRORS,
+    S3Collaborator,
+    error_code,
+    misconfiguration_of,
+    storage_failure,
+)
 from app.storage.s3_ledger import (
     Multipart,
     PartRecord,
@@ -322,7 +328,7 @@ class PartShipper(S3Collaborator):
                     return await attempt()
             except (*TRANSIENT_ERRORS, TimeoutError) as exc:  # type: ignore[misc]
                 gone = isinstance(exc, ClientError) and error_code(exc) == "NoSuchUpload"
-                if gone or loop.time() + pause > give_up_at:
+                if gone or misconfiguration_of(exc) or loop.time() + pause > give_up_at:
                     raise
                 logger.warning("S3 call failed (%r); retrying in %.2fs", exc, pause)
             await asyncio.sleep(pause * (0.5 + random.random()))  # noqa: S311 - jitter
@@ -506,7 +512,10 @@ def _end_of(ledger: Ledger, held: list[PartRecord]) -> int:
     return ledger.multipart.plan.start_of(held[-1].number) + held[-1].size
 
 
-def _unavailable(doing: str, exc: BaseException) -> ServiceUnavailable:
+def _unavailable(doing: str, exc: BaseException) -> FerryError:
+    """503 (nothing was acknowledged), or 500 when S3 refuses Ferry's settings."""
+    if misconfiguration_of(exc) is not None:
+        return storage_failure(exc)
     logger.warning("%s failed: %r", doing, exc)
     return ServiceUnavailable(
         "object storage is unavailable; nothing was acknowledged; retry later",

@@ -90,7 +90,10 @@ def test_mp4_uploaded_through_the_page_plays_and_seeks_with_206s(
     """With auth on, the page sends the key for tus and the JSON calls, and the
     ``<video>`` (which cannot send it) plays through the signed link."""
     require_service(shutil.which("ffmpeg") is not None, "ffmpeg is not installed")
-    env: dict[str, str] = {"FERRY_AUTH": auth, "FERRY_SIGNING_KEY": "browser-test-signing-key"}
+    env: dict[str, str] = {
+        "FERRY_AUTH": auth,
+        "FERRY_SIGNING_KEY": "browser-test-signing-key-0123456789",
+    }
     if storage == "s3":
         seaweed = request.getfixturevalue("seaweed")
         env.update(seaweed.env(f"t-{uuid.uuid4().hex[:12]}/"))

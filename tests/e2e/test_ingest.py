@@ -102,6 +102,39 @@ def test_ingest_killed_with_sigkill_then_rerun_stores_every_file_once(tmp_path: 
         assert json.loads(report.read_text())["totals"]["skipped"]["files"] == len(expected)
 
 
+def test_ingest_run_inside_its_tree_never_uploads_its_state_file_even_after_kill_9(
+    tmp_path: Path,
+) -> None:
+    """``ferry ingest .`` keeps its default state file in the tree it walks."""
+    tree = tmp_path / "tree"
+    expected = make_tree(tree, 200, big_mib=8, seed=13)
+    state = tree / ".ferry-ingest-state.json"
+    with running_ferry(tmp_path) as server:
+
+        def run_inside() -> subprocess.Popen[bytes]:
+            options = ["--progress", "plain", "--parallel", "4", "--chunk-size", "1M"]
+            return subprocess.Popen(
+                [str(FERRY), "ingest", ".", "--server", server.url, *options],
+                cwd=tree,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env={**server.env},
+            )
+
+        first = run_inside()
+        _wait_for_journal_lines(state, 100, first)
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(timeout=10)
+        # What a kill during the journal's compaction leaves behind.
+        state.with_name(state.name + ".tmp").write_text(state.read_text(encoding="utf-8"))
+        code, out, err = _finish(run_inside())
+        assert code == 0, (out, err)
+        _assert_exactly_once(server, expected)  # the state file is not among them
+        code, out, err = _finish(run_inside())
+        assert code == 0, (out, err)
+        _assert_exactly_once(server, expected)
+
+
 def test_ingest_survives_a_server_restart_in_the_middle(tmp_path: Path) -> None:
     tree = tmp_path / "tree"
     expected = make_tree(tree, 60, big_mib=16, seed=11)

@@ -60,7 +60,7 @@ def auth_settings(make_settings: MakeSettings) -> Settings:
         jwt_secret=JWT_SECRET,
         jwt_audience=JWT_AUDIENCE,
         jwt_issuer=JWT_ISSUER,
-        signing_key="link-signing-key-for-tests",
+        signing_key="link-signing-key-for-tests-0123456789",
     )
     migrate(settings)
     return settings

@@ -11,10 +11,16 @@ from litestar.testing import AsyncTestClient
 
 from app.auth.keys import ApiKeyStore
 from app.db.engine import create_engine, create_session_factory, migrate
+from app.errors import BadRequest, PayloadTooLarge
+from app.core.metadata import encode_metadata_value
+from app.http.file_api import check_metadata_caps
 from app.main import FerryApp, create_app
 from app.settings import Settings
 from tests.conftest import MakeSettings
 from tests.integration.tus_helpers import (  # noqa: F401 - per-module PostgreSQL database
+    OCTETS,
+    TUS,
+    b64,
     database_url,
     tus_postgres_database,
 )
@@ -105,6 +111,84 @@ async def test_get_and_patch_metadata_and_name(client: AsyncTestClient[FerryApp]
     assert (await client.patch(f"/api/files/{uid}", json={"colour": "red"})).status_code == 400
     download = await client.get(f"/files/{uid}")
     assert "final.txt" in download.headers["content-disposition"]
+
+
+async def test_bidi_controls_are_stripped_from_put_tus_form_and_renamed_names_and_downloads(
+    client: AsyncTestClient[FerryApp],
+) -> None:
+    # PUT: U+202E (right-to-left override) would show "invoice\u202efdp.exe" as "invoiceexe.pdf".
+    put = await client.put("/api/files/invoice%E2%80%AEfdp.exe", content=b"plain text\n")
+    assert put.status_code == 201, put.text
+    uid = put.json()["uid"]
+    assert put.json()["name"] == "invoicefdp.exe"
+    assert put.json()["metadata"]["filename"] == "invoicefdp.exe"
+    disposition = (await client.get(f"/files/{uid}")).headers["content-disposition"]
+    assert disposition.endswith("filename*=UTF-8''invoicefdp.exe")
+    # tus: the filename metadata becomes the file's name (isolates and marks too).
+    isolated = b64("report\u2067\u200fcod.exe\u2069")
+    created = await client.post(
+        "/files/",
+        headers={**TUS, "Upload-Length": "6", "Upload-Metadata": f"filename {isolated}"},
+    )
+    assert created.status_code == 201, created.text
+    tus_uid = created.headers["location"].rsplit("/", 1)[-1]
+    patched = await client.patch(
+        f"/files/{tus_uid}",
+        content=b"hello\n",
+        headers={**TUS, "Upload-Offset": "0", "Content-Type": OCTETS},
+    )
+    assert patched.status_code == 204, patched.text
+    assert (await client.get(f"/api/files/{tus_uid}")).json()["name"] == "reportcod.exe"
+    # A multipart form's file name.
+    form = await client.post(
+        "/api/files", files=[("file", ("movie\u202a\u061c.txt", b"words\n", "text/plain"))]
+    )
+    assert form.status_code == 201, form.text
+    assert form.json()["files"][0]["name"] == "movie.txt"
+    # A rename.
+    renamed = await client.patch(f"/api/files/{uid}", json={"name": "photo\u202egpj.exe"})
+    assert renamed.status_code == 200, renamed.text
+    assert renamed.json()["name"] == "photogpj.exe"
+    disposition = (await client.get(f"/files/{uid}")).headers["content-disposition"]
+    assert "%E2%80" not in disposition
+    # A name made of bidi controls only is refused, not stored empty.
+    empty = await client.patch(f"/api/files/{uid}", json={"name": "\u202e\u202c"})
+    assert empty.status_code == 400
+
+
+async def test_patched_file_metadata_is_held_to_the_upload_metadata_caps(
+    client: AsyncTestClient[FerryApp],
+) -> None:
+    uid = (await _put(client, "notes.txt", b"notes\n"))["uid"]
+    url = f"/api/files/{uid}"
+    # 64 keys at most (FERRY_MAX_METADATA_KEYS); the PUT set "filename".
+    keys = {f"k{i}": "v" for i in range(63)}
+    assert (await client.patch(url, json={"metadata": keys})).status_code == 200
+    too_many = await client.patch(url, json={"metadata": {"one-more": "v"}})
+    assert too_many.status_code == 400
+    assert "FERRY_MAX_METADATA_KEYS" in too_many.text
+    cleared = await client.patch(url, json={"metadata": dict.fromkeys(keys)})
+    assert set(cleared.json()["metadata"]) == {"filename"}
+    # 16 KiB at most as Upload-Metadata (FERRY_MAX_METADATA_BYTES): one call fits, the
+    # next one would pass the cap (three calls used to build a 17 MiB record).
+    value = "x" * 6000  # 8000 bytes in base64
+    assert (await client.patch(url, json={"metadata": {"a": value}})).status_code == 200
+    too_large = await client.patch(url, json={"metadata": {"b": value, "c": value}})
+    assert too_large.status_code == 413
+    assert "FERRY_MAX_METADATA_BYTES" in too_large.text
+    record = (await client.get(url)).json()
+    assert set(record["metadata"]) == {"filename", "a"}
+    assert (await client.patch(url, json={"metadata": {"b": "small"}})).status_code == 200
+
+
+def test_file_metadata_already_over_a_lowered_cap_may_shrink_but_not_grow() -> None:
+    settings = Settings(max_metadata_keys=2, max_metadata_bytes=100)
+    before = {f"k{i}": encode_metadata_value("v" * 20) for i in range(4)}
+    check_metadata_caps(dict(list(before.items())[:3]), before, settings)
+    with pytest.raises(BadRequest, match="FERRY_MAX_METADATA_KEYS"):
+        check_metadata_caps({**before, "k4": None}, before, settings)
+    with pytest.raises(PayloadTooLarge, match="FERRY_MAX_METADATA_BYTES"):
+        check_metadata_caps({**before, "k0": encode_metadata_value("v" * 40)}, before, settings)
 
 
 async def test_delete_removes_object_row_and_is_then_404(

@@ -16,6 +16,10 @@ from app.core.filenames import (
 )
 from app.errors import BadRequest
 
+#: Every Unicode bidi control: embeddings and overrides, isolates, marks.
+BIDI_CONTROLS = [*map(chr, range(0x202A, 0x202F)), *map(chr, range(0x2066, 0x206A))]
+BIDI_CONTROLS += ["\u200e", "\u200f", "\u061c"]
+
 
 @pytest.mark.parametrize(
     ("name", "expected"),
@@ -53,7 +57,28 @@ def test_safe_display_name_never_contains_separators_controls_or_quotes(name: st
     assert shown
     assert not any(c in shown for c in '/\\"\r\n\x00')
     assert all(ord(c) >= 0x20 and ord(c) != 0x7F for c in shown)
+    assert not any(c in shown for c in BIDI_CONTROLS)
     assert len(shown) <= MAX_NAME_LENGTH
+    assert safe_display_name(shown, "fallback") == shown
+
+
+@pytest.mark.parametrize("control", BIDI_CONTROLS)
+def test_safe_display_name_strips_bidi_controls(control: str) -> None:
+    assert safe_display_name(f"invoice{control}fdp.exe", "x") == "invoicefdp.exe"
+
+
+def test_validate_name_returns_the_name_without_bidi_controls() -> None:
+    assert validate_name("invoice\u202efdp.exe") == "invoicefdp.exe"
+
+
+def test_validate_name_refuses_a_name_of_bidi_controls_only() -> None:
+    with pytest.raises(BadRequest):
+        validate_name("\u202e\u2066")
+
+
+def test_content_disposition_drops_bidi_controls_of_a_stored_name() -> None:
+    header = content_disposition("attachment", "invoice\u202efdp.exe")
+    assert header == "attachment; filename=\"invoicefdp.exe\"; filename*=UTF-8''invoicefdp.exe"
 
 
 def test_validate_name_accepts_a_plain_name() -> None:
@@ -101,4 +126,4 @@ def test_content_disposition_is_one_safe_header_line(name: str) -> None:
     assert "\r" not in header and "\n" not in header
     fallback = header.split('filename="', 1)[1].split('"; filename*=', 1)[0]
     assert '"' not in fallback and "\\" not in fallback and "/" not in fallback
-    assert unquote(header.split("UTF-8''", 1)[1]) == name
+    assert unquote(header.split("UTF-8''", 1)[1]) == safe_display_name(name, "file")

@@ -11,7 +11,7 @@ import pytest
 
 from app.errors import BadRequest
 from app.http.simple_uploads import parse_digest_headers
-from app.ingest.journal import Entry, Journal
+from app.ingest.journal import DEFAULT_STATE_FILE, Entry, Journal, journal_files
 from app.ingest.tus_client import FileHasher, encode_metadata
 from app.ingest.walk import find_files
 
@@ -35,6 +35,19 @@ def test_walk_finds_nested_files_skips_excludes_and_symlinks(tmp_path: Path) -> 
     ]
     # A followed link is uploaded under its own name.
     assert sorted(followed) == ["b/two.jpg", "link.txt", "one.txt", "skip.tmp"]
+
+
+def test_walk_never_yields_the_journal_or_its_temporary_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _touch(tmp_path / "photo.jpg")
+    _touch(tmp_path / DEFAULT_STATE_FILE)
+    _touch(tmp_path / f"{DEFAULT_STATE_FILE}.tmp")
+    _touch(tmp_path / "sub" / DEFAULT_STATE_FILE)  # another folder's journal is a file
+    monkeypatch.chdir(tmp_path)
+    skip = journal_files(Path(DEFAULT_STATE_FILE))
+    found = sorted(f.relative for f in find_files(["."], skip=skip))
+    assert found == ["photo.jpg", f"sub/{DEFAULT_STATE_FILE}"]
 
 
 def test_walk_expands_globs_recursively(tmp_path: Path) -> None:

@@ -55,6 +55,17 @@ def test_env_file_is_read_and_the_environment_wins(tmp_path: Path) -> None:
     assert settings.port == 7001
 
 
+def test_defaults_apply_only_where_neither_the_environment_nor_env_file_sets_a_variable(
+    tmp_path: Path,
+) -> None:
+    env_file = tmp_path / ".env"
+    defaults = {"FERRY_AUTH": "none"}
+    assert load_settings({}, env_file, defaults).auth == ("none",)
+    env_file.write_text("FERRY_AUTH=keys\n")
+    assert load_settings({}, env_file, defaults).auth == ("keys",)
+    assert load_settings({"FERRY_AUTH": "jwt"}, env_file, defaults).auth == ("jwt",)
+
+
 def test_missing_env_file_is_fine(tmp_path: Path) -> None:
     assert load({}, tmp_path / "absent.env") == Settings()
 
@@ -91,6 +102,10 @@ def test_legacy_s3_names_are_fallbacks_for_the_ferry_names() -> None:
             {"FERRY_STORAGE": "s3", "FERRY_S3_BUCKET": "b", "FERRY_S3_MIN_PART_SIZE": "1024"},
             "FERRY_S3_MIN_PART_SIZE",
         ),
+        ({"FERRY_WEBHOOK_URL": "https://hooks.example/ferry"}, "FERRY_WEBHOOK_SECRET"),
+        ({"FERRY_SIGNING_KEY": "change-me-to-a-long-random-string"}, "FERRY_SIGNING_KEY"),
+        ({"FERRY_SIGNING_KEY": "x" * 31}, "FERRY_SIGNING_KEY"),
+        ({"FERRY_SIGNING_KEY": "é" * 15}, "FERRY_SIGNING_KEY"),
     ],
 )
 def test_bad_value_raises_one_line_naming_the_variable(
@@ -101,6 +116,21 @@ def test_bad_value_raises_one_line_naming_the_variable(
     message = str(caught.value)
     assert message.startswith(f"{variable}:")
     assert "\n" not in message
+
+
+def test_weak_secrets_stop_start_up_but_strong_or_absent_ones_do_not(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text(
+        "FERRY_WEBHOOK_URL=https://hooks.example/ferry\nFERRY_WEBHOOK_SECRET=\n"
+        "FERRY_SIGNING_KEY=change-me-to-a-long-random-string\n"
+    )
+    with pytest.raises(SettingsError, match=r"^FERRY_WEBHOOK_SECRET: required"):
+        load({}, env_file)
+    with pytest.raises(SettingsError, match=r"^FERRY_SIGNING_KEY: still the placeholder"):
+        load({"FERRY_WEBHOOK_SECRET": "s"}, env_file)
+    strong = load({"FERRY_WEBHOOK_SECRET": "s", "FERRY_SIGNING_KEY": "k" * 32}, env_file)
+    assert strong.signing_key == "k" * 32
+    assert load({}).signing_key == ""  # empty: a random per-process key, with a warning
 
 
 def test_bad_value_in_env_file_names_the_variable(tmp_path: Path) -> None:

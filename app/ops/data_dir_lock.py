@@ -1,0 +1,46 @@
+"""One server per data directory: ``ferry serve`` holds an exclusive lock on it.
+
+Start-up reconciliation truncates staging files past their committed offset and releases
+this node's upload locks. Run by a second server on a live data directory (a second
+``make run``), it would cut the first server's uploads short under it. So ``ferry serve``
+takes ``{data_dir}/ferry.lock`` with ``flock(LOCK_EX | LOCK_NB)`` before it touches any
+state (migrations included) and keeps it for its whole life; the kernel drops it when the
+process dies, ``kill -9`` included. With ``FERRY_WORKERS`` the supervisor takes it and the
+workers inherit it: the directory stays held while any process that may write to it runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from pathlib import Path
+
+LOCK_FILE = "ferry.lock"
+
+
+class DataDirInUse(RuntimeError):
+    """Another ``ferry serve`` holds the data directory; the message says which."""
+
+
+def hold_data_dir(data_dir: Path) -> int:
+    """Lock ``data_dir`` for this process's life: the open descriptor (never close it).
+
+    Refusing changes nothing: the directory and the lock file exist while they are held.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = ""
+        with contextlib.suppress(OSError, ValueError):
+            holder = f" (pid {int(os.pread(descriptor, 32, 0).decode().strip())})"
+        os.close(descriptor)
+        raise DataDirInUse(
+            f"data directory {data_dir.resolve()} is in use by another ferry serve{holder}; "
+            "stop it first, or give this one its own FERRY_DATA_DIR"
+        ) from None
+    os.ftruncate(descriptor, 0)
+    os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
+    return descriptor
