@@ -83,8 +83,8 @@ async def open_ferry(settings: Settings) -> AsyncIterator[Ferry]:
         events=outbox,
     )
     admission = UploadAdmission(
-        CreationRateLimiter(settings.create_rate_per_minute, settings.create_burst),
-        OwnerQuotas(sessions, settings),
+        CreationRateLimiter(sessions, settings.create_rate_per_minute, settings.create_burst),
+        OwnerQuotas(settings),
         PreCreateHook(settings, client),
     )
     uploads = UploadService(
@@ -92,7 +92,7 @@ async def open_ferry(settings: Settings) -> AsyncIterator[Ferry]:
         storage=storage,
         staging=staging,
         settings=settings,
-        admission=admission.admit,
+        admission=admission,
     )
     ferry = Ferry(
         settings=settings,

@@ -169,7 +169,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     """Unfinished uploads one owner may have at once; 0 = no limit."""
 
     create_rate_per_minute: NonNegativeInt = 0
-    """Upload creations per owner per minute (token bucket, per node); 0 = no limit."""
+    """Upload creations per owner per minute (token bucket shared by every node); 0 = no
+    limit."""
 
     create_burst: PositiveInt = 10
     """Creations an owner may make at once before the per-minute rate applies."""

@@ -29,7 +29,7 @@ import contextlib
 import logging
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -47,6 +47,10 @@ _IDS_PER_QUERY = 500
 """Ids in one ``IN (...)`` (SQLite caps the parameters of a statement)."""
 
 _RELEASED: dict[str, Any] = {"lock_token": None, "lock_holder": None, "lock_expires_at": None}
+
+
+Reservation = Callable[[AsyncSession], Awaitable[None]]
+"""A check run inside the transaction that inserts an upload (quotas); raises to refuse."""
 
 
 class UploadEvents(Protocol):
@@ -226,14 +230,19 @@ class UploadRepository:
             expires_at=utcnow() + self.ttl,
         )
 
-    async def create(self, upload: Upload, *, claimed: bool = False) -> Claim | None:
+    async def create(
+        self, upload: Upload, *, claimed: bool = False, reserve: Reservation | None = None
+    ) -> Claim | None:
         """Insert a new upload; ``claimed``: born under this process's lease (saves a round
-        trip when a body follows at once)."""
+        trip when a body follows at once). ``reserve`` runs first in the same transaction
+        (the owner's quota: what it counts cannot change before the insert commits)."""
         claim = None
         if claimed:
             claim = Claim(upload=upload, token=secrets.token_hex(16))
             self._hold(upload, claim.token)
         async with self._sessions() as session, session.begin():
+            if reserve is not None:
+                await reserve(session)
             session.add(upload)
         return claim
 

@@ -1,4 +1,5 @@
-"""What runs before an upload is created: rate limit, quotas, then the pre-create hook."""
+"""What runs before an upload is created: rate limit and the pre-create hook, then the
+quotas, inside the transaction that inserts the upload."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ from app.ops.hooks import PreCreateHook
 from app.ops.limits import CreationRateLimiter, OwnerQuotas
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from app.db.uploads import Reservation
     from app.uploads.service import NewUpload
 
 
@@ -26,11 +30,7 @@ class UploadAdmission:
         Limits apply to owners; with auth off (no owner) only the hook is asked.
         """
         if request.owner is not None:
-            self._rate.take(request.owner)
-            # A final upload's bytes are its partials', already counted.
-            await self._quotas.check(
-                request.owner, None if request.partial_ids is not None else length
-            )
+            await self._rate.take(request.owner)
         if self._hook.enabled:
             metadata = await self._hook.review(
                 owner=request.owner,
@@ -41,3 +41,16 @@ class UploadAdmission:
             )
             request = dataclasses.replace(request, metadata=metadata)
         return request
+
+    def reservation(self, request: NewUpload, length: int | None) -> Reservation | None:
+        """The quota check to run in the inserting transaction (``None``: no quota applies)."""
+        owner = request.owner
+        if owner is None or not self._quotas.enabled:
+            return None
+        # A final upload's bytes are its partials', already counted.
+        new_length = None if request.partial_ids is not None else length
+
+        async def reserve(session: AsyncSession) -> None:
+            await self._quotas.check_in(session, owner, new_length)
+
+        return reserve

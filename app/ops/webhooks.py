@@ -148,9 +148,31 @@ class WebhookOutbox:
                 await asyncio.wait_for(self._wake.wait(), self._settings.webhook_poll_seconds)
 
     async def deliver_due(self, limit: int = 20) -> int:
-        """Try every due event once; return how many were tried."""
+        """Claim due events and try each once; return how many were tried."""
+        claimed = await self._claim_due(limit)
+        for number, row in enumerate(claimed):
+            try:
+                await self._attempt(row)
+            except BaseException:
+                # Stopping (or a bug) mid-attempt: make the unsent events due again at once
+                # instead of leaving them claimed until the claim runs out.
+                with anyio.CancelScope(shield=True):
+                    for unsent in claimed[number:]:
+                        await self._set(unsent, next_attempt_at=utcnow())
+                raise
+        return len(claimed)
+
+    async def _claim_due(self, limit: int) -> list[WebhookEvent]:
+        """Due events, claimed for one delivery's duration by this node alone.
+
+        PostgreSQL: ``SELECT … FOR UPDATE SKIP LOCKED``, so nodes polling at once take
+        different events and never wait for each other; the claim (``next_attempt_at``
+        pushed past one delivery) commits before anything is sent. A node that dies
+        mid-delivery leaves its events due again when the claim runs out (at least once).
+        """
         now = utcnow()
-        async with self._sessions() as session:
+        claimed_until = now + timedelta(seconds=self._settings.hook_timeout_seconds + 5)
+        async with self._sessions() as session, session.begin():
             due = (
                 await session.scalars(
                     select(WebhookEvent)
@@ -161,37 +183,12 @@ class WebhookOutbox:
                     )
                     .order_by(WebhookEvent.next_attempt_at)
                     .limit(limit)
+                    .with_for_update(skip_locked=True)
                 )
             ).all()
-        tried = 0
-        for row in due:
-            if await self._claim(row):
-                try:
-                    await self._attempt(row)
-                except BaseException:
-                    # Stopping (or a bug) mid-attempt: make the event due again at once
-                    # instead of leaving it claimed until the claim runs out.
-                    with anyio.CancelScope(shield=True):
-                        await self._set(row, next_attempt_at=utcnow())
-                    raise
-                tried += 1
-        return tried
-
-    async def _claim(self, row: WebhookEvent) -> bool:
-        # Push the due time past one delivery's duration; only the node whose CAS wins sends.
-        claimed_until = utcnow() + timedelta(seconds=self._settings.hook_timeout_seconds + 5)
-        async with self._sessions() as session, session.begin():
-            result: Any = await session.execute(
-                update(WebhookEvent)
-                .where(
-                    WebhookEvent.id == row.id,
-                    WebhookEvent.next_attempt_at == row.next_attempt_at,
-                    WebhookEvent.delivered_at.is_(None),
-                )
-                .values(next_attempt_at=claimed_until)
-                .execution_options(synchronize_session=False)
-            )
-        return bool(result.rowcount == 1)
+            for row in due:
+                row.next_attempt_at = claimed_until
+        return list(due)
 
     async def _attempt(self, row: WebhookEvent) -> None:
         body = msgspec.json.encode(

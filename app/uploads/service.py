@@ -21,17 +21,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 
 from app.core.checksums import ChecksumSpec, ChunkDigest, ChunkVerifier
 from app.core.sha256 import ResumableSha256
 from app.db.models import File, Upload, UploadState
-from app.db.uploads import Claim, UploadRepository
+from app.db.uploads import Claim, Reservation, UploadRepository
 from app.errors import (
     BadRequest,
     ClientDisconnected,
@@ -103,8 +103,16 @@ class _Bounds:
     room: int
 
 
-Admission = Callable[[NewUpload, int | None], Awaitable[NewUpload]]
-"""Quotas, rate limit and pre-create hook: may refuse a creation or change its metadata."""
+class Admission(Protocol):
+    """Rate limit, pre-create hook and quotas: may refuse a creation or change its metadata."""
+
+    async def admit(self, request: NewUpload, length: int | None) -> NewUpload:
+        """Before the upload exists: refuse (raise) or return the request to create."""
+        ...
+
+    def reservation(self, request: NewUpload, length: int | None) -> Reservation | None:
+        """What to check in the transaction that inserts the upload (quotas)."""
+        ...
 
 
 class UploadService:
@@ -183,8 +191,10 @@ class UploadService:
             length = None if None in lengths else sum(x for x in lengths if x is not None)
         if length is not None:
             self._check_length_admitted(length)
+        reserve = None
         if self._admission is not None:
-            request = await self._admission(request, length)
+            request = await self._admission.admit(request, length)
+            reserve = self._admission.reservation(request, length)
         upload = self._repository.new_upload(
             owner=request.owner,
             length=length,
@@ -196,12 +206,13 @@ class UploadService:
             storage=self._storage.backend.name,
         )
         body_follows = with_data and not upload.is_final and upload.length != 0
-        if body_follows and self._inserts_with_its_body(upload):
+        if body_follows and reserve is None and self._inserts_with_its_body(upload):
+            # (With a quota, the row must exist at once: others count it.)
             return Created(upload, self._repository.claim_unsaved(upload))
         if not upload.is_final and not body_follows:
             # (A body that follows creates the file when it opens it for writing.)
             await self._staging.create(upload.id)
-        claim = await self._repository.create(upload, claimed=body_follows)
+        claim = await self._repository.create(upload, claimed=body_follows, reserve=reserve)
         if upload.is_final or upload.length == 0:
             upload = await self._finisher.finish_when_free(upload)
         return Created(upload, claim)

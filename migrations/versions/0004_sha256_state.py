@@ -1,6 +1,6 @@
 """The running SHA-256 state of each upload, saved with every acknowledged offset, its
-sniffed content type, and the S3 segments ledger (acknowledged bytes past the last whole
-part, kept as objects).
+sniffed content type, the S3 segments ledger (acknowledged bytes past the last whole part,
+kept as objects), and the creation rate buckets every node shares.
 
 Revision ID: 0004_sha256_state
 Revises: 0002_s3_parts, 0003_auth_ops
@@ -39,7 +39,17 @@ def upgrade() -> None:
     )
 
 
+    op.create_table(
+        "creation_rates",
+        sa.Column("owner", sa.String(length=200), nullable=False),
+        sa.Column("tokens", sa.Float(), nullable=False),
+        sa.Column("updated", sa.Float(), nullable=False),
+        sa.PrimaryKeyConstraint("owner", name="pk_creation_rates"),
+    )
+
+
 def downgrade() -> None:
+    op.drop_table("creation_rates")
     op.drop_table("s3_segments")
     with op.batch_alter_table("uploads") as batch:
         batch.drop_column("content_type")

@@ -1,0 +1,75 @@
+"""The per-owner creation rate limit: one token bucket per owner in the database, shared by
+every process and node."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.db.engine import create_engine, create_session_factory
+from app.errors import TooManyRequests
+from app.ops.limits import CreationRateLimiter
+from app.settings import Settings
+
+
+@pytest.fixture
+async def sessions(settings: Settings) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    engine = create_engine(settings.resolved_database_url)
+    try:
+        yield create_session_factory(engine)
+    finally:
+        await engine.dispose()
+
+
+async def test_owner_past_its_burst_gets_429_with_retry_after(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    limiter = CreationRateLimiter(sessions, per_minute=60, burst=2)
+    await limiter.take("alice")
+    await limiter.take("alice")
+    with pytest.raises(TooManyRequests) as refused:
+        await limiter.take("alice")
+    assert refused.value.headers == {"Retry-After": "1"}
+    await limiter.take("bob")  # another owner has a bucket of its own
+
+
+async def test_nodes_sharing_a_database_share_each_owners_bucket(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    node_a = CreationRateLimiter(sessions, per_minute=1, burst=3)
+    node_b = CreationRateLimiter(sessions, per_minute=1, burst=3)
+    await node_a.take("carol")
+    await node_b.take("carol")
+    await node_a.take("carol")
+    with pytest.raises(TooManyRequests):
+        await node_b.take("carol")
+
+
+async def test_concurrent_creations_never_spend_more_than_the_burst(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    limiters = [CreationRateLimiter(sessions, per_minute=1, burst=5) for _ in range(4)]
+
+    async def take(number: int) -> bool:
+        try:
+            await limiters[number % 4].take("dave")
+        except TooManyRequests:
+            return False
+        return True
+
+    outcomes = await asyncio.gather(*(take(number) for number in range(20)))
+    assert sum(outcomes) == 5
+
+
+async def test_an_empty_bucket_refills_with_time(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    limiter = CreationRateLimiter(sessions, per_minute=600, burst=1)  # one token per 0.1 s
+    await limiter.take("erin")
+    with pytest.raises(TooManyRequests):
+        await limiter.take("erin")
+    await asyncio.sleep(0.25)
+    await limiter.take("erin")
