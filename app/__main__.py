@@ -79,7 +79,7 @@ def serve(
             sys.exit(2)
     try:
         # Before migrations and reconciliation: a second server must change nothing.
-        hold_data_dir(settings.data_dir)
+        hold_data_dir(settings.data_dir, settings.resolved_node_id)
     except DataDirInUse as exc:
         click.echo(f"ferry: {exc}", err=True)
         sys.exit(1)
@@ -89,6 +89,13 @@ def serve(
         except MigrationFailed as exc:
             click.echo(f"ferry: {exc}", err=True)
             sys.exit(1)
+    from app.ops.local_store import local_store_problem
+
+    # Local storage on several machines: only if they all mount one data directory.
+    problem = asyncio.run(local_store_problem(settings))
+    if problem:
+        click.echo(f"ferry: {problem}", err=True)
+        sys.exit(2)
     if settings.workers > 1:
         sys.exit(_serve_in_workers(settings, bind, port))
     from app.main import create_app

@@ -1,6 +1,7 @@
 """The running SHA-256 state of each upload, saved with every acknowledged offset, its
 sniffed content type, the S3 segments ledger (acknowledged bytes past the last whole part,
-kept as objects), and the creation rate buckets every node shares.
+kept as objects), the creation rate buckets every node shares, and ``ferry_meta`` (which
+data directory a local store's files live in).
 
 Revision ID: 0004_sha256_state
 Revises: 0002_s3_parts, 0003_auth_ops
@@ -38,7 +39,6 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("upload_id", "start_offset", name="pk_s3_segments"),
     )
 
-
     op.create_table(
         "creation_rates",
         sa.Column("owner", sa.String(length=200), nullable=False),
@@ -47,8 +47,16 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("owner", name="pk_creation_rates"),
     )
 
+    op.create_table(
+        "ferry_meta",
+        sa.Column("key", sa.String(length=64), nullable=False),
+        sa.Column("value", sa.String(length=255), nullable=False),
+        sa.PrimaryKeyConstraint("key", name="pk_ferry_meta"),
+    )
+
 
 def downgrade() -> None:
+    op.drop_table("ferry_meta")
     op.drop_table("creation_rates")
     op.drop_table("s3_segments")
     with op.batch_alter_table("uploads") as batch:

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from app.ops.data_dir_lock import lock_file_name
 from tests.e2e.support import MIB, OCTETS, TUS, create_upload, tus_offset
 from tests.support.services import (
     FERRY,
@@ -161,7 +162,7 @@ def test_a_second_serve_on_the_same_data_dir_exits_and_leaves_a_live_patch_untou
                 assert time.monotonic() < deadline, "the first half never reached staging"
                 time.sleep(0.05)
             staged = _staging_size(first.data_dir, url)
-            lock_file = (first.data_dir / "ferry.lock").read_bytes()
+            lock_file = (first.data_dir / lock_file_name(os.uname().nodename)).read_bytes()
             assert first.process is not None
             first_pid = first.process.pid
             # A second `make run` (same port), then one on a port of its own.
@@ -180,7 +181,7 @@ def test_a_second_serve_on_the_same_data_dir_exits_and_leaves_a_live_patch_untou
                 assert f"in use by another ferry serve (pid {first_pid})" in second.stderr
                 assert second.stderr.count("\n") == 1, second.stderr
             assert _staging_size(first.data_dir, url) >= staged
-            assert (first.data_dir / "ferry.lock").read_bytes() == lock_file
+            assert (first.data_dir / lock_file_name(os.uname().nodename)).read_bytes() == lock_file
             # The live PATCH goes on as if nothing had happened.
             sock.sendall(payload[half:])
             answer = _read_response(sock)

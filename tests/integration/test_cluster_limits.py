@@ -35,9 +35,7 @@ async def two_nodes(make_settings: MakeSettings) -> AsyncIterator[list[AsyncTest
 async def test_concurrent_creations_by_one_owner_on_two_nodes_never_overshoot_the_quota(
     two_nodes: list[AsyncTestClient[FerryApp]],
 ) -> None:
-    responses = await asyncio.gather(
-        *(_create(two_nodes[number % 2], 100) for number in range(24))
-    )
+    responses = await asyncio.gather(*(_create(two_nodes[number % 2], 100) for number in range(24)))
     statuses = sorted(response.status_code for response in responses)
     assert statuses.count(201) == 8, statuses  # the unfinished-upload quota (8 x 100 bytes)
     assert set(statuses) <= {201, 413, 429}
