@@ -260,3 +260,27 @@ def test_seaweedfs_command_flags_exist_and_its_health_check_url_answers(
     url = re.sub(r"http://127.0.0.1:\d+", seaweed.url, test[-1])
     result = _run([*test[1:-1], url], timeout=30)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_cluster_profile_puts_nodes_of_their_own_behind_a_balancer_with_nothing_sticky() -> (
+    None
+):
+    services = _compose()["services"]
+    nodes = [name for name, service in services.items() if name.startswith("ferry-")]
+    assert sorted(nodes) == ["ferry-a", "ferry-b"]
+    ids = {services[name]["environment"]["FERRY_NODE_ID"] for name in nodes}
+    assert len(ids) == len(nodes), "every node needs its own FERRY_NODE_ID"
+    volumes = {services[name]["volumes"][0].split(":")[0] for name in nodes}
+    assert len(volumes) == len(nodes), "every node has a data directory of its own"
+    for name in nodes:
+        assert services[name]["environment"]["FERRY_STORAGE"] == "s3"
+        assert services[name]["profiles"] == ["cluster"]
+    balancer = services["balancer"]
+    mount = balancer["volumes"][0].split(":")[0]
+    config = (PROJECT_ROOT / mount).read_text()
+    upstreams = set(re.findall(r"^\s*server\s+([\w-]+):8000", config, flags=re.M))
+    assert upstreams == set(nodes)
+    directives = {line.split()[0] for line in config.splitlines() if line.strip()}
+    assert not directives & {"ip_hash", "hash", "sticky"}, "any node serves any request"
+    for needed in ("proxy_request_buffering off;", "client_max_body_size 0;"):
+        assert needed in config
