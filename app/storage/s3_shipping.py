@@ -250,7 +250,7 @@ class PartShipper(S3Collaborator):
         try:
             if self.is_single(ledger, length):
                 if durable == length:
-                    await self._put_whole(upload_id, staged_path, durable, partial=partial)
+                    await self._put_whole(upload_id, staged_path, durable, ledger, partial=partial)
                 else:
                     await self._put_segment(upload_id, staged_path, committed, durable)
             else:
@@ -404,7 +404,7 @@ class PartShipper(S3Collaborator):
             )
 
     async def _put_whole(
-        self, upload_id: uuid.UUID, staged_path: Path, size: int, *, partial: bool
+        self, upload_id: uuid.UUID, staged_path: Path, size: int, ledger: Ledger, *, partial: bool
     ) -> None:
         """One PutObject of a one-part upload at its final key, recorded as its only
         segment (the completion then needs no other request to S3)."""
@@ -415,9 +415,11 @@ class PartShipper(S3Collaborator):
         await self._with_retries(
             lambda: self.put_range(key, staged_path, 0, size, content_type, crc)
         )
-        await self.drop_segments(upload_id)
+        if ledger.segments:
+            await self.drop_segments(upload_id)
         async with self.sessions() as session, session.begin():
-            await session.execute(delete(segments).where(segments.c.upload_id == upload_id))
+            if ledger.segments:
+                await session.execute(delete(segments).where(segments.c.upload_id == upload_id))
             await session.execute(
                 insert(segments).values(
                     upload_id=upload_id,
@@ -486,6 +488,26 @@ class PartShipper(S3Collaborator):
         return multipart
 
     # ------------------------------------------------------------------ segments' end
+
+    async def forget(self, upload_id: uuid.UUID, ledger: Ledger) -> None:
+        """After completion: delete the segment objects and every ledger row in one
+        transaction (the completed object stays)."""
+        self.staged_upto.pop(upload_id, None)
+        for segment in ledger.segments:
+            if segment.key.startswith(f"{self.prefix}{SEGMENTS_FOLDER}/"):
+                try:
+                    await self.client.delete_object(Bucket=self.bucket, Key=segment.key)
+                except TRANSIENT_ERRORS as exc:
+                    # The orphan sweep deletes it once the upload is no longer live.
+                    logger.warning("deleting segment %s failed (%r)", segment.key, exc)
+        if ledger.multipart is None and not ledger.segments:
+            return
+        async with self.sessions() as session, session.begin():
+            await session.execute(delete(segments).where(segments.c.upload_id == upload_id))
+            await session.execute(delete(parts).where(parts.c.upload_id == upload_id))
+            await session.execute(
+                delete(multipart_uploads).where(multipart_uploads.c.upload_id == upload_id)
+            )
 
     async def drop_segments(self, upload_id: uuid.UUID, *, below: int | None = None) -> None:
         """Delete segment objects and rows (all, or those ending at or before ``below``)."""

@@ -92,17 +92,15 @@ async def test_uploads_with_a_wrong_s3_secret_get_a_500_naming_a_configuration_p
     assert "configuration" in small.text
     assert "retry later" not in small.text
     assert "retry-after" not in small.headers
-    # A multipart upload: its parts are refused in the background; completion says why
-    # at once instead of waiting for parts that can never land.
+    # A multipart upload: S3 refuses its first part before anything is acknowledged, and
+    # the PATCH says why at once instead of "retry later".
     body = os.urandom(2 * PART + MIB)
     path = await create(wrong_secret_client, len(body))
     first = await patch(wrong_secret_client, path, 0, body[: 2 * PART])
-    assert first.status_code == 204  # staged and acknowledged: S3 is not on this path
-    last = await patch(wrong_secret_client, path, 2 * PART, body[2 * PART :])
-    assert last.status_code == 500, last.text
-    assert "SignatureDoesNotMatch" in last.text and "configuration" in last.text
-    # Finishing on a HEAD meets the same refusal, still not "retry later".
-    retried = await head(wrong_secret_client, path)
-    assert retried.status_code == 500
+    assert first.status_code == 500, first.text
+    assert "SignatureDoesNotMatch" in first.text and "configuration" in first.text
+    assert "retry-after" not in first.headers
+    status = await head(wrong_secret_client, path)
+    assert status.headers["upload-offset"] == "0", "nothing S3 refused was acknowledged"
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert any("SignatureDoesNotMatch" in m and "configuration problem" in m for m in errors)
