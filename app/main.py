@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import __version__
 from app.db.engine import create_engine, create_session_factory, database_is_usable
-from app.errors import FerryError
+from app.errors import BadRequest, FerryError
 from app.files.api import file_api_router
 from app.files.downloads import DownloadService
 from app.files.links import LinkSigner
@@ -37,7 +37,12 @@ from app.storage.backend import StorageBackend
 from app.storage.local import LocalBackend
 from app.storage.staging import StagingArea, limit_malloc_retention
 from app.tus.controller import FILES_PATH, TusController
-from app.tus.protocol import EXPOSED_HEADERS, TUS_VERSION, server_description_headers
+from app.tus.protocol import (
+    EXPOSED_HEADERS,
+    TUS_VERSION,
+    parse_method_override,
+    server_description_headers,
+)
 from app.uploads.reaper import reap_forever
 from app.uploads.service import UploadService
 
@@ -59,9 +64,10 @@ def build_backend(settings: Settings) -> StorageBackend:
 class FerryApp(Litestar):
     """Litestar plus the tus wire rules that must apply before routing.
 
-    ``X-HTTP-Method-Override`` (tus core) changes the method routing sees; a tus
-    ``OPTIONS`` (one that is not a CORS preflight) describes the server; and every response
-    under ``/files`` — errors and 404s included — carries ``Tus-Resumable``.
+    ``X-HTTP-Method-Override`` (tus core) on a POST changes the method routing sees to
+    PATCH or DELETE (any other value is 400, answered here); a tus ``OPTIONS`` (one that
+    is not a CORS preflight) describes the server; and every response under ``/files`` —
+    errors and 404s included — carries ``Tus-Resumable``.
     """
 
     tus_max_size: int = 0
@@ -71,11 +77,17 @@ class FerryApp(Litestar):
             await super().__call__(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        override = headers.get(b"x-http-method-override")
-        if override and scope["method"] == "POST":
+        if scope["method"] == "POST" and b"x-http-method-override" in headers:
             # tus core: clients that cannot send PATCH or DELETE tunnel them through POST.
             # Only POST is rewritten, so a GET or HEAD never turns into a write.
-            scope = {**scope, "method": override.decode("latin-1").strip().upper()}
+            try:
+                override = parse_method_override(
+                    value for name, value in scope["headers"] if name == b"x-http-method-override"
+                )
+            except BadRequest as error:
+                await _answer_plain(send, error.status_code, error.message)
+                return
+            scope = {**scope, "method": override}
         if scope["method"] == "OPTIONS" and b"access-control-request-method" not in headers:
             await self._describe_tus_server(scope, send)
             return
@@ -103,6 +115,18 @@ class FerryApp(Litestar):
             ]
         await send({"type": "http.response.start", "status": 204, "headers": response_headers})
         await send({"type": "http.response.body", "body": b""})
+
+
+async def _answer_plain(send: Any, status: int, message: str) -> None:
+    """A plain-text error sent before routing (so before the exception handlers exist)."""
+    body = (message + "\n").encode()
+    headers = [
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", str(len(body)).encode()),
+        _TUS_RESUMABLE,
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _plain(status: int, message: str, headers: dict[str, str] | None = None) -> Response[str]:

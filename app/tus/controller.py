@@ -32,6 +32,7 @@ from app.tus.protocol import (
     parse_upload_metadata,
     require_tus_version,
     trailer_value,
+    tus_header,
 )
 from app.uploads.service import AppendRequest, NewUpload, UploadService, expiry_header_value
 
@@ -105,24 +106,26 @@ class TusController(Controller):
     ) -> Response[None]:
         """creation (+ creation-with-upload, creation-defer-length, concatenation)."""
         headers = request.headers
-        require_tus_version(headers.get("tus-resumable"))
-        is_partial, partial_ids = parse_upload_concat(headers.get("upload-concat"), FILES_PATH)
-        length = parse_optional_integer("Upload-Length", headers.get("upload-length"))
-        deferred = parse_defer_length(headers.get("upload-defer-length"))
+        require_tus_version(tus_header(headers, "Tus-Resumable"))
+        is_partial, partial_ids = parse_upload_concat(
+            tus_header(headers, "Upload-Concat"), FILES_PATH
+        )
+        length = parse_optional_integer("Upload-Length", tus_header(headers, "Upload-Length"))
+        deferred = parse_defer_length(tus_header(headers, "Upload-Defer-Length"))
         if partial_ids:
             if length is not None or deferred:
                 raise BadRequest("a final upload must not carry Upload-Length")
         elif (length is None) == (not deferred):
             raise BadRequest("send exactly one of Upload-Length and Upload-Defer-Length: 1")
         metadata = parse_upload_metadata(
-            headers.get("upload-metadata"),
+            tus_header(headers, "Upload-Metadata"),
             max_bytes=settings.max_metadata_bytes,
             max_keys=settings.max_metadata_keys,
         )
         with_upload = _has_body(request)
         if with_upload:
             _require_offset_content_type(request)
-            checksum = parse_upload_checksum(headers.get("upload-checksum"))
+            checksum = parse_upload_checksum(tus_header(headers, "Upload-Checksum"))
             if partial_ids:
                 raise BadRequest("a final upload cannot carry data")
         upload = await uploads.create(
@@ -169,7 +172,7 @@ class TusController(Controller):
             return await downloads.respond(
                 request, upload_id, request_owner(request), head_only=True
             )
-        require_tus_version(request.headers.get("tus-resumable"))
+        require_tus_version(tus_header(request.headers, "Tus-Resumable"))
         upload = await uploads.get_for_status(parse_upload_id(upload_id), request_owner(request))
         headers = {"Cache-Control": "no-store", **_upload_state_headers(upload)}
         if not upload.is_final or upload.state == UploadState.COMPLETED:
@@ -200,11 +203,11 @@ class TusController(Controller):
     ) -> Response[None]:
         """tus core §PATCH: append the body at ``Upload-Offset``."""
         headers = request.headers
-        require_tus_version(headers.get("tus-resumable"))
+        require_tus_version(tus_header(headers, "Tus-Resumable"))
         parsed_id = parse_upload_id(upload_id)
         _require_offset_content_type(request)
         trailer = _checksum_trailer_reader(request)
-        offset_header = headers.get("upload-offset")
+        offset_header = tus_header(headers, "Upload-Offset")
         if offset_header is None:
             raise BadRequest("Upload-Offset header is required")
         upload = await uploads.append(
@@ -214,10 +217,12 @@ class TusController(Controller):
                 owner=request_owner(request),
                 content_length=request.content_length,
                 # With a trailer announced, the value is read once the body has ended.
-                checksum=None if trailer else parse_upload_checksum(headers.get("upload-checksum")),
+                checksum=None
+                if trailer
+                else parse_upload_checksum(tus_header(headers, "Upload-Checksum")),
                 checksum_trailer=trailer,
                 declared_length=parse_optional_integer(
-                    "Upload-Length", headers.get("upload-length")
+                    "Upload-Length", tus_header(headers, "Upload-Length")
                 ),
             ),
             stream_request_body(request, settings.read_timeout_seconds),
@@ -233,5 +238,5 @@ class TusController(Controller):
         self, request: AnyRequest, upload_id: FromPath[str], uploads: Uploads
     ) -> None:
         """termination: free the upload; later requests answer 410."""
-        require_tus_version(request.headers.get("tus-resumable"))
+        require_tus_version(tus_header(request.headers, "Tus-Resumable"))
         await uploads.terminate(parse_upload_id(upload_id), request_owner(request))
