@@ -372,7 +372,10 @@ def parse_upload_concat(value: str | None, files_path: str) -> tuple[bool, list[
     prefix = files_path.rstrip("/") + "/"
     ids: list[uuid.UUID] = []
     for url in urls:
-        path = urlsplit(url).path
+        try:
+            path = urlsplit(url).path
+        except ValueError:  # e.g. an unclosed IPv6 bracket: "http://[::1/files/x"
+            raise BadRequest(f"Upload-Concat names {url[:80]!r}, which is not a URL") from None
         if not path.startswith(prefix) or "/" in path[len(prefix) :].strip("/"):
             raise BadRequest(f"Upload-Concat names {url[:80]!r}, which is not an upload URL")
         try:
