@@ -16,6 +16,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CON
 from app.db.models import Upload, UploadState
 from app.errors import BadRequest, FerryError, UnsupportedMediaType
 from app.files.downloads import DownloadService
+from app.files.links import is_signed_request
 from app.request_body import stream_request_body
 from app.settings import Settings
 from app.tus.protocol import (
@@ -168,7 +169,9 @@ class TusController(Controller):
         self, request: AnyRequest, upload_id: FromPath[str], uploads: Uploads, downloads: Downloads
     ) -> Response[None]:
         """tus core §HEAD, or — without ``Tus-Resumable`` — plain HTTP HEAD of the file."""
-        if "tus-resumable" not in request.headers:
+        if "tus-resumable" not in request.headers or is_signed_request(request.query_params):
+            # A signed link grants the file's bytes, never the upload's state or metadata:
+            # with one, this is the plain download HEAD whatever else the request says.
             return await downloads.respond(
                 request, upload_id, request_owner(request), head_only=True
             )
