@@ -80,6 +80,8 @@ def serve(host: str | None, port: int | None, insecure_no_auth: bool) -> None:
 def _uvicorn_config(app: Any, settings: Settings, bind: str, port: int | None) -> Any:
     import uvicorn
 
+    from app.ops.http_protocol import http_protocol_for
+
     return uvicorn.Config(
         app,
         host=bind,
@@ -87,7 +89,9 @@ def _uvicorn_config(app: Any, settings: Settings, bind: str, port: int | None) -
         log_level=settings.log_level.lower(),
         log_config=None,
         access_log=False,
-        http="httptools",
+        # httptools, with caps on head size and time, connections and stalled readers.
+        http=http_protocol_for(settings),
+        timeout_keep_alive=settings.keep_alive_seconds,
         timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
         proxy_headers=False,
     )
