@@ -147,6 +147,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     """A response whose client reads nothing for this long is cut off (its connection
     closed), so a stalled reader holds no memory or download slot for ever."""
 
+    max_downloads: PositiveInt = 256
+    """File downloads (``GET``) one server process streams at once; more are answered 503
+    with ``Retry-After``."""
+
     node_id: str = ""
     """Name of this server instance in lock records; empty means the host name."""
 

@@ -15,7 +15,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CON
 
 from app.db.models import Upload, UploadState
 from app.errors import BadRequest, FerryError, UnsupportedMediaType
-from app.files.downloads import DownloadService
+from app.files.downloads import DownloadService, DownloadSlotMiddleware
 from app.files.links import is_signed_request
 from app.request_body import stream_request_body
 from app.settings import Settings
@@ -193,7 +193,7 @@ class TusController(Controller):
             headers["Upload-Concat"] = f"final;{parts}"
         return Response(None, status_code=HTTP_200_OK, headers=headers, media_type="text/plain")
 
-    @get("/{upload_id:str}")
+    @get("/{upload_id:str}", middleware=[DownloadSlotMiddleware()])
     async def download(
         self, request: AnyRequest, upload_id: FromPath[str], downloads: Downloads
     ) -> Response[None]:

@@ -146,6 +146,7 @@ def test_connection_limits_have_safe_defaults_and_are_read_from_the_environment(
     assert defaults.keep_alive_seconds == 15
     assert defaults.max_connections == 1000
     assert defaults.write_timeout_seconds == 60
+    assert defaults.max_downloads == 256
     tuned = load(
         {
             "FERRY_MAX_HEADER_BYTES": "32768",
@@ -153,12 +154,13 @@ def test_connection_limits_have_safe_defaults_and_are_read_from_the_environment(
             "FERRY_KEEP_ALIVE_SECONDS": "2",
             "FERRY_MAX_CONNECTIONS": "10",
             "FERRY_WRITE_TIMEOUT_SECONDS": "30",
+            "FERRY_MAX_DOWNLOADS": "3",
         }
     )
-    assert (tuned.max_header_bytes, tuned.header_timeout_seconds, tuned.max_connections) == (
+    assert (tuned.max_header_bytes, tuned.header_timeout_seconds, tuned.max_downloads) == (
         32768,
         5,
-        10,
+        3,
     )
     with pytest.raises(SettingsError, match=r"^FERRY_MAX_CONNECTIONS:"):
         load({"FERRY_MAX_CONNECTIONS": "0"})
