@@ -3,21 +3,28 @@
 A client-visible failure is a 4xx with a plain message (invariant 6); a 500 means some
 value reached code that did not expect it (a Unicode digit through ``int()``, a NUL byte into
 PostgreSQL, a malformed URL into ``urlsplit``). Hypothesis sends such values to every route,
-on SQLite and on PostgreSQL, against an app holding a finished file and unfinished uploads.
+on SQLite and on PostgreSQL, with auth off and with API keys (a valid key, or a drawn
+``Authorization``), against an app holding a finished file and unfinished uploads.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from litestar.testing import TestClient
 
-from app.main import FerryApp
+from app.auth.keys import ApiKeyStore
+from app.db.engine import create_engine, create_session_factory, migrate
+from app.main import FerryApp, create_app
+from app.settings import Settings
+from tests.conftest import MakeSettings
 from tests.integration.tus_helpers import OCTETS, TUS, path_of
 
 #: Values that broke, or could break, a parser: Unicode digits, NUL, huge numbers, bad URLs.
@@ -59,6 +66,10 @@ TRICKY = [
     "GET",
     "2026-01-01T00:00:00Z",
     "-created",
+    "Bearer ",
+    "Bearer ferry_x",
+    "Bearer a.b.c",
+    "Basic YTpi",
 ]
 
 #: What a real HTTP parser lets through in a header value: visible ASCII, space and tab.
@@ -87,8 +98,16 @@ class Route:
     body: bool = False
 
 
-def _routes(file_path: str, upload_path: str, doomed_path: str) -> list[Route]:
+def _routes(file_path: str, upload_path: str, doomed_path: str, *, with_auth: bool) -> list[Route]:
     uid = file_path.rsplit("/", 1)[-1]
+    routes = _route_table(file_path, upload_path, doomed_path, uid)
+    if not with_auth:
+        return routes
+    # The credential is read on every route (and a link's query instead of it on downloads).
+    return [Route(r.method, r.path, (*r.headers, "Authorization"), r.query, r.body) for r in routes]
+
+
+def _route_table(file_path: str, upload_path: str, doomed_path: str, uid: str) -> list[Route]:
     creation = (
         "Tus-Resumable",
         "Upload-Length",
@@ -160,12 +179,21 @@ def requests(draw: st.DrawFn, routes: list[Route]) -> dict[str, Any]:
     }
 
 
-def test_no_query_parameter_or_header_value_makes_a_5xx(app: FerryApp) -> None:
-    with TestClient(app=app, base_url="http://ferry.local") as client:
+@pytest.mark.parametrize("auth", ["none", "keys"])
+def test_no_query_parameter_or_header_value_makes_a_5xx(
+    make_settings: MakeSettings, auth: str
+) -> None:
+    config = make_settings(auth=(auth,), signing_key="property-test-signing-key-0123456789")
+    migrate(config)
+    credentials: dict[str, str] = {}
+    if auth == "keys":
+        credentials["Authorization"] = f"Bearer {asyncio.run(_new_key(config))}"
+    with TestClient(app=create_app(config), base_url="http://ferry.local") as client:
+        client.headers.update(credentials)
         file_path = _tus_upload(client, b"finished file bytes", finished=True)
         upload_path = _tus_upload(client, b"0123456789", finished=False)
         doomed_path = _tus_upload(client, b"doomed", finished=False)
-        routes = _routes(file_path, upload_path, doomed_path)
+        routes = _routes(file_path, upload_path, doomed_path, with_auth=auth == "keys")
 
         @settings(
             max_examples=300,
@@ -180,6 +208,14 @@ def test_no_query_parameter_or_header_value_makes_a_5xx(app: FerryApp) -> None:
             assert "Traceback" not in response.text
 
         no_5xx()
+
+
+async def _new_key(config: Settings) -> str:
+    engine = create_engine(config.resolved_database_url)
+    try:
+        return await ApiKeyStore(create_session_factory(engine)).create("prop")
+    finally:
+        await engine.dispose()
 
 
 def _tus_upload(client: TestClient[FerryApp], data: bytes, *, finished: bool) -> str:
