@@ -111,6 +111,8 @@ def serve(
 def _uvicorn_config(app: Any, settings: Settings, bind: str, port: int | None) -> Any:
     import uvicorn
 
+    from app.ops.http_protocol import http_protocol_for
+
     return uvicorn.Config(
         app,
         host=bind,
@@ -118,7 +120,9 @@ def _uvicorn_config(app: Any, settings: Settings, bind: str, port: int | None) -
         log_level=settings.log_level.lower(),
         log_config=None,
         access_log=False,
-        http="httptools",
+        # httptools, with caps on head size and time, connections and stalled readers.
+        http=http_protocol_for(settings),
+        timeout_keep_alive=settings.keep_alive_seconds,
         timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
         proxy_headers=False,
     )

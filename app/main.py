@@ -21,7 +21,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from app import __version__
 from app.composition import open_ferry
 from app.db.engine import database_is_usable
-from app.errors import FerryError
+from app.errors import BadRequest, FerryError
 from app.http.authentication import AuthenticationMiddleware
 from app.http.downloads import DownloadService
 from app.http.file_api import file_api_router
@@ -29,7 +29,12 @@ from app.http.health import OPERATIONS_ROUTES
 from app.http.pages import web_route_handlers
 from app.http.request_context import RequestContextMiddleware
 from app.http.tus import FILES_PATH, TusController
-from app.http.tus_protocol import EXPOSED_HEADERS, TUS_VERSION, server_description_headers
+from app.http.tus_protocol import (
+    EXPOSED_HEADERS,
+    TUS_VERSION,
+    parse_method_override,
+    server_description_headers,
+)
 from app.ops.metrics import watch_staging_dir
 from app.settings import Settings, load_settings
 from app.uploads.reaper import reap_forever
@@ -43,9 +48,10 @@ _TUS_RESUMABLE = (b"tus-resumable", TUS_VERSION.encode())
 class FerryApp(Litestar):
     """Litestar plus the tus wire rules that must apply before routing.
 
-    ``X-HTTP-Method-Override`` (tus core) changes the method routing sees; a tus
-    ``OPTIONS`` (one that is not a CORS preflight) describes the server; and every response
-    under ``/files`` — errors and 404s included — carries ``Tus-Resumable``.
+    ``X-HTTP-Method-Override`` (tus core) on a POST changes the method routing sees to
+    PATCH or DELETE (any other value is 400, answered here); a tus ``OPTIONS`` (one that
+    is not a CORS preflight) describes the server; and every response under ``/files`` —
+    errors and 404s included — carries ``Tus-Resumable``.
     """
 
     tus_max_size: int = 0
@@ -55,11 +61,17 @@ class FerryApp(Litestar):
             await super().__call__(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        override = headers.get(b"x-http-method-override")
-        if override and scope["method"] == "POST":
+        if scope["method"] == "POST" and b"x-http-method-override" in headers:
             # tus core: clients that cannot send PATCH or DELETE tunnel them through POST.
             # Only POST is rewritten, so a GET or HEAD never turns into a write.
-            scope = {**scope, "method": override.decode("latin-1").strip().upper()}
+            try:
+                override = parse_method_override(
+                    value for name, value in scope["headers"] if name == b"x-http-method-override"
+                )
+            except BadRequest as error:
+                await _answer_plain(send, error.status_code, error.message)
+                return
+            scope = {**scope, "method": override}
         if scope["method"] == "OPTIONS" and b"access-control-request-method" not in headers:
             await self._describe_tus_server(scope, send)
             return
@@ -87,6 +99,18 @@ class FerryApp(Litestar):
             ]
         await send({"type": "http.response.start", "status": 204, "headers": response_headers})
         await send({"type": "http.response.body", "body": b""})
+
+
+async def _answer_plain(send: Any, status: int, message: str) -> None:
+    """A plain-text error sent before routing (so before the exception handlers exist)."""
+    body = (message + "\n").encode()
+    headers = [
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", str(len(body)).encode()),
+        _TUS_RESUMABLE,
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _plain(status: int, message: str, headers: dict[str, str] | None = None) -> Response[str]:

@@ -132,6 +132,29 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     read_timeout_seconds: PositiveInt = 60
     """A PATCH whose client sends nothing for this long is ended; its bytes are kept."""
 
+    max_header_bytes: PositiveInt = 64 * 1024
+    """Largest request head (request line and header fields) or trailer section; a larger
+    one is answered 431 and its connection closed."""
+
+    header_timeout_seconds: PositiveInt = 10
+    """A request head not complete this long after its first byte (or after the connection
+    opened) is answered 408 and its connection closed; bodies have their own read timeout."""
+
+    keep_alive_seconds: PositiveInt = 15
+    """An idle keep-alive connection is closed after this long."""
+
+    max_connections: PositiveInt = 1000
+    """Open connections one server process keeps; a request on one more is answered 503
+    with ``Retry-After`` and its connection closed."""
+
+    write_timeout_seconds: PositiveInt = 60
+    """A response whose client reads nothing for this long is cut off (its connection
+    closed), so a stalled reader holds no memory or download slot for ever."""
+
+    max_downloads: PositiveInt = 256
+    """File downloads (``GET``) one server process streams at once; more are answered 503
+    with ``Retry-After``."""
+
     node_id: str = ""
     """Name of this server instance in lock records; empty means the host name."""
 
@@ -334,6 +357,11 @@ def _check_consistency(settings: Settings) -> None:
         )
     if settings.s3_min_part_size < 5 * 1024 * 1024 and settings.storage == "s3":
         raise SettingsError("FERRY_S3_MIN_PART_SIZE: must be at least 5242880 (5 MiB)")
+    if settings.max_header_bytes <= settings.max_metadata_bytes:
+        raise SettingsError(
+            "FERRY_MAX_HEADER_BYTES: must be larger than FERRY_MAX_METADATA_BYTES "
+            "(Upload-Metadata is one of the request's header fields)"
+        )
     _check_secrets(settings)
 
 

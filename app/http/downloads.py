@@ -8,12 +8,15 @@ order of RFC 9110 §13.2.2: ``If-Match``, ``If-Unmodified-Since``, ``If-None-Mat
 
 from __future__ import annotations
 
+import contextlib
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from litestar import Request, Response
+from litestar.middleware import ASGIMiddleware
 from litestar.response import Stream
+from litestar.types import ASGIApp, Receive, Scope, Send
 
 from app.core.filenames import content_disposition
 from app.db.models import File
@@ -38,8 +41,12 @@ from app.uploads.service import UploadService
 INLINE_TYPES = ("video/", "audio/", "image/", "text/plain")
 INLINE_EXCLUDED = frozenset({"image/svg+xml"})
 DEFAULT_MAX_RANGES = 100
-#: Bodies up to this size are read before the response starts (one local read block).
-EAGER_BODY_LIMIT = 4 * 1024 * 1024
+DEFAULT_MAX_DOWNLOADS = 256
+#: Bodies up to this size are read before the response starts (one local read block). It
+#: stays small: a client that reads nothing pins the whole body in the server's buffers.
+EAGER_BODY_LIMIT = 256 * 1024
+#: ``Retry-After`` of a download refused because every slot is taken.
+RETRY_AFTER_SECONDS = 5
 #: Served files never run script or load anything in our origin, even if a browser sniffs.
 FILE_CSP = (
     "default-src 'none'; img-src 'self'; media-src 'self'; style-src 'unsafe-inline'; sandbox"
@@ -60,6 +67,44 @@ def served_content_type(content_type: str) -> str:
     return "text/plain; charset=utf-8" if content_type == "text/plain" else content_type
 
 
+class DownloadSlots:
+    """At most ``limit`` downloads at once in this process; one more is refused with 503.
+
+    A download costs at most about a megabyte however slowly its client reads, and one that
+    stops reading is cut off after ``FERRY_WRITE_TIMEOUT_SECONDS``; the slots bound how many
+    there are (and so the memory and descriptors they hold).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.active = 0
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        """Take a slot for the block's duration, or raise 503 with ``Retry-After``."""
+        if self.active >= self.limit:
+            raise ServiceUnavailable(
+                f"{self.limit} downloads are in progress; retry later",
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            )
+        self.active += 1
+        try:
+            yield
+        finally:
+            self.active -= 1
+
+
+class DownloadSlotMiddleware(ASGIMiddleware):
+    """Route middleware of a file download: holds a slot until the last body byte is sent
+    (or the client went away), not only while the handler runs."""
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        """Serve the download inside one of :attr:`DownloadService.slots`."""
+        downloads: DownloadService = scope["litestar_app"].state.downloads
+        with downloads.slots.hold():
+            await next_app(scope, receive, send)
+
+
 class DownloadService:
     """Builds file responses from file rows and backend range readers."""
 
@@ -77,6 +122,7 @@ class DownloadService:
         self.max_ranges = settings.max_ranges if settings is not None else max_ranges
         self.redirect = settings is not None and settings.download_mode == "redirect"
         self.redirect_seconds = settings.download_redirect_seconds if settings else 300
+        self.slots = DownloadSlots(settings.max_downloads if settings else DEFAULT_MAX_DOWNLOADS)
 
     async def respond(
         self,

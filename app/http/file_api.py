@@ -81,6 +81,13 @@ Uploads = NamedDependency[UploadService]
 Config = NamedDependency[Settings]
 
 
+def _text_filter(name: str, value: str | None) -> str | None:
+    """A text filter as given; a NUL character is 400 (PostgreSQL text cannot hold one)."""
+    if value is not None and "\x00" in value:
+        raise BadRequest(f"{name} must not contain a NUL character")
+    return value
+
+
 def _listing_filters(
     owner: str | None,
     category: str | None,
@@ -148,13 +155,13 @@ async def list_files(
     filters: list[StatementFilter | ColumnElement[bool]] = [
         *_listing_filters(
             request_owner(request),
-            category,
-            name_prefix,
-            content_type,
+            _text_filter("category", category),
+            _text_filter("name_prefix", name_prefix),
+            _text_filter("content_type", content_type),
             created_after,
             created_before,
             uid,
-            sha256,
+            _text_filter("sha256", sha256),
         ),
         LimitOffset(limit=limit, offset=offset),
     ]
@@ -218,7 +225,7 @@ async def update_file(
         before = dict(stored.file_metadata or {})
         metadata = dict(before)
         for key, value in data.metadata.items():
-            if not key or " " in key or "," in key:
+            if not key or " " in key or "," in key or "\x00" in key:
                 raise BadRequest(f"metadata key {key[:40]!r} is not allowed")
             if value is None:
                 metadata.pop(key, None)

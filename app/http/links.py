@@ -29,7 +29,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath
 
 from app.errors import BadRequest, Forbidden, NotFound
-from app.http.tus_protocol import parse_upload_id
+from app.http.tus_protocol import parse_integer, parse_upload_id
 from app.settings import Settings
 from app.uploads.service import UploadService
 
@@ -66,6 +66,7 @@ def verify_signed_request(
 
     ``query`` is any mapping of query parameters (Litestar's ``request.query_params`` or a
     ``dict`` from :func:`urllib.parse.parse_qs` flattened); the comparison is constant-time.
+    An ``expires`` that is not a number in ASCII digits is a malformed request (400).
     """
     expires_text = query.get("expires")
     signature = query.get("sig")
@@ -75,9 +76,9 @@ def verify_signed_request(
         signature = signature[0] if len(signature) == 1 else None
     if not isinstance(expires_text, str) or not isinstance(signature, str):
         return False
-    if not expires_text.isdigit() or len(expires_text) > 12:
+    expires = parse_integer("expires", expires_text)
+    if expires >= 10**12:
         return False
-    expires = int(expires_text)
     if expires < (time.time() if now is None else now):
         return False
     try:
@@ -128,9 +129,7 @@ class SignedLink(msgspec.Struct, frozen=True):
 def _link_seconds(text: str | None) -> int:
     if text is None:
         return DEFAULT_LINK_SECONDS
-    if not text.isdigit():
-        raise BadRequest("expires_in must be a number of seconds")
-    seconds = int(text[:9])
+    seconds = parse_integer("expires_in", text)
     if not MIN_LINK_SECONDS <= seconds <= MAX_LINK_SECONDS:
         raise BadRequest(
             f"expires_in must be between {MIN_LINK_SECONDS} and {MAX_LINK_SECONDS} seconds"

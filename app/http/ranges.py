@@ -15,7 +15,7 @@ from email.utils import parsedate_to_datetime
 
 #: Longest Range header parsed at all; longer ones are ignored as abuse.
 MAX_RANGE_HEADER = 8192
-_SPEC = re.compile(r"\s*(\d{0,20})\s*-\s*(\d{0,20})\s*")
+_SPEC = re.compile(r"\s*([0-9]{0,20})\s*-\s*([0-9]{0,20})\s*")  # ASCII digits only
 
 
 @dataclass(frozen=True, slots=True)

@@ -64,15 +64,16 @@ class RequestContextMiddleware:
             await self.app(scope, counting_receive if is_upload_write else receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - started
+            label = metrics.method_label(method)
             if is_upload_write:
                 metrics.ACTIVE_LOCKS.dec()
                 if status >= 400:
-                    metrics.UPLOADS_FAILED.labels(method, str(status)).inc()
+                    metrics.UPLOADS_FAILED.labels(label, str(status)).inc()
                 elif method == "POST" and status == 201:
                     metrics.UPLOADS_CREATED.inc()
             if method == "PATCH":
                 metrics.PATCH_SECONDS.observe(elapsed)
-            metrics.RESPONSES.labels(method, str(status)).inc()
+            metrics.RESPONSES.labels(label, str(status)).inc()
             principal = scope.get("ferry_principal")
             access_log.log(
                 logging.ERROR if status >= 500 else logging.INFO,

@@ -16,7 +16,8 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CON
 from app.core.checksums import ChecksumSpec
 from app.db.models import Upload, UploadState
 from app.errors import BadRequest, FerryError, UnsupportedMediaType
-from app.http.downloads import DownloadService
+from app.http.downloads import DownloadService, DownloadSlotMiddleware
+from app.http.links import is_signed_request
 from app.http.request_body import stream_request_body
 from app.http.tus_protocol import (
     OFFSET_CONTENT_TYPE,
@@ -32,6 +33,7 @@ from app.http.tus_protocol import (
     parse_upload_metadata,
     require_tus_version,
     trailer_value,
+    tus_header,
 )
 from app.settings import Settings
 from app.uploads.service import AppendRequest, NewUpload, UploadService, expiry_header_value
@@ -106,24 +108,26 @@ class TusController(Controller):
     ) -> Response[None]:
         """creation (+ creation-with-upload, creation-defer-length, concatenation)."""
         headers = request.headers
-        require_tus_version(headers.get("tus-resumable"))
-        is_partial, partial_ids = parse_upload_concat(headers.get("upload-concat"), FILES_PATH)
-        length = parse_optional_integer("Upload-Length", headers.get("upload-length"))
-        deferred = parse_defer_length(headers.get("upload-defer-length"))
+        require_tus_version(tus_header(headers, "Tus-Resumable"))
+        is_partial, partial_ids = parse_upload_concat(
+            tus_header(headers, "Upload-Concat"), FILES_PATH
+        )
+        length = parse_optional_integer("Upload-Length", tus_header(headers, "Upload-Length"))
+        deferred = parse_defer_length(tus_header(headers, "Upload-Defer-Length"))
         if partial_ids:
             if length is not None or deferred:
                 raise BadRequest("a final upload must not carry Upload-Length")
         elif (length is None) == (not deferred):
             raise BadRequest("send exactly one of Upload-Length and Upload-Defer-Length: 1")
         metadata = parse_upload_metadata(
-            headers.get("upload-metadata"),
+            tus_header(headers, "Upload-Metadata"),
             max_bytes=settings.max_metadata_bytes,
             max_keys=settings.max_metadata_keys,
         )
         with_upload = _has_body(request)
         if with_upload:
             _require_offset_content_type(request)
-            checksum = parse_upload_checksum(headers.get("upload-checksum"))
+            checksum = parse_upload_checksum(tus_header(headers, "Upload-Checksum"))
             if partial_ids:
                 raise BadRequest("a final upload cannot carry data")
         created = await uploads.create(
@@ -167,11 +171,13 @@ class TusController(Controller):
         self, request: AnyRequest, upload_id: FromPath[str], uploads: Uploads, downloads: Downloads
     ) -> Response[None]:
         """tus core §HEAD, or — without ``Tus-Resumable`` — plain HTTP HEAD of the file."""
-        if "tus-resumable" not in request.headers:
+        if "tus-resumable" not in request.headers or is_signed_request(request.query_params):
+            # A signed link grants the file's bytes, never the upload's state or metadata:
+            # with one, this is the plain download HEAD whatever else the request says.
             return await downloads.respond(
                 request, upload_id, request_owner(request), head_only=True
             )
-        require_tus_version(request.headers.get("tus-resumable"))
+        require_tus_version(tus_header(request.headers, "Tus-Resumable"))
         upload = await uploads.get_for_status(parse_upload_id(upload_id), request_owner(request))
         headers = {"Cache-Control": "no-store", **_upload_state_headers(upload)}
         if not upload.is_final or upload.state == UploadState.COMPLETED:
@@ -189,7 +195,7 @@ class TusController(Controller):
             headers["Upload-Concat"] = f"final;{parts}"
         return Response(None, status_code=HTTP_200_OK, headers=headers, media_type="text/plain")
 
-    @get("/{upload_id:str}")
+    @get("/{upload_id:str}", middleware=[DownloadSlotMiddleware()])
     async def download(
         self, request: AnyRequest, upload_id: FromPath[str], downloads: Downloads
     ) -> Response[None]:
@@ -202,11 +208,11 @@ class TusController(Controller):
     ) -> Response[None]:
         """tus core §PATCH: append the body at ``Upload-Offset``."""
         headers = request.headers
-        require_tus_version(headers.get("tus-resumable"))
+        require_tus_version(tus_header(headers, "Tus-Resumable"))
         parsed_id = parse_upload_id(upload_id)
         _require_offset_content_type(request)
         trailer = _checksum_trailer_reader(request)
-        offset_header = headers.get("upload-offset")
+        offset_header = tus_header(headers, "Upload-Offset")
         if offset_header is None:
             raise BadRequest("Upload-Offset header is required")
         upload = await uploads.append(
@@ -216,10 +222,12 @@ class TusController(Controller):
                 owner=request_owner(request),
                 content_length=request.content_length,
                 # With a trailer announced, the value is read once the body has ended.
-                checksum=None if trailer else parse_upload_checksum(headers.get("upload-checksum")),
+                checksum=None
+                if trailer
+                else parse_upload_checksum(tus_header(headers, "Upload-Checksum")),
                 checksum_trailer=trailer,
                 declared_length=parse_optional_integer(
-                    "Upload-Length", headers.get("upload-length")
+                    "Upload-Length", tus_header(headers, "Upload-Length")
                 ),
             ),
             stream_request_body(request, settings.read_timeout_seconds),
@@ -235,5 +243,5 @@ class TusController(Controller):
         self, request: AnyRequest, upload_id: FromPath[str], uploads: Uploads
     ) -> None:
         """termination: free the upload; later requests answer 410."""
-        require_tus_version(request.headers.get("tus-resumable"))
+        require_tus_version(tus_header(request.headers, "Tus-Resumable"))
         await uploads.terminate(parse_upload_id(upload_id), request_owner(request))

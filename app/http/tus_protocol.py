@@ -10,8 +10,10 @@ import base64
 import binascii
 import re
 import uuid
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from email.utils import format_datetime
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from app.core.checksums import CHECKSUM_ALGORITHMS, ChecksumSpec
@@ -62,6 +64,46 @@ EXPOSED_HEADERS = (
 _INTEGER = re.compile(r"[0-9]{1,19}")
 _MAX_INT63 = 2**63 - 1
 _METADATA_KEY = re.compile(r"[\x21-\x2b\x2d-\x7e]+")  # visible ASCII except comma
+
+
+#: tus core §X-HTTP-Method-Override: the methods a client tunnels through POST.
+OVERRIDABLE_METHODS = frozenset({"PATCH", "DELETE"})
+
+
+class HeaderValues(Protocol):
+    """Every value of a request header by name (Litestar's ``Headers`` is one)."""
+
+    def getall(self, key: str, default: list[str], /) -> list[str]: ...
+
+
+def tus_header(headers: HeaderValues, name: str) -> str | None:
+    """The value of a tus header, or ``None`` when absent.
+
+    Every tus header is a singleton (RFC 9110 §5.3 allows repeating only list-valued
+    fields): two different values are 400 rather than a silent pick of one. An identical
+    repeat (a proxy that duplicated it) is harmless and accepted.
+    """
+    values = headers.getall(name, [])
+    if not values:
+        return None
+    if len({value.strip() for value in values}) > 1:
+        raise BadRequest(f"{name} is sent {len(values)} times with different values")
+    return values[0]
+
+
+def parse_method_override(values: Iterable[bytes]) -> str | None:
+    """tus core §X-HTTP-Method-Override on a POST: the method to act as, or ``None``.
+
+    Only PATCH and DELETE are tunnelled (the methods the spec names); anything else, or two
+    different values, is 400 — never a method routing has not been told about.
+    """
+    methods = {value.decode("latin-1").strip().upper() for value in values}
+    if not methods:
+        return None
+    method = methods.pop()
+    if methods or method not in OVERRIDABLE_METHODS:
+        raise BadRequest("X-HTTP-Method-Override must be PATCH or DELETE")
+    return method
 
 
 def server_description_headers(max_size: int) -> list[tuple[bytes, bytes]]:
@@ -226,7 +268,10 @@ def parse_upload_concat(value: str | None, files_path: str) -> tuple[bool, list[
     prefix = files_path.rstrip("/") + "/"
     ids: list[uuid.UUID] = []
     for url in urls:
-        path = urlsplit(url).path
+        try:
+            path = urlsplit(url).path
+        except ValueError:  # e.g. an unclosed IPv6 bracket: "http://[::1/files/x"
+            raise BadRequest(f"Upload-Concat names {url[:80]!r}, which is not a URL") from None
         if not path.startswith(prefix) or "/" in path[len(prefix) :].strip("/"):
             raise BadRequest(f"Upload-Concat names {url[:80]!r}, which is not an upload URL")
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import click
 from app.ingest.journal import DEFAULT_STATE_FILE
 
 _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+_SIZE_NUMBER = re.compile(r"[0-9]{1,15}(\.[0-9]{1,6})?")  # ASCII digits: float() takes "١٢"
 
 
 class ByteSize(click.ParamType):  # type: ignore[type-arg]
@@ -24,10 +26,9 @@ class ByteSize(click.ParamType):  # type: ignore[type-arg]
         text = str(value).strip().lower().removesuffix("ib").removesuffix("b")
         unit = text[-1:] if text[-1:] in _SIZE_UNITS and text[-1:] else ""
         number = text[: len(text) - len(unit)]
-        try:
-            size = int(float(number) * _SIZE_UNITS[unit])
-        except ValueError:
+        if not _SIZE_NUMBER.fullmatch(number):
             self.fail(f"{value!r} is not a size like 64M, 512k or 1048576", param, ctx)
+        size = int(float(number) * _SIZE_UNITS[unit])
         if size <= 0:
             self.fail("must be positive", param, ctx)
         return size

@@ -5,7 +5,10 @@ Metrics live in the process-wide default registry. With several workers
 is imported: every worker then records into its own memory-mapped files and whichever
 worker answers a scrape adds them all up, so ``/metrics`` describes the whole server.
 HTTP-level series are recorded by :class:`RequestContextMiddleware` in
-:mod:`app.http.request_context`; storage latency by :func:`instrumented`.
+:mod:`app.http.request_context`; storage latency by :func:`instrumented`. Every label
+value comes from a fixed set (methods through :func:`method_label`, statuses are the three
+digits of a status code, backends and operations are names in the code), so the number of
+series is bounded whatever clients send.
 """
 
 from __future__ import annotations
@@ -32,6 +35,16 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from app.storage.backend import Storage, StorageBackend
+
+#: Methods that are metric labels as themselves; any other is counted as ``other``, so no
+#: request can add a series (an HTTP method is any token a client sends).
+METHOD_LABELS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def method_label(method: str) -> str:
+    """The ``method`` label of a request: one of :data:`METHOD_LABELS` or ``other``."""
+    return method if method in METHOD_LABELS else "other"
+
 
 UPLOADS_CREATED = Counter("ferry_uploads_created", "Uploads created (tus creation answered 201).")
 UPLOADS_FINISHED = Counter("ferry_uploads_finished", "Uploads that became files.")

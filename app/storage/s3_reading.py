@@ -17,7 +17,8 @@ from app.storage.s3_collaborator import TRANSIENT_ERRORS, S3Collaborator, storag
 
 logger = logging.getLogger(__name__)
 
-DOWNLOAD_BLOCK_SIZE = 1024 * 1024
+#: Bytes per read and per ASGI body message: a client that stops reading pins about two.
+DOWNLOAD_BLOCK_SIZE = 256 * 1024
 
 
 class ObjectReader(S3Collaborator):

@@ -251,6 +251,43 @@ async def test_signed_link_downloads_without_credentials_and_a_forged_one_does_n
     assert (await anon.head(borrowed, headers=TUS)).status_code == 403
 
 
+async def test_tus_head_with_only_a_signed_link_reveals_no_upload_state_or_metadata(
+    anon: AsyncTestClient[FerryApp], keys: Keys
+) -> None:
+    metadata = f"filename {b64('a.txt')},private {b64('not for link holders')}"
+    path = await _create(anon, keys.alice, 6, **{"Upload-Metadata": metadata})
+    done = await anon.patch(
+        path,
+        content=b"shared",
+        headers={**TUS, **OCTETS, **bearer(keys.alice), "Upload-Offset": "0"},
+    )
+    assert done.status_code == 204
+    uid = path.rsplit("/", 1)[-1]
+    url = (await anon.post(f"/files/{uid}/link", headers=bearer(keys.alice))).json()["url"]
+    response = await anon.head(url, headers=TUS)
+    assert response.status_code in (200, 401, 403)
+    for header in ("upload-metadata", "upload-offset", "upload-length", "upload-concat"):
+        assert header not in response.headers, header
+    if response.status_code == 200:  # answered as the plain download HEAD it may be
+        assert response.headers["content-length"] == "6"
+        assert response.headers["etag"]
+    # What a link does grant still works: the bytes and the player page's summary.
+    assert (await anon.get(url, headers=TUS)).content == b"shared"
+    info = await anon.get(url.replace(f"/files/{uid}?", f"/files/{uid}/info?"))
+    assert info.status_code == 200
+    assert "private" not in info.text
+
+
+async def test_signed_link_with_a_malformed_expires_answers_400_without_credentials(
+    anon: AsyncTestClient[FerryApp], keys: Keys
+) -> None:
+    uid = (await _finished_file(anon, keys.alice, b"x")).rsplit("/", 1)[-1]
+    for path in (f"/files/{uid}", f"/files/{uid}/info"):
+        response = await anon.get(f"{path}?expires=%C2%B2&sig=abc")
+        assert response.status_code == 400, (path, response.text)
+        assert "expires" in response.text
+
+
 def test_rs256_tokens_are_checked_against_the_public_key(tmp_path: object) -> None:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa

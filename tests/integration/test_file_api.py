@@ -226,6 +226,30 @@ async def test_listing_by_uid_and_sha256_for_batch_verification(
     assert [item["uid"] for item in by_hash["items"]] == [made[1]["uid"]]
 
 
+@pytest.mark.parametrize("name", ["name_prefix", "category", "sha256", "content_type"])
+async def test_listing_filter_with_a_nul_byte_answers_400(
+    client: AsyncTestClient[FerryApp], name: str
+) -> None:
+    await _put(client, "a.txt", b"a\n")
+    response = await client.get("/api/files", params={name: "a\x00b"})
+    assert response.status_code == 400, response.text
+    assert name in response.text
+    assert "Traceback" not in response.text
+
+
+async def test_metadata_key_with_a_nul_byte_answers_400_and_changes_nothing(
+    client: AsyncTestClient[FerryApp],
+) -> None:
+    uid = (await _put(client, "a.txt", b"a\n"))["uid"]
+    response = await client.patch(f"/api/files/{uid}", json={"metadata": {"a\x00b": "x"}})
+    assert response.status_code == 400, response.text
+    assert (await client.get(f"/api/files/{uid}")).json()["metadata"] == {"filename": "a.txt"}
+    # A value is stored base64-encoded: a NUL in it is just a character.
+    kept = await client.patch(f"/api/files/{uid}", json={"metadata": {"a": "x\x00y"}})
+    assert kept.status_code == 200, kept.text
+    assert kept.json()["metadata"]["a"] == "x\x00y"
+
+
 async def test_openapi_schema_documents_the_file_api(client: AsyncTestClient[FerryApp]) -> None:
     schema = (await client.get("/schema/openapi.json")).json()
     assert schema["info"]["title"] == "Ferry"

@@ -229,6 +229,32 @@ async def test_metrics_move_as_uploads_happen(ferry: AppFactory) -> None:
     assert "ferry_staging_disk_bytes" in after
 
 
+async def test_x_http_method_override_with_unknown_value_adds_no_metric_label(
+    ferry: AppFactory,
+) -> None:
+    client = await ferry()
+    await client.get("/metrics")
+    before = (await client.get("/metrics")).text.splitlines()
+    overrides = [f"M{index:04d}" for index in range(200)]
+    for override in overrides:
+        response = await client.post("/files/", headers={"X-HTTP-Method-Override": override})
+        assert response.status_code == 400
+    after = (await client.get("/metrics")).text
+    assert not any(override in after for override in overrides)
+    # At most a series for the 400s and the histogram of a new label set; never one per value.
+    assert len(after.splitlines()) <= len(before) + 3
+
+
+async def test_unknown_http_methods_are_counted_as_other(ferry: AppFactory) -> None:
+    client = await ferry()
+    for method in ("FOO", "BREW", "PROPFIND", "MKCOL"):
+        assert (await client.request(method, "/health")).status_code >= 400
+    after = (await client.get("/metrics")).text
+    assert re.search(r'ferry_http_responses_total\{method="other",status="4\d\d"\} 4\.0', after)
+    for method in ("FOO", "BREW", "PROPFIND", "MKCOL"):
+        assert f'method="{method}"' not in after
+
+
 async def test_health_live_and_ready_report_database_and_storage(ferry: AppFactory) -> None:
     client = await ferry()
     live = await client.get("/health/live")

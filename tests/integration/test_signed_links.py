@@ -11,6 +11,7 @@ import httpx
 import pytest
 from litestar.testing import AsyncTestClient
 
+from app.errors import BadRequest
 from app.http.links import sign, verify_signed_request
 from app.main import create_app
 from app.settings import Settings
@@ -135,7 +136,9 @@ def test_verify_signed_request_is_constant_shape_and_strict() -> None:
     assert not verify_signed_request(good, uid, key, now=expires + 1)
     assert not verify_signed_request(good, uid, b"other key", now=expires - 10)
     assert not verify_signed_request({**good, "sig": signature + "="}, uid, key, now=0)
-    assert not verify_signed_request({**good, "expires": "1e9"}, uid, key, now=0)
+    for malformed in ("1e9", "\u00b2", "\u0661\u0662", " "):
+        with pytest.raises(BadRequest, match="expires"):
+            verify_signed_request({**good, "expires": malformed}, uid, key, now=0)
     assert not verify_signed_request({**good, "sig": "é" * 43}, uid, key, now=0)
     assert not verify_signed_request(good, "not-a-uuid", key, now=0)
     assert verify_signed_request(
@@ -169,3 +172,24 @@ async def test_pages_and_assets_are_served_with_a_strict_policy(client: Client) 
     assert (await client.get("/static/vendor/tus-js-client.LICENSE")).status_code == 200
     assert (await client.get("/player/not-a-uid")).status_code == 404
     assert (await client.get("/static/../app/main.py")).status_code == 404
+
+
+@pytest.mark.parametrize("expires", ["%C2%B2", "%D9%A3", "1%C2%B2", "%EF%BC%91"])
+async def test_signed_link_with_a_non_ascii_digit_in_expires_answers_400(
+    client: Client, expires: str
+) -> None:
+    _, uid = await _file(client)
+    for method in ("GET", "HEAD"):
+        response = await client.request(method, f"/files/{uid}?expires={expires}&sig=abc")
+        assert response.status_code == 400, (method, response.text)
+    assert "expires" in (await client.get(f"/files/{uid}?expires={expires}&sig=abc")).text
+
+
+@pytest.mark.parametrize("seconds", ["%C2%B2", "%D9%A3%D9%A3", "1%EF%BC%90"])
+async def test_link_expires_in_with_a_non_ascii_digit_answers_400(
+    client: Client, seconds: str
+) -> None:
+    _, uid = await _file(client)
+    response = await client.post(f"/files/{uid}/link?expires_in={seconds}")
+    assert response.status_code == 400, response.text
+    assert "expires_in" in response.text

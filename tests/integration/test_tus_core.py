@@ -6,6 +6,7 @@ import shutil
 import uuid
 
 import anyio.to_thread
+import pytest
 from litestar.testing import AsyncTestClient
 
 from app.db.engine import migrate
@@ -16,10 +17,13 @@ from tests.integration.tus_helpers import (  # noqa: F401 - fixtures for this mo
     OCTETS,
     TUS,
     Client,
+    b64,
     create,
     database_url,
     head,
     patch,
+    path_of,
+    repeating_client,
     staging_file,
     tus_postgres_database,
 )
@@ -196,6 +200,111 @@ async def test_method_override_lets_post_act_as_patch_and_delete(client: Client)
     deleted = await client.post(other, headers={**TUS, "X-HTTP-Method-Override": "DELETE"})
     assert deleted.status_code == 204
     assert (await head(client, other)).status_code in (404, 410)
+
+
+async def test_x_http_method_override_with_unknown_value_answers_400_and_changes_nothing(
+    client: Client,
+) -> None:
+    path = await create(client, 5)
+    for value in ("GET", "HEAD", "PUT", "POST", "FOO", "patch, delete", ""):
+        response = await client.post(
+            path,
+            content=b"hello",
+            headers={
+                **TUS,
+                "X-HTTP-Method-Override": value,
+                "Upload-Offset": "0",
+                "Content-Type": OCTETS,
+            },
+        )
+        assert response.status_code == 400, value
+        assert "X-HTTP-Method-Override" in response.text
+        assert response.headers["tus-resumable"] == "1.0.0"
+    assert (await head(client, path)).headers["upload-offset"] == "0"
+
+
+async def test_two_different_x_http_method_overrides_answer_400(client: Client) -> None:
+    path = await create(client, 5)
+    overrides = [("X-HTTP-Method-Override", "PATCH"), ("X-HTTP-Method-Override", "DELETE")]
+    async with repeating_client(client) as raw:
+        response = await raw.post(path, headers=[*TUS.items(), *overrides])
+    assert response.status_code == 400
+    assert (await head(client, path)).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("name", "first", "second"),
+    [
+        ("Upload-Length", "10", "20"),
+        ("Upload-Defer-Length", "1", "2"),
+        ("Upload-Metadata", f"a {b64('1')}", f"b {b64('2')}"),
+        ("Upload-Concat", "partial", "final;/files/x"),
+        ("Tus-Resumable", "1.0.0", "0.2.2"),
+    ],
+)
+async def test_creation_with_two_different_values_of_a_tus_header_is_400_and_creates_nothing(
+    client: Client, settings: Settings, name: str, first: str, second: str
+) -> None:
+    base = {"Tus-Resumable": "1.0.0", "Upload-Length": "10"}
+    base.pop(name, None)
+    if name in {"Upload-Defer-Length", "Upload-Concat"}:
+        base.pop("Upload-Length")
+    async with repeating_client(client) as raw:
+        response = await raw.post("/files/", headers=[*base.items(), (name, first), (name, second)])
+    assert response.status_code == 400, response.text
+    assert name in response.text
+    assert list((settings.data_dir / "staging").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "first", "second"),
+    [
+        ("Upload-Offset", "0", "5"),
+        ("Upload-Checksum", f"sha1 {b64(b'x' * 20)}", f"md5 {b64(b'y' * 16)}"),
+        ("Upload-Length", "5", "6"),
+        ("Tus-Resumable", "1.0.0", "1.0.1"),
+    ],
+)
+async def test_patch_with_two_different_values_of_a_tus_header_is_400_and_stores_nothing(
+    client: Client, name: str, first: str, second: str
+) -> None:
+    path = await create(client, None, Upload_Defer_Length="1")
+    base = {"Tus-Resumable": "1.0.0", "Upload-Offset": "0", "Content-Type": OCTETS}
+    base.pop(name, None)
+    async with repeating_client(client) as raw:
+        response = await raw.patch(
+            path, content=b"hello", headers=[*base.items(), (name, first), (name, second)]
+        )
+    assert response.status_code == 400, response.text
+    assert name in response.text
+    assert (await head(client, path)).headers["upload-offset"] == "0"
+
+
+async def test_head_and_delete_with_two_different_tus_resumable_values_are_400(
+    client: Client,
+) -> None:
+    path = await create(client, 5)
+    twice = [("Tus-Resumable", "1.0.0"), ("Tus-Resumable", "2.0.0")]
+    async with repeating_client(client) as raw:
+        assert (await raw.head(path, headers=twice)).status_code == 400
+        assert (await raw.delete(path, headers=twice)).status_code == 400
+    assert (await head(client, path)).status_code == 200
+
+
+async def test_identical_repeats_of_a_tus_header_are_accepted(client: Client) -> None:
+    async with repeating_client(client) as raw:
+        created = await raw.post(
+            "/files/",
+            headers=[*TUS.items(), *TUS.items(), ("Upload-Length", "5"), ("Upload-Length", " 5")],
+        )
+        assert created.status_code == 201, created.text
+        offsets = [("Upload-Offset", "0"), ("Upload-Offset", "0")]
+        patched = await raw.patch(
+            path_of(created.headers["location"]),
+            content=b"hello",
+            headers=[*TUS.items(), *offsets, ("Content-Type", OCTETS)],
+        )
+    assert patched.status_code == 204, patched.text
 
 
 async def test_malformed_upload_id_is_404_without_touching_disk(

@@ -81,6 +81,17 @@ async def test_bad_creation_headers_are_400_and_create_nothing(
     assert list((settings.data_dir / "staging").iterdir()) == []
 
 
+async def test_final_naming_a_malformed_url_is_400(client: Client) -> None:
+    for concat in (
+        "final;http://[::1/files/x",
+        "final;http://[/files/x",
+        "final;http://a:b/files/x",
+    ):
+        response = await client.post("/files/", headers={**TUS, "Upload-Concat": concat})
+        assert response.status_code == 400, (concat, response.text)
+        assert "Upload-Concat" in response.text
+
+
 async def test_metadata_over_the_caps_is_400_for_keys_and_431_for_size(
     make_settings: MakeSettings,
 ) -> None:

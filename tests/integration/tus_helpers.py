@@ -20,6 +20,7 @@ import asyncpg
 import httpx
 import pytest
 from litestar.testing import AsyncTestClient
+from litestar.testing.transport import TestClientTransport
 from sqlalchemy import event
 
 from app.db.engine import migrate
@@ -46,6 +47,28 @@ def path_of(location: str) -> str:
 def upload_id_of(location: str) -> str:
     """The upload id at the end of an upload URL."""
     return path_of(location).rstrip("/").rsplit("/", 1)[-1]
+
+
+class _RepeatingTransport(TestClientTransport[Client], httpx.AsyncBaseTransport):
+    """The test client's transport, but a repeated header stays separate fields."""
+
+    def parse_request(self, request: httpx.Request) -> dict[str, Any]:
+        raw = [(name.lower(), value) for name, value in request.headers.raw]
+        scope = super().parse_request(request)
+        scope["headers"] = raw
+        return scope
+
+
+def repeating_client(client: Client) -> httpx.AsyncClient:
+    """A client of the same running app that sends a repeated header as separate fields.
+
+    The test client joins repeats into one comma-separated value; a real HTTP server passes
+    them on one by one, which is what tests of duplicate headers need.
+    """
+    return httpx.AsyncClient(
+        transport=_RepeatingTransport(client),
+        base_url="http://ferry.local",
+    )
 
 
 async def create(client: Client, length: int | None, **headers: str) -> str:

@@ -117,3 +117,14 @@ def test_digest_headers_prefer_sha256_and_accept_every_spelling() -> None:
     assert parse_digest_headers({"digest": "unixsum=30"}) is None
     with pytest.raises(BadRequest):
         parse_digest_headers({"content-md5": "not base64!"})
+
+
+@pytest.mark.parametrize("text", ["\u0661\u0662M", "\u00b2k", "1e3", "inf", "nan", "-1", ""])
+def test_ingest_chunk_size_accepts_only_ascii_digits(text: str) -> None:
+    import click
+
+    from app.ingest.cli import ByteSize
+
+    with pytest.raises(click.BadParameter):
+        ByteSize().convert(text, None, None)
+    assert ByteSize().convert("1.5k", None, None) == 1536

@@ -203,3 +203,8 @@ def test_if_modified_since_is_true_only_when_unchanged_since() -> None:
     assert not_modified_since(format_http_date(MODIFIED + timedelta(days=1)), MODIFIED)
     assert not not_modified_since(format_http_date(MODIFIED - timedelta(seconds=1)), MODIFIED)
     assert not not_modified_since("yesterday", MODIFIED)
+
+
+@pytest.mark.parametrize("header", ["bytes=\u0660-\u0665", "bytes=1\u00b2-", "bytes=-\uff15"])
+def test_range_with_non_ascii_digits_is_ignored(header: str) -> None:
+    assert parse_range(header, 100, 10) is None

@@ -164,3 +164,35 @@ def test_several_workers_with_postgresql_are_accepted_on_local_and_s3_storage(
         env_file=None,
     )
     assert settings.workers == 4
+
+
+def test_connection_limits_have_safe_defaults_and_are_read_from_the_environment() -> None:
+    defaults = load({})
+    assert defaults.max_header_bytes == 64 * 1024
+    assert defaults.header_timeout_seconds == 10
+    assert defaults.keep_alive_seconds == 15
+    assert defaults.max_connections == 1000
+    assert defaults.write_timeout_seconds == 60
+    assert defaults.max_downloads == 256
+    tuned = load(
+        {
+            "FERRY_MAX_HEADER_BYTES": "32768",
+            "FERRY_HEADER_TIMEOUT_SECONDS": "5",
+            "FERRY_KEEP_ALIVE_SECONDS": "2",
+            "FERRY_MAX_CONNECTIONS": "10",
+            "FERRY_WRITE_TIMEOUT_SECONDS": "30",
+            "FERRY_MAX_DOWNLOADS": "3",
+        }
+    )
+    assert (tuned.max_header_bytes, tuned.header_timeout_seconds, tuned.max_downloads) == (
+        32768,
+        5,
+        3,
+    )
+    with pytest.raises(SettingsError, match=r"^FERRY_MAX_CONNECTIONS:"):
+        load({"FERRY_MAX_CONNECTIONS": "0"})
+
+
+def test_header_cap_must_exceed_the_upload_metadata_cap() -> None:
+    with pytest.raises(SettingsError, match=r"^FERRY_MAX_HEADER_BYTES: .*FERRY_MAX_METADATA_BYTES"):
+        load({"FERRY_MAX_HEADER_BYTES": "16384", "FERRY_MAX_METADATA_BYTES": "16384"})

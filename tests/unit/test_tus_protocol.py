@@ -10,6 +10,7 @@ import uuid
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from litestar.datastructures import Headers
 
 from app.core.checksums import CHECKSUM_ALGORITHMS
 from app.core.metadata import decode_metadata_value
@@ -20,6 +21,7 @@ from app.http.tus_protocol import (
     format_http_date,
     parse_defer_length,
     parse_integer,
+    parse_method_override,
     parse_optional_integer,
     parse_upload_checksum,
     parse_upload_concat,
@@ -27,6 +29,7 @@ from app.http.tus_protocol import (
     parse_upload_metadata,
     require_tus_version,
     server_description_headers,
+    tus_header,
 )
 
 MAX_INT63 = 2**63 - 1
@@ -329,3 +332,31 @@ def test_http_date_is_rfc9110_imf_fixdate_in_gmt() -> None:
 
     moment = datetime(2026, 1, 2, 4, 5, 6, tzinfo=timezone(timedelta(hours=1)))
     assert format_http_date(moment) == "Fri, 02 Jan 2026 03:05:06 GMT"
+
+
+# ---------------------------------------------------------------- repeated headers
+
+
+def test_tus_header_with_two_different_values_is_400() -> None:
+    headers = Headers([(b"upload-length", b"10"), (b"upload-length", b"20")])
+    with pytest.raises(BadRequest, match="Upload-Length is sent 2 times"):
+        tus_header(headers, "Upload-Length")
+
+
+def test_tus_header_repeated_with_the_same_value_is_that_value() -> None:
+    headers = Headers([(b"upload-offset", b"5"), (b"upload-offset", b" 5 ")])
+    assert tus_header(headers, "Upload-Offset") == "5"
+    assert tus_header(headers, "Upload-Length") is None
+
+
+@pytest.mark.parametrize(("values", "method"), [([b"PATCH"], "PATCH"), ([b" delete "], "DELETE")])
+def test_method_override_tunnels_only_patch_and_delete(values: list[bytes], method: str) -> None:
+    assert parse_method_override(values) == method
+
+
+@pytest.mark.parametrize(
+    "values", [[b"GET"], [b"POST"], [b"PUT"], [b"X" * 100], [b""], [b"PATCH", b"DELETE"]]
+)
+def test_method_override_with_any_other_value_is_400(values: list[bytes]) -> None:
+    with pytest.raises(BadRequest):
+        parse_method_override(values)
