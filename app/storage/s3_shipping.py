@@ -87,6 +87,22 @@ class Ledger:
         Raises :class:`ServiceUnavailable` when they do not reach ``offset``: bytes that
         were acknowledged are missing, and nothing may be built on them.
         """
+        held, end = self.held_parts(offset)
+        chain: list[Segment] = []
+        by_start = {segment.start: segment for segment in self.segments}
+        while end < offset and (segment := by_start.get(end)) is not None:
+            if segment.end > offset:
+                break
+            chain.append(segment)
+            end = segment.end
+        if end != offset:
+            raise ServiceUnavailable(
+                f"S3 holds {end} of the {offset} acknowledged bytes; the upload cannot go on"
+            )
+        return held, chain
+
+    def held_parts(self, offset: int) -> tuple[list[PartRecord], int]:
+        """The recorded parts (from 1, contiguous) within ``[0, offset)``, and their end."""
         held: list[PartRecord] = []
         end = 0
         if self.multipart is not None:
@@ -104,18 +120,7 @@ class Ledger:
                 number += 1
                 if last:
                     break
-        chain: list[Segment] = []
-        by_start = {segment.start: segment for segment in self.segments}
-        while end < offset and (segment := by_start.get(end)) is not None:
-            if segment.end > offset:
-                break
-            chain.append(segment)
-            end = segment.end
-        if end != offset:
-            raise ServiceUnavailable(
-                f"S3 holds {end} of the {offset} acknowledged bytes; the upload cannot go on"
-            )
-        return held, chain
+        return held, end
 
 
 class PartShipper(S3Collaborator):
@@ -195,7 +200,11 @@ class PartShipper(S3Collaborator):
             return
         self.staged_upto.pop(upload_id, None)
         ledger = await self._loaded(upload_id)
-        held, chain = ledger.acknowledged(offset)
+        try:
+            held, chain = ledger.acknowledged(offset)
+        except ServiceUnavailable:
+            await self._adopt_staged(upload_id, staged_path, ledger, offset)
+            return
         start = _end_of(ledger, held)
         await anyio.to_thread.run_sync(_truncate, staged_path, start)
         try:
@@ -204,6 +213,27 @@ class PartShipper(S3Collaborator):
         except TRANSIENT_ERRORS as exc:
             raise _unavailable(f"reading back upload {upload_id} from S3", exc) from exc
         await anyio.to_thread.run_sync(_truncate, staged_path, offset)
+        self.staged_upto[upload_id] = offset
+
+    async def _adopt_staged(
+        self, upload_id: uuid.UUID, staged_path: Path, ledger: Ledger, offset: int
+    ) -> None:
+        """An upload that an earlier version acknowledged from staging alone (before
+        acknowledged meant in S3): its staged bytes past the recorded parts become a
+        segment now, if this node holds them; otherwise the upload cannot go on."""
+        _held, start = ledger.held_parts(offset)
+        if await _size_of(staged_path) != offset or start >= offset:
+            logger.error(
+                "upload %s: S3 and this node's staging lack acknowledged bytes [%d, %d)",
+                upload_id,
+                start,
+                offset,
+            )
+            raise ServiceUnavailable(f"upload {upload_id} lost acknowledged bytes in S3")
+        try:
+            await self._put_segment(upload_id, staged_path, start, offset)
+        except TRANSIENT_ERRORS as exc:
+            raise _unavailable(f"keeping upload {upload_id}'s staged bytes", exc) from exc
         self.staged_upto[upload_id] = offset
 
     async def _download(self, segment: Segment, staged_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+from pathlib import Path
 
 import pytest
 from litestar.testing import AsyncTestClient
@@ -13,7 +14,7 @@ from sqlalchemy import func, select
 from app.db.engine import create_engine, migrate
 from app.main import create_app
 from app.settings import Settings
-from app.storage.s3_ledger import multipart_uploads, parts
+from app.storage.s3_ledger import multipart_uploads, parts, segments
 from tests.integration.s3.conftest import MIB, PART, S3View
 from tests.integration.tus_helpers import Client, create, head, patch, staging_file, upload_id_of
 from tests.support.seaweed import MakeS3Settings
@@ -205,3 +206,43 @@ async def test_without_the_sendfile_sender_parts_go_through_the_s3_client(
     assert len(keys) == 1
     assert s3_view.sha256_of(keys[0]) == hashlib.sha256(data).hexdigest()
     assert s3_view.open_multipart_uploads() == []
+
+
+async def test_another_process_continues_an_upload_from_what_s3_holds(
+    s3_settings: Settings, make_s3_settings: MakeS3Settings, s3_view: S3View, tmp_path: Path
+) -> None:
+    """Acknowledged means in S3: a node with an empty data directory goes on from there."""
+    data = payload(2 * PART + 3 * MIB, seed=21)
+    first_part = PART + 2 * MIB + 17  # one whole part and a segment past it
+    async with AsyncTestClient(app=create_app(s3_settings), base_url="http://ferry.local") as a:
+        path = await create(a, len(data))
+        await send_in_pieces(a, path, data[:first_part], MIB)
+    segments = [key for key in s3_view.object_keys() if "/segments/" in key]
+    assert segments, "the bytes past the last whole part are kept in S3"
+    other = make_s3_settings(data_dir=tmp_path / "node-b", s3_min_part_size=PART)
+    async with AsyncTestClient(app=create_app(other), base_url="http://ferry.local") as b:
+        await send_in_pieces_from(b, path, data, first_part, 2 * MIB)
+        assert (await b.get(path)).content == data
+    assert [key for key in s3_view.object_keys() if "/segments/" in key] == []
+    assert s3_view.open_multipart_uploads() == []
+
+
+async def test_an_upload_an_earlier_version_acknowledged_from_staging_is_kept_as_a_segment(
+    s3_settings: Settings, s3_view: S3View
+) -> None:
+    """Before acknowledged meant in S3, the bytes past the shipped parts were only staged:
+    a node that still holds them stores them now, and the upload goes on."""
+    data = payload(PART + 3 * MIB, seed=22)
+    async with AsyncTestClient(app=create_app(s3_settings), base_url="http://ferry.local") as a:
+        path = await create(a, len(data))
+        await send_in_pieces(a, path, data[: 2 * MIB], MIB)
+    # What an earlier version left: no segment rows, no segment objects, the bytes staged.
+    for key in s3_view.object_keys():
+        s3_view.client.delete_object(Bucket=s3_view.endpoint.bucket, Key=key)
+    engine = create_engine(s3_settings.resolved_database_url)
+    async with engine.begin() as connection:
+        await connection.execute(segments.delete())
+    await engine.dispose()
+    async with AsyncTestClient(app=create_app(s3_settings), base_url="http://ferry.local") as b:
+        await send_in_pieces_from(b, path, data, 2 * MIB, 2 * MIB)
+        assert (await b.get(path)).content == data
