@@ -59,7 +59,7 @@ def serve(
     FERRY_WORKERS=N (PostgreSQL and local storage) serves from N processes.
     """
     from app.db.engine import MigrationFailed, migrate_apart
-    from app.ops.data_dir_lock import DataDirInUse, hold_data_dir
+    from app.ops.data_dir_lock import DataDirInUse, hold_data_dir, hold_sqlite_database
     from app.ops.shutdown import auth_refusal_for_serving
 
     settings = _settings(None if default_auth is None else {"FERRY_AUTH": default_auth})
@@ -80,6 +80,7 @@ def serve(
     try:
         # Before migrations and reconciliation: a second server must change nothing.
         hold_data_dir(settings.data_dir, settings.resolved_node_id)
+        hold_sqlite_database(settings.resolved_database_url)
     except DataDirInUse as exc:
         click.echo(f"ferry: {exc}", err=True)
         sys.exit(1)

@@ -22,6 +22,8 @@ import os
 import re
 from pathlib import Path
 
+from sqlalchemy import make_url
+
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -56,4 +58,26 @@ def hold_data_dir(data_dir: Path, node_id: str) -> int:
         ) from None
     os.ftruncate(descriptor, 0)
     os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
+    return descriptor
+
+
+def hold_sqlite_database(database_url: str) -> int | None:
+    """With SQLite, also lock the database file for this process's life: SQLite is the
+    one-process embedded default, so a second server on the same file (from another data
+    directory) refuses to start instead of sharing it. ``None`` for other databases."""
+    url = make_url(database_url)
+    if not url.drivername.startswith("sqlite") or url.database in (None, "", ":memory:"):
+        return None
+    database = Path(url.database)
+    database.parent.mkdir(parents=True, exist_ok=True)
+    path = database.with_name(database.name + ".serve.lock")
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        raise DataDirInUse(
+            f"FERRY_DATABASE_URL: the SQLite database {database.resolve()} is in use by another "
+            "ferry serve; SQLite serves one process (use PostgreSQL for several)"
+        ) from None
     return descriptor

@@ -79,3 +79,32 @@ def test_machines_sharing_one_data_dir_serve_each_others_uploads(tmp_path: Path)
         finally:
             for node in nodes:
                 node.stop()
+
+
+def test_a_second_server_on_the_same_sqlite_database_refuses_to_start(tmp_path: Path) -> None:
+    """SQLite is the one-process embedded default: one server per database file."""
+    database = f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}"
+    first_dir = tmp_path / "a" / "data"
+    first_dir.mkdir(parents=True)
+    first = FerryProcess(
+        data_dir=first_dir, env=ferry_env(first_dir, {"FERRY_DATABASE_URL": database})
+    )
+    first.start()
+    try:
+        second_dir = tmp_path / "b" / "data"
+        second_dir.mkdir(parents=True)
+        refused = subprocess.run(
+            [str(FERRY), "serve", "--host", "127.0.0.1", "--port", "1"],
+            env=ferry_env(second_dir, {"FERRY_DATABASE_URL": database}),
+            cwd=second_dir.parent,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert refused.returncode == 1, refused.stderr
+        assert refused.stderr.startswith("ferry: FERRY_DATABASE_URL: "), refused.stderr
+        assert refused.stderr.count("\n") == 1, refused.stderr
+        assert httpx.get(f"{first.url}/health", timeout=10).status_code == 200
+    finally:
+        first.stop()
