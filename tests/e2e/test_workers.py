@@ -165,18 +165,22 @@ def test_a_killed_worker_is_replaced_and_the_server_keeps_serving(
 
 
 def test_stopping_or_killing_the_supervisor_ends_every_worker(tmp_path: Path) -> None:
-    with postgres_database() as database_url:
-        for stop in ("sigterm", "sigkill"):
-            with running_ferry(
+    for stop in ("sigterm", "sigkill"):
+        # (A database of its own each: with local storage, a database's files live in one
+        # data directory.)
+        with (
+            postgres_database() as database_url,
+            running_ferry(
                 tmp_path / stop, {"FERRY_WORKERS": "2", "FERRY_DATABASE_URL": database_url}
-            ) as server:
-                workers = worker_pids(server)
-                assert len(workers) == 2
-                if stop == "sigterm":
-                    server.stop()
-                else:
-                    server.kill()  # the workers get SIGTERM from the kernel (PDEATHSIG)
-                deadline = time.monotonic() + 20
-                while any(Path(f"/proc/{pid}").exists() for pid in workers):
-                    assert time.monotonic() < deadline, f"workers outlived the supervisor: {stop}"
-                    time.sleep(0.1)
+            ) as server,
+        ):
+            workers = worker_pids(server)
+            assert len(workers) == 2
+            if stop == "sigterm":
+                server.stop()
+            else:
+                server.kill()  # the workers get SIGTERM from the kernel (PDEATHSIG)
+            deadline = time.monotonic() + 20
+            while any(Path(f"/proc/{pid}").exists() for pid in workers):
+                assert time.monotonic() < deadline, f"workers outlived the supervisor: {stop}"
+                time.sleep(0.1)
