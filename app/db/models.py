@@ -72,6 +72,11 @@ class Upload(UUIDAuditBase):
         """All declared bytes are staged."""
         return self.length is not None and self.offset == self.length
 
+    def is_leased(self, now: datetime) -> bool:
+        """Whether a writer holds the one-writer lease at ``now`` (read only; the lease is
+        taken and given back by the upload repository)."""
+        return self.lock_expires_at is not None and self.lock_expires_at > now
+
     def is_past_expiry(self, now: datetime) -> bool:
         """An unfinished upload (or an unused partial) whose expiry has passed."""
         lives_on = self.state == UploadState.ACTIVE or self.is_partial

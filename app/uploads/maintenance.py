@@ -121,7 +121,7 @@ class UploadMaintenance:
             # Storage holds every acknowledged byte (S3): staging is this node's cache and
             # never decides an offset (another node may have gone on meanwhile).
             return
-        if upload.lock_expires_at is not None and upload.lock_expires_at > utcnow():
+        if upload.is_leased(utcnow()):
             # Another node sharing this data directory is writing it right now.
             return
         size = await self._staging.size(upload.id)
