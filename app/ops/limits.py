@@ -151,15 +151,16 @@ class OwnerQuotas:
     @staticmethod
     async def _used(session: AsyncSession, owner: str) -> int:
         """Bytes ``owner`` holds: files, and every live upload's reservation."""
-        stored = await session.scalar(
-            select(func.coalesce(func.sum(File.size), 0)).where(File.owner == owner)
-        )
+        stored = select(func.coalesce(func.sum(File.size), 0)).where(File.owner == owner)
         # An unfinished upload reserves its declared length (its offset while deferred); a
         # completed partial holds its length until it expires, whether or not a final
         # upload used it (a final's bytes are its own: they are stored again).
         held = func.coalesce(func.sum(func.coalesce(Upload.length, Upload.offset)), 0)
-        reserved = await session.scalar(select(held).where(Upload.owner == owner, live_condition()))
-        return int(stored or 0) + int(reserved or 0)
+        reserved = select(held).where(Upload.owner == owner, live_condition())
+        # One statement, one snapshot: an upload that becomes a file meanwhile (its filing
+        # takes no quota lock) is counted once, never in neither sum.
+        used = await session.scalar(select(stored.scalar_subquery() + reserved.scalar_subquery()))
+        return int(used or 0)
 
 
 async def _lock_owner(session: AsyncSession, owner: str) -> None:

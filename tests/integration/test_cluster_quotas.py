@@ -10,8 +10,10 @@ within the quota.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -19,9 +21,14 @@ from typing import Any
 import anyio.to_thread
 import pytest
 from litestar.testing import TestClient
+from sqlalchemy import event
 
-from app.db.engine import migrate
+from app.db.engine import create_engine, create_session_factory, migrate
+from app.db.models import File
+from app.db.uploads import UploadRepository
 from app.main import FerryApp, create_app
+from app.ops.limits import OwnerQuotas
+from app.settings import Settings
 from tests.conftest import MakeSettings
 from tests.integration.test_ops import _with_owner
 from tests.integration.tus_helpers import OCTETS, TUS, path_of
@@ -184,3 +191,73 @@ def test_concurrent_declared_lengths_on_two_nodes_never_overshoot_the_quota(
     responses = _race([lambda number=number: declare(number) for number in range(RACERS)])
     statuses = sorted(response.status_code for response in responses)
     assert statuses == [204] * 3 + [413] * 3, statuses
+
+
+def _file_it(url: str, upload_id: uuid.UUID) -> None:
+    """File an upload from another connection (another node), as its completion does."""
+
+    async def file_it() -> None:
+        engine = create_engine(url)
+        try:
+            repository = UploadRepository(
+                create_session_factory(engine), node_id="b", lease_seconds=30, ttl_seconds=60
+            )
+            claim = await repository.claim_and_load(upload_id)
+            assert claim is not None
+            stored = File(
+                id=upload_id,
+                owner="alice",
+                name="a.bin",
+                size=BODY,
+                sha256="0" * 64,
+                content_type="application/octet-stream",
+                category="other",
+                storage="local",
+                storage_key="other/a.bin",
+            )
+            await repository.complete_and_file(claim, stored)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(file_it())
+
+
+async def test_an_upload_filed_while_the_quota_counts_is_counted_once(
+    make_settings: MakeSettings,
+) -> None:
+    """Filing takes no quota lock: the count must read files and uploads in one snapshot,
+    or an upload that becomes a file between two reads is in neither."""
+    settings: Settings = make_settings(quota_bytes=QUOTA)
+    await anyio.to_thread.run_sync(migrate, settings)
+    url = settings.resolved_database_url
+    engine = create_engine(url)
+    try:
+        sessions = create_session_factory(engine)
+        repository = UploadRepository(sessions, node_id="a", lease_seconds=30, ttl_seconds=60)
+        upload = repository.new_upload(
+            owner="alice",
+            length=BODY,
+            metadata={},
+            is_partial=False,
+            concat_parts=None,
+            storage="local",
+        )
+        await repository.create(upload)
+        filed: list[bool] = []
+
+        def file_it_after_the_first_count(
+            _conn: Any, _cursor: Any, statement: str, *_: Any
+        ) -> None:
+            if filed or "FROM files" not in statement:
+                return
+            filed.append(True)
+            filer = threading.Thread(target=_file_it, args=(url, upload.id))
+            filer.start()
+            filer.join(30)
+
+        event.listen(engine.sync_engine, "after_cursor_execute", file_it_after_the_first_count)
+        assert await OwnerQuotas(settings, sessions).room("alice") == QUOTA - BODY
+        assert filed == [True]
+        assert await OwnerQuotas(settings, sessions).room("alice") == QUOTA - BODY
+    finally:
+        await engine.dispose()
