@@ -2,10 +2,11 @@
 
 :func:`open_ferry` builds, from settings, the database engine, the storage backend (its
 capabilities resolved and instrumented before anything holds it), the staging area, the
-upload repository (with the webhook outbox as its event log), admission, the upload and
-download services, and the authenticator, each handed what it needs in its constructor.
-Nothing is rewired afterwards. The web app (:func:`app.main.create_app`) and the CLI tasks
-(:mod:`app.cli_tasks`) both open the same graph.
+upload repository (with the webhook outbox as its event log), the owners' quotas,
+admission, the upload and download services, and the authenticator, each handed what it
+needs in its constructor. Nothing is rewired afterwards. The web app
+(:func:`app.main.create_app`) and the CLI tasks (:mod:`app.cli_tasks`) both open the same
+graph.
 """
 
 from __future__ import annotations
@@ -82,9 +83,10 @@ async def open_ferry(settings: Settings) -> AsyncIterator[Ferry]:
         ttl_seconds=settings.upload_ttl_seconds,
         events=outbox,
     )
+    quotas = OwnerQuotas(settings, sessions)
     admission = UploadAdmission(
         CreationRateLimiter(sessions, settings.create_rate_per_minute, settings.create_burst),
-        OwnerQuotas(settings),
+        quotas,
         PreCreateHook(settings, client),
     )
     uploads = UploadService(
@@ -93,6 +95,7 @@ async def open_ferry(settings: Settings) -> AsyncIterator[Ferry]:
         staging=staging,
         settings=settings,
         admission=admission,
+        quota=quotas,
     )
     ferry = Ferry(
         settings=settings,

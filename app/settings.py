@@ -120,6 +120,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     max_metadata_keys: PositiveInt = 64
     """Most keys one ``Upload-Metadata`` header (or a file's metadata) may carry (400 above it)."""
 
+    max_concat_parts: PositiveInt = 1000
+    """Most partial uploads one final upload may name (tus concatenation; 400 above it). Each
+    partial may be named once: a final's bytes are counted against the owner's quota."""
+
     upload_ttl_seconds: PositiveInt = 24 * 3600
     """Unfinished uploads expire this long after their last activity."""
 
@@ -186,7 +190,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     """Claim naming the owner of a JWT's uploads; ``ferry_admin: true`` makes it an admin."""
 
     quota_bytes: NonNegativeInt = 0
-    """Bytes one owner may store (files plus declared unfinished uploads); 0 = no limit."""
+    """Bytes one owner may store: files, unfinished uploads (their declared length, else the
+    bytes received so far) and completed partial uploads; 0 = no limit."""
 
     quota_active_uploads: NonNegativeInt = 0
     """Unfinished uploads one owner may have at once; 0 = no limit."""

@@ -73,7 +73,8 @@ class Upload(UUIDAuditBase):
         return self.length is not None and self.offset == self.length
 
     def is_leased(self, now: datetime) -> bool:
-        """A writer holds the one-writer lease right now (it has not expired)."""
+        """Whether a writer holds the one-writer lease at ``now`` (read only; the lease is
+        taken and given back by the upload repository)."""
         return self.lock_expires_at is not None and self.lock_expires_at > now
 
     def is_past_expiry(self, now: datetime) -> bool:

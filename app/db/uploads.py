@@ -109,7 +109,7 @@ class LiveUploads:
     partials: set[uuid.UUID] = field(default_factory=set)
 
 
-def _live_condition() -> Any:
+def live_condition() -> Any:
     """Active uploads, and completed partials waiting for a final upload."""
     return or_(
         Upload.state == UploadState.ACTIVE,
@@ -161,14 +161,14 @@ class UploadRepository:
     async def live(self) -> list[Upload]:
         """Every upload that still needs its bytes (start-up reconciliation)."""
         async with self._sessions() as session:
-            return list(await session.scalars(select(Upload).where(_live_condition())))
+            return list(await session.scalars(select(Upload).where(live_condition())))
 
     async def live_ids(self) -> LiveUploads:
         """Ids of the active uploads and of the live partial uploads."""
         async with self._sessions() as session:
             rows = (
                 await session.execute(
-                    select(Upload.id, Upload.state, Upload.is_partial).where(_live_condition())
+                    select(Upload.id, Upload.state, Upload.is_partial).where(live_condition())
                 )
             ).all()
         return LiveUploads(
@@ -180,7 +180,7 @@ class UploadRepository:
         """Unfinished uploads (and unused partials) whose expiry has passed."""
         async with self._sessions() as session:
             statement = (
-                select(Upload).where(Upload.expires_at <= now, _live_condition()).limit(limit)
+                select(Upload).where(Upload.expires_at <= now, live_condition()).limit(limit)
             )
             return list(await session.scalars(statement))
 
@@ -372,6 +372,7 @@ class UploadRepository:
         committed: int | None = None,
         sha256_state: bytes | None = None,
         content_type: str | None = None,
+        reserve: Reservation | None = None,
     ) -> bool:
         """Record a durable offset; one statement also gives the lease back when asked.
 
@@ -379,8 +380,9 @@ class UploadRepository:
         on in memory (a completion whose filing failed). An unsaved claim is inserted here,
         active at ``new_offset``. ``sha256_state``: the running hash of ``[0, new_offset)``
         (``None`` keeps none: completion then hashes the stored bytes). ``content_type``:
-        sniffed from the first bytes, recorded when given. Returns ``False`` when the lease
-        was lost meanwhile.
+        sniffed from the first bytes, recorded when given. ``reserve`` runs first in the
+        same transaction (the owner's quota, for bytes of an upload whose length is not
+        known) and raises to refuse. Returns ``False`` when the lease was lost meanwhile.
         """
         upload = claim.upload
         expires_at = utcnow() + self.ttl
@@ -395,6 +397,8 @@ class UploadRepository:
             if release:
                 self._let_go(upload)
             async with self._sessions() as session, session.begin():
+                if reserve is not None:
+                    await reserve(session)
                 session.add(upload)
             claim.saved = True
             return True
@@ -413,7 +417,8 @@ class UploadRepository:
                 **(_RELEASED if release else {}),
                 **({"content_type": content_type} if content_type else {}),
             )
-            .execution_options(synchronize_session=False)
+            .execution_options(synchronize_session=False),
+            reserve=reserve,
         )
         if result != 1:
             return False
@@ -425,13 +430,20 @@ class UploadRepository:
             self._let_go(upload)
         return True
 
-    async def set_length(self, upload: Upload, length: int) -> None:
-        """Fix a deferred length (creation-defer-length) once it is known; only once."""
+    async def set_length(
+        self, upload: Upload, length: int, *, reserve: Reservation | None = None
+    ) -> None:
+        """Fix a deferred length (creation-defer-length) once it is known; only once.
+
+        ``reserve`` runs first in the same transaction (the owner's quota for the bytes the
+        length adds) and raises to refuse.
+        """
         await self._execute(
             update(Upload)
             .where(Upload.id == upload.id, Upload.length.is_(None))
             .values(length=length)
-            .execution_options(synchronize_session=False)
+            .execution_options(synchronize_session=False),
+            reserve=reserve,
         )
         upload.length = length
 
@@ -530,8 +542,10 @@ class UploadRepository:
         )
         upload.offset = offset
 
-    async def _execute(self, statement: Any) -> int:
+    async def _execute(self, statement: Any, *, reserve: Reservation | None = None) -> int:
         async with self._sessions() as session, session.begin():
+            if reserve is not None:
+                await reserve(session)
             return _rowcount(await session.execute(statement))
 
 

@@ -47,10 +47,9 @@ class UploadAdmission:
         owner = request.owner
         if owner is None or not self._quotas.enabled:
             return None
-        # A final upload's bytes are its partials', already counted.
-        new_length = None if request.partial_ids is not None else length
 
+        # A final upload's bytes count too: its partials keep theirs until they expire.
         async def reserve(session: AsyncSession) -> None:
-            await self._quotas.check_in(session, owner, new_length)
+            await self._quotas.check_in(session, owner, length)
 
         return reserve

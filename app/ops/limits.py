@@ -1,13 +1,14 @@
-"""Per-owner limits on creation: stored bytes, unfinished uploads, and a creation rate.
+"""Per-owner limits: stored bytes, unfinished uploads, and a creation rate.
 
 Both are kept in the database, so they hold for the whole cluster, whichever process or
 node a request reaches:
 
 * the rate limit is a token bucket per owner in ``creation_rates``, spent by one atomic
   upsert (the bucket refills from the time elapsed since it was last touched);
-* quotas are checked inside the transaction that inserts the upload, under a per-owner
+* quotas are checked inside the transaction that inserts the upload (and, for bytes, the
+  one that fixes a deferred length or commits bytes of unknown length), under a per-owner
   lock (a PostgreSQL transaction advisory lock; SQLite runs one transaction at a time), so
-  concurrent creations by one owner never overshoot.
+  concurrent requests by one owner never overshoot.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db.models import File, Upload, UploadState
+from app.db.uploads import Reservation, live_condition
 from app.errors import PayloadTooLarge, TooManyRequests
 from app.settings import Settings
 
@@ -76,11 +78,20 @@ class CreationRateLimiter:
 
 
 class OwnerQuotas:
-    """Stored bytes and unfinished uploads per owner, counted in the database."""
+    """Stored bytes and unfinished uploads per owner, counted in the database.
 
-    def __init__(self, settings: Settings) -> None:
+    What an owner holds: its files, each unfinished upload (its declared length, else the
+    bytes received so far), each completed partial upload (kept for final uploads until it
+    expires or is terminated) and each final upload (its bytes are new). Every check takes
+    the owner's lock inside the transaction that records what it admits, so concurrent
+    requests by one owner, on any node, never overshoot. The upload service asks it after
+    creation through :class:`app.uploads.quota.ByteQuota`.
+    """
+
+    def __init__(self, settings: Settings, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._max_bytes = settings.quota_bytes
         self._max_active = settings.quota_active_uploads
+        self._sessions = sessions
 
     @property
     def enabled(self) -> bool:
@@ -95,14 +106,9 @@ class OwnerQuotas:
         """
         if not self.enabled:
             return
-        if session.bind.dialect.name == "postgresql":
-            key = zlib.crc32(owner.encode()) - 2**31  # a signed 32-bit advisory lock key
-            await session.execute(
-                text("SELECT pg_advisory_xact_lock(hashtext('ferry.quota'), :key)"),
-                {"key": key},
-            )
-        active = (Upload.owner == owner) & (Upload.state == UploadState.ACTIVE)
+        await _lock_owner(session, owner)
         if self._max_active:
+            active = (Upload.owner == owner) & (Upload.state == UploadState.ACTIVE)
             count = await session.scalar(select(func.count()).where(active))
             if (count or 0) >= self._max_active:
                 raise TooManyRequests(
@@ -111,19 +117,58 @@ class OwnerQuotas:
                     headers={"Retry-After": "60"},
                 )
         if self._max_bytes:
-            stored = await session.scalar(
-                select(func.coalesce(func.sum(File.size), 0)).where(File.owner == owner)
+            await self._check_bytes(session, owner, new_length or 0)
+
+    async def room(self, owner: str | None) -> int | None:
+        """Bytes ``owner`` may still add (``None``: no byte quota applies)."""
+        if owner is None or not self._max_bytes:
+            return None
+        async with self._sessions() as session, session.begin():
+            await _lock_owner(session, owner)
+            used = await self._used(session, owner)
+        return max(0, self._max_bytes - used)
+
+    def growth(self, owner: str | None, more: int) -> Reservation | None:
+        """The check that ``owner`` may hold ``more`` bytes than now, for the transaction
+        that records them (``None``: no byte quota applies, or nothing grows)."""
+        if owner is None or not self._max_bytes or more <= 0:
+            return None
+
+        async def reserve(session: AsyncSession) -> None:
+            await _lock_owner(session, owner)
+            await self._check_bytes(session, owner, more)
+
+        return reserve
+
+    async def _check_bytes(self, session: AsyncSession, owner: str, more: int) -> None:
+        used = await self._used(session, owner)
+        if used + more > self._max_bytes:
+            raise PayloadTooLarge(
+                f"{owner} would store {used + more} bytes; the quota is "
+                f"{self._max_bytes} (FERRY_QUOTA_BYTES)"
             )
-            # An unfinished upload reserves its declared length (its offset if deferred).
-            # A final upload being assembled counts its partials twice for a moment.
-            reserved = await session.scalar(
-                select(
-                    func.coalesce(func.sum(func.coalesce(Upload.length, Upload.offset)), 0)
-                ).where(active)
-            )
-            used = int(stored or 0) + int(reserved or 0)
-            if used + (new_length or 0) > self._max_bytes:
-                raise PayloadTooLarge(
-                    f"{owner} would store {used + (new_length or 0)} bytes; the quota is "
-                    f"{self._max_bytes} (FERRY_QUOTA_BYTES)"
-                )
+
+    @staticmethod
+    async def _used(session: AsyncSession, owner: str) -> int:
+        """Bytes ``owner`` holds: files, and every live upload's reservation."""
+        stored = select(func.coalesce(func.sum(File.size), 0)).where(File.owner == owner)
+        # An unfinished upload reserves its declared length (its offset while deferred); a
+        # completed partial holds its length until it expires, whether or not a final
+        # upload used it (a final's bytes are its own: they are stored again).
+        held = func.coalesce(func.sum(func.coalesce(Upload.length, Upload.offset)), 0)
+        reserved = select(held).where(Upload.owner == owner, live_condition())
+        # One statement, one snapshot: an upload that becomes a file meanwhile (its filing
+        # takes no quota lock) is counted once, never in neither sum.
+        used = await session.scalar(select(stored.scalar_subquery() + reserved.scalar_subquery()))
+        return int(used or 0)
+
+
+async def _lock_owner(session: AsyncSession, owner: str) -> None:
+    """The owner's quota lock, held until ``session``'s transaction ends (PostgreSQL; SQLite
+    runs one write transaction at a time)."""
+    if session.bind.dialect.name == "postgresql":
+        key = zlib.crc32(owner.encode()) - 2**31  # a signed 32-bit advisory lock key
+        await session.execute(
+            text("SELECT pg_advisory_xact_lock(hashtext('ferry.quota'), :key)"),
+            {"key": key},
+        )

@@ -58,13 +58,33 @@ class Concatenator:
         repository: UploadRepository,
         storage: Storage,
         staging: StagingArea,
+        *,
+        max_parts: int,
     ) -> None:
         self._repository = repository
         self._storage = storage
         self._staging = staging
+        self._max_parts = max_parts
 
     async def load_partials(self, ids: list[uuid.UUID], owner: str | None) -> list[Upload]:
-        """The partial uploads a final upload names, in order; 404/400 for unusable ones."""
+        """The partial uploads a final upload names, in order; 404/400 for unusable ones.
+
+        A final names at most ``FERRY_MAX_CONCAT_PARTS`` partials, each once: naming one
+        partial many times would turn a few stored bytes into a large file in no time.
+        """
+        if len(ids) > self._max_parts:
+            raise BadRequest(
+                f"Upload-Concat names {len(ids)} partial uploads; at most {self._max_parts} "
+                "are allowed (FERRY_MAX_CONCAT_PARTS)"
+            )
+        seen: set[uuid.UUID] = set()
+        for partial_id in ids:
+            if partial_id in seen:
+                raise BadRequest(
+                    f"Upload-Concat names {partial_id} twice; a final upload may use each "
+                    "partial upload once"
+                )
+            seen.add(partial_id)
         by_id = await self._repository.find_many(ids)
         now = utcnow()
         partials: list[Upload] = []

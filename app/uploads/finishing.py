@@ -25,6 +25,7 @@ from app.storage.backend import Storage
 from app.storage.staging import StagingArea
 from app.uploads.concatenation import Concatenator
 from app.uploads.filing import UploadFiler, file_row
+from app.uploads.quota import ByteQuota
 from app.uploads.validation import ContentGate
 from app.uploads.visibility import visible
 
@@ -42,6 +43,7 @@ class UploadFinisher:
         filer: UploadFiler,
         concatenator: Concatenator,
         gate: ContentGate,
+        quota: ByteQuota,
     ) -> None:
         self._repository = repository
         self._storage = storage
@@ -49,6 +51,7 @@ class UploadFinisher:
         self._filer = filer
         self._concatenator = concatenator
         self._gate = gate
+        self._quota = quota
 
     async def finish_when_free(self, upload: Upload) -> Upload:
         """Claim and finish an upload whose bytes are all there (or a final one).
@@ -73,9 +76,25 @@ class UploadFinisher:
         upload = claim.upload
         if not upload.is_final:
             return upload.is_complete
+        if upload.length is None and not await self._count_final(claim):
+            return False
         if self._storage.partials is not None:
             return await self._concatenator.finished_partials(upload) is not None
         return await self._concatenator.assemble_in_staging(claim)
+
+    async def _count_final(self, claim: Claim) -> bool:
+        """A final upload of deferred-length partials: once they are all finished, its
+        length is known and counted against its owner's quota (413 while it does not fit;
+        a HEAD asks again). ``False`` while some partial is unfinished."""
+        final = claim.upload
+        partials = await self._concatenator.finished_partials(final)
+        if partials is None:
+            return False
+        length = sum(partial.length or 0 for partial in partials)
+        await self._repository.set_length(
+            final, length, reserve=self._quota.growth(final.owner, length)
+        )
+        return True
 
     async def finish(
         self, claim: Claim, *, head: bytes | None = None, uncommitted_from: int | None = None
@@ -155,5 +174,8 @@ class UploadFinisher:
         for final in await self._repository.finals_naming(partial.id):
             try:
                 await self.finish_when_free(final)
+            except FerryError as refusal:
+                # Refused (its content, its owner's quota): a HEAD on it says why.
+                logger.info("final upload %s was not finished: %s", final.id, refusal)
             except Exception:
                 logger.exception("could not finish final upload %s", final.id)

@@ -49,6 +49,7 @@ from app.uploads.concatenation import Concatenator
 from app.uploads.filing import Content, UploadFiler
 from app.uploads.finishing import UploadFinisher
 from app.uploads.maintenance import UploadMaintenance
+from app.uploads.quota import ByteQuota, NoByteQuota
 from app.uploads.receiving import BodyReceiver, Received
 from app.uploads.retiring import UploadRetirer
 from app.uploads.validation import ContentGate, UploadPolicy
@@ -101,6 +102,8 @@ class _Bounds:
 
     length: int | None
     room: int
+    by_quota: bool = False
+    """The room is what the owner's quota leaves (a body of unknown length)."""
 
 
 class Admission(Protocol):
@@ -126,18 +129,22 @@ class UploadService:
         staging: StagingArea,
         settings: Settings,
         admission: Admission | None = None,
+        quota: ByteQuota | None = None,
     ) -> None:
         self._repository = repository
         self._storage = storage
         self._staging = staging
         self._max_size = settings.max_size
         self._admission = admission
+        self._quota: ByteQuota = quota or NoByteQuota()
         self.policy = UploadPolicy.from_settings(settings)
         """Validation rules shared by every upload path (:mod:`app.uploads.validation`)."""
         self._retirer = UploadRetirer(repository, storage, staging)
         self._gate = ContentGate(self.policy, self._retirer)
         self._receiver = BodyReceiver(repository, staging)
-        self._concatenator = Concatenator(repository, storage, staging)
+        self._concatenator = Concatenator(
+            repository, storage, staging, max_parts=settings.max_concat_parts
+        )
         self._filer = UploadFiler(storage, staging)
         self._finisher = UploadFinisher(
             repository,
@@ -146,6 +153,7 @@ class UploadService:
             self._filer,
             self._concatenator,
             self._gate,
+            self._quota,
         )
         self._maintenance = UploadMaintenance(
             repository, storage, staging, self._retirer, self._finisher, self._concatenator
@@ -264,20 +272,23 @@ class UploadService:
                 return upload
             if claim is None:
                 claim = await self._claim_at_offset(upload, request.offset)
+            bounds = await self._within_quota(upload, request, bounds)
         except BaseException as failure:
             if claim is not None:
                 await self._give_up(claim, failure)
             raise
         try:
             if bounds.length is not None and bounds.length != upload.length:
-                await self._repository.set_length(upload, bounds.length)
-            return await self._stream_commit_finish(claim, request, body, bounds.room)
+                # A deferred length becomes known: the bytes it adds are counted now.
+                growth = self._quota.growth(upload.owner, bounds.length - upload.offset)
+                await self._repository.set_length(upload, bounds.length, reserve=growth)
+            return await self._stream_commit_finish(claim, request, body, bounds)
         except BaseException as failure:
             await self._give_up(claim, failure)
             raise
 
     async def _stream_commit_finish(
-        self, claim: Claim, request: AppendRequest, body: AsyncIterator[bytes], room: int
+        self, claim: Claim, request: AppendRequest, body: AsyncIterator[bytes], bounds: _Bounds
     ) -> Upload:
         """The body streamed, verified, committed and, when it completes the upload, filed.
 
@@ -293,8 +304,8 @@ class UploadService:
         running = ResumableSha256.resume(upload.sha256_state, upload.offset)
         verifier = ChunkVerifier(request.checksum, request.checksum_trailer)
         digests: list[ChunkDigest] = [*verifier.digests, *([running] if running else [])]
-        received = await self._receiver.receive(claim, body, room, digests)
-        await self._refuse_unverified(claim, received, verifier)
+        received = await self._receiver.receive(claim, body, bounds.room, digests)
+        await self._refuse_unverified(claim, received, verifier, bounds)
         old_offset, new_offset = upload.offset, received.durable_end
         completes = upload.length is not None and new_offset == upload.length
         if shipping is not None and (new_offset > old_offset or completes):
@@ -322,15 +333,13 @@ class UploadService:
             content = Content.of(await self._filer.head_of_staged(upload))
         checks_content = content is not None and not completes
         release = not completes and not checks_content
-        state = None if running is None else running.state()
-        if not await self._repository.commit_offset(
+        await self._commit(
             claim,
             new_offset,
             release=release,
-            sha256_state=state,
+            sha256_state=None if running is None else running.state(),
             content_type=None if content is None else content.content_type,
-        ):
-            raise UploadLocked("the upload's lock was lost before the offset could be committed")
+        )
         if checks_content and content is not None:
             # Validation as early as the magic bytes allow: a refused 50 GB upload stops
             # after its first chunk instead of at completion.
@@ -343,15 +352,63 @@ class UploadService:
             await self._repository.release(claim)
         return upload
 
+    async def _commit(
+        self,
+        claim: Claim,
+        new_offset: int,
+        *,
+        release: bool,
+        sha256_state: bytes | None,
+        content_type: str | None,
+    ) -> None:
+        """Commit the durable offset; bytes of an upload whose length is not known are
+        counted against its owner's quota in the same transaction (413: none are kept)."""
+        upload = claim.upload
+        old_offset = upload.offset
+        growth = None
+        if upload.length is None:
+            growth = self._quota.growth(upload.owner, new_offset - old_offset)
+        try:
+            committed = await self._repository.commit_offset(
+                claim,
+                new_offset,
+                release=release,
+                sha256_state=sha256_state,
+                content_type=content_type,
+                reserve=growth,
+            )
+        except PayloadTooLarge:
+            # Others took the room while this body streamed: none of it is acknowledged.
+            await self._staging.truncate(claim.upload_id, old_offset)
+            raise
+        if not committed:
+            raise UploadLocked("the upload's lock was lost before the offset could be committed")
+
+    async def _within_quota(
+        self, upload: Upload, request: AppendRequest, bounds: _Bounds
+    ) -> _Bounds:
+        """Bound a body of unknown length by what its owner's quota leaves now; 413 when its
+        announced size does not fit. (A known length was counted when it was fixed.)"""
+        if bounds.length is not None:
+            return bounds
+        room = await self._quota.room(upload.owner)
+        if room is None or room >= bounds.room:
+            return bounds
+        if request.content_length is not None and request.content_length > room:
+            raise _over_quota(upload.owner, room)
+        return _Bounds(None, room, by_quota=True)
+
     async def _refuse_unverified(
-        self, claim: Claim, received: Received, verifier: ChunkVerifier
+        self, claim: Claim, received: Received, verifier: ChunkVerifier, bounds: _Bounds
     ) -> None:
         """Raise (after cutting staging back) when the body must not be acknowledged."""
         if received.lease_lost:
             # Someone else holds the upload now; leave the file to them.
             raise UploadLocked("the upload's lock expired while this request was writing")
         reason: FerryError | None = None
-        if received.too_large:
+        if received.too_large and bounds.by_quota:
+            reason = _over_quota(claim.upload.owner, bounds.room)
+        elif received.too_large:
             reason = PayloadTooLarge("the body goes past the upload's end")
         elif verifier.active:
             reason = verifier.failure(disconnected=received.disconnected)
@@ -520,6 +577,12 @@ class UploadService:
     async def reconcile(self) -> dict[str, int]:
         """Invariant 2 at start-up: staging files, offsets and leases agree again."""
         return await self._maintenance.reconcile()
+
+
+def _over_quota(owner: str | None, room: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"the body goes past what {owner}'s quota leaves ({room} bytes; FERRY_QUOTA_BYTES)"
+    )
 
 
 def expiry_header_value(upload: Upload) -> datetime | None:

@@ -135,7 +135,8 @@ async def test_final_created_before_its_partials_finish_completes_when_they_do(
 
 async def test_final_of_empty_partials_is_an_empty_file(client: Client) -> None:
     empty = await create(client, 0, Upload_Concat="partial")
-    status, final = await create_final(client, empty, empty)
+    also_empty = await create(client, 0, Upload_Concat="partial")
+    status, final = await create_final(client, empty, also_empty)
     assert status == 201
     done = await head(client, final)
     assert done.headers["upload-offset"] == done.headers["upload-length"] == "0"
