@@ -1,5 +1,6 @@
-"""Quotas and creation rates hold for the whole cluster: two apps (two nodes) on one
-database, creations racing on both, never overshoot."""
+"""Quotas hold for the whole cluster: two apps (two nodes) on one database count each
+other's uploads. (The in-process client sends one request at a time; the races themselves
+are in test_cluster_quotas.py, with threads, and test_rate_limits.py.)"""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ async def two_nodes(make_settings: MakeSettings) -> AsyncIterator[list[AsyncTest
         await node.__aexit__(None, None, None)
 
 
-async def test_concurrent_creations_by_one_owner_on_two_nodes_never_overshoot_the_quota(
+async def test_creations_by_one_owner_on_two_nodes_count_against_one_quota(
     two_nodes: list[AsyncTestClient[FerryApp]],
 ) -> None:
     responses = await asyncio.gather(*(_create(two_nodes[number % 2], 100) for number in range(24)))
@@ -41,7 +42,7 @@ async def test_concurrent_creations_by_one_owner_on_two_nodes_never_overshoot_th
     assert set(statuses) <= {201, 413, 429}
 
 
-async def test_concurrent_creations_with_upload_count_against_the_byte_quota_at_once(
+async def test_creations_with_upload_on_two_nodes_count_against_the_byte_quota_at_once(
     two_nodes: list[AsyncTestClient[FerryApp]],
 ) -> None:
     """A creation-with-upload's row exists from the start when a quota applies."""
