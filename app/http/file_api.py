@@ -28,8 +28,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.core.filenames import validate_name
 from app.core.metadata import encode_metadata_value
 from app.db.models import File
-from app.core.filenames import validate_name
-from app.core.metadata import encode_metadata_value
 from app.errors import BadRequest, NotFound, PayloadTooLarge
 from app.http.schemas import FileOut, FilePage, FileUpdate, SortField, file_out
 from app.http.simple_uploads import API_FILES_PATH, post_form, put_file

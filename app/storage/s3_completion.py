@@ -34,7 +34,6 @@ from app.storage.s3_collaborator import (
     TRANSIENT_ERRORS,
     S3Collaborator,
     error_code,
-    misconfiguration_of,
     storage_failure,
 )
 from app.storage.s3_ledger import Multipart, PartRecord

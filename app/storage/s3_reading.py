@@ -13,7 +13,6 @@ from typing import Any
 
 from app.core.filenames import content_disposition
 from app.errors import ServiceUnavailable
-from app.core.filenames import content_disposition
 from app.storage.s3_collaborator import TRANSIENT_ERRORS, S3Collaborator, storage_failure
 
 logger = logging.getLogger(__name__)

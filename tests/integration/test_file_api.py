@@ -10,9 +10,9 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from app.auth.keys import ApiKeyStore
+from app.core.metadata import encode_metadata_value
 from app.db.engine import create_engine, create_session_factory, migrate
 from app.errors import BadRequest, PayloadTooLarge
-from app.core.metadata import encode_metadata_value
 from app.http.file_api import check_metadata_caps
 from app.main import FerryApp, create_app
 from app.settings import Settings
