@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from app.storage.s3 import S3Backend
     from app.storage.s3_cleanup import ObjectCleaner
     from app.storage.s3_concat import FinalAssembly
-    from app.storage.s3_shipping import PartShipper
+    from app.storage.s3_shipping import Ledger, PartShipper
 
 logger = logging.getLogger(__name__)
 
@@ -82,19 +82,28 @@ class ObjectCompleter(S3Collaborator):
         checksum of the completed object must be the one of the recorded parts.
         """
         try:
-            stored = await self._store(upload_id, staged_path, size, key, content_type)
+            ledger = await self._shipper.load(upload_id)
+            stored = await self._store(ledger, upload_id, staged_path, size, key, content_type)
         except TRANSIENT_ERRORS as exc:
             logger.warning("upload %s: storing in S3 failed: %r", upload_id, exc)
             raise storage_failure(exc) from exc
-        await self._shipper.drop_segments(upload_id)
+        # An upload of several parts took several requests, any of which may have died
+        # after putting a segment it never recorded: its segment folder is listed (one
+        # request, next to its UploadParts; a one-part upload's leftovers go to the sweep).
+        await self._shipper.drop_segments(upload_id, unrecorded=ledger.multipart is not None)
         await self._cleaner.forget(upload_id)
         self._shipper.staged_upto.pop(upload_id, None)
         return stored
 
     async def _store(
-        self, upload_id: uuid.UUID, staged_path: Path, size: int, key: str, content_type: str
+        self,
+        ledger: Ledger,
+        upload_id: uuid.UUID,
+        staged_path: Path,
+        size: int,
+        key: str,
+        content_type: str,
     ) -> StoredObject:
-        ledger = await self._shipper.load(upload_id)
         try:
             held, chain = ledger.acknowledged(size)
         except ServiceUnavailable:
