@@ -9,8 +9,9 @@ server gives. A node is killed midway (``kill -9`` of its whole process group) a
 loses its disk or is restarted; no acknowledged byte may be lost either way.
 
 With two nodes: the same PATCH sent to both at once (one wins, the other gets 409/423),
-tus-js-client resuming through node b an upload it began through node a, and the
-connection of a PATCH a node refused before reading its body.
+tus-js-client resuming through node b an upload it began through node a, the connection
+of a PATCH a node refused before reading its body, and a node whose S3 call outlasts its
+lease while the client goes on through the other node.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ import pytest
 from tests.e2e.support import MIB, make_file
 from tests.integration.s3.conftest import S3View
 from tests.interop.test_tus_js_client import JS_DIR, node_or_skip
+from tests.support.faulty_proxy import faulty_proxy
 from tests.support.seaweed import S3Endpoint
 from tests.support.services import FerryProcess, ferry_env, postgres_database
 
@@ -692,3 +694,82 @@ def test_a_patch_answered_before_its_body_does_not_keep_its_connection_open(
         assert idle_for is not None, "node b kept the idle connection open for over 10 s"
     finally:
         writer.close()
+
+
+def test_a_node_whose_s3_call_outlasts_its_lease_does_not_undo_what_another_acknowledged(
+    tmp_path: Path, seaweed: S3Endpoint, s3_prefix: str, cluster_database: str, s3_view: S3View
+) -> None:
+    """Node a's PUT of a segment is slow (S3 browning out for it); its lease lapses while it
+    waits, so the client, like any tus client, goes on through node b. When node a's PUT
+    finally goes through, it must not touch what node b acknowledged meanwhile."""
+    lease = 3
+    with faulty_proxy(seaweed.url) as proxy:
+        node_a = FerryProcess(
+            data_dir=tmp_path / "a" / "data",
+            env={
+                **node_env(tmp_path, "a", seaweed, s3_prefix, cluster_database, 1, lease),
+                "FERRY_S3_ENDPOINT_URL": proxy.url,
+                "FERRY_S3_TIMEOUT_SECONDS": "60",
+            },
+        )
+        node_b = FerryProcess(
+            data_dir=tmp_path / "b" / "data",
+            env=node_env(tmp_path, "b", seaweed, s3_prefix, cluster_database, 1, lease),
+        )
+        for node in (node_a, node_b):
+            node.data_dir.mkdir(parents=True)
+        node_a.start()
+        node_b.start()
+        try:
+            data = os.urandom(2 * PART + 2 * MIB + 3)
+            upload = new_upload(node_b, data)
+            step = MIB  # below one part: every PATCH is kept as a segment
+
+            def patch(node: FerryProcess, offset: int) -> httpx.Response:
+                return httpx.patch(
+                    f"{node.url}{upload.path}",
+                    content=data[offset : offset + step],
+                    headers={**TUS, **OCTETS, "Upload-Offset": str(offset)},
+                    timeout=REQUEST_TIMEOUT,
+                )
+
+            assert patch(node_b, 0).status_code == 204
+            gate = proxy.pause("PUT ", "/segments/")
+            with ThreadPoolExecutor(1) as pool:
+                slow = pool.submit(patch, node_a, step)  # [1 MiB, 2 MiB) through node a
+                deadline = time.monotonic() + 30
+                while not proxy.count("PUT ", "/segments/"):
+                    assert time.monotonic() < deadline, "node a never shipped its segment"
+                    time.sleep(0.05)
+                time.sleep(lease + 1)  # node a holds its lease no longer
+                # The client gave up on node a and goes on through node b.
+                assert tus_head_offset(node_b, upload.path) == step
+                assert patch(node_b, step).status_code == 204
+                assert patch(node_b, 2 * step).status_code == 204
+                gate.set()  # node a's PUT reaches S3 at last
+                late = slow.result(timeout=60)
+            assert late.status_code in {409, 423}, late.status_code
+            acknowledged = 3 * step
+            for node in (node_a, node_b):
+                assert tus_head_offset(node, upload.path) == acknowledged
+            offset = acknowledged
+            while offset < len(data):
+                response = patch(node_b if offset // step % 2 else node_a, offset)
+                assert response.status_code == 204, (
+                    offset,
+                    response.status_code,
+                    response.text,
+                    server_log_tails([node_a, node_b]),
+                )
+                offset = int(response.headers["upload-offset"])
+            assert_stored_everywhere([node_a, node_b], s3_view, upload.path, data)
+            assert_nothing_left_in_s3(s3_view, [uid_of(upload.path)])
+        finally:
+            node_a.stop()
+            node_b.stop()
+
+
+def tus_head_offset(node: FerryProcess, path: str) -> int:
+    response = httpx.head(f"{node.url}{path}", headers=TUS, timeout=30)
+    assert response.status_code == 200, response.status_code
+    return int(response.headers["upload-offset"])
