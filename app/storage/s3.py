@@ -243,7 +243,7 @@ class S3Backend:
     async def discard_upload(self, upload_id: uuid.UUID) -> None:
         """Abort the upload's multipart upload (if any), delete its segments, forget it."""
         self._shipper.staged_upto.pop(upload_id, None)
-        await self._shipper.drop_segments(upload_id)
+        await self._shipper.drop_segments(upload_id, unrecorded=True)
         await self._cleaner.discard_upload(upload_id)
 
     async def discard_partial(self, upload_id: uuid.UUID) -> None:

@@ -85,6 +85,11 @@ class ObjectCompleter(S3Collaborator):
             ledger = await self._shipper.load(upload_id)
             stored = await self._store(ledger, upload_id, staged_path, size, key, content_type)
             await self._shipper.forget(upload_id, ledger)
+            if ledger.multipart is not None:
+                # An upload of several parts took several requests, any of which may have
+                # died after putting a segment it never recorded: its segment folder is
+                # listed (one request; a one-part upload's leftovers go to the sweep).
+                await self._shipper.drop_segments(upload_id, unrecorded=True)
         except TRANSIENT_ERRORS as exc:
             logger.warning("upload %s: storing in S3 failed: %r", upload_id, exc)
             raise storage_failure(exc) from exc

@@ -539,8 +539,15 @@ class PartShipper(S3Collaborator):
                 delete(multipart_uploads).where(multipart_uploads.c.upload_id == upload_id)
             )
 
-    async def drop_segments(self, upload_id: uuid.UUID, *, below: int | None = None) -> None:
-        """Delete segment objects and rows (all, or those ending at or before ``below``)."""
+    async def drop_segments(
+        self, upload_id: uuid.UUID, *, below: int | None = None, unrecorded: bool = False
+    ) -> None:
+        """Delete segment objects and rows (all, or those ending at or before ``below``).
+
+        ``unrecorded``: the upload is done with segments for good (completed or discarded),
+        so every object under its segment folder goes too, listed: also those no row names,
+        put by a writer that died before recording them.
+        """
         condition = segments.c.upload_id == upload_id
         if below is not None:
             condition = and_(condition, segments.c.end_offset <= below)
@@ -555,6 +562,20 @@ class PartShipper(S3Collaborator):
                     return  # the rows stay, so a later pass (or the sweep) retries
         async with self.sessions() as session, session.begin():
             await session.execute(delete(segments).where(condition))
+        if unrecorded:
+            await self._drop_unrecorded_segments(upload_id)
+
+    async def _drop_unrecorded_segments(self, upload_id: uuid.UUID) -> None:
+        """Delete what is left under ``{prefix}segments/{upload_id}/`` (the orphan sweep
+        retries if S3 fails now)."""
+        folder = f"{self.prefix}{SEGMENTS_FOLDER}/{upload_id}/"
+        try:
+            paginator = self.client.get_paginator("list_objects_v2")
+            async for page in paginator.paginate(Bucket=self.bucket, Prefix=folder):
+                for item in page.get("Contents", []):
+                    await self.client.delete_object(Bucket=self.bucket, Key=item["Key"])
+        except TRANSIENT_ERRORS as exc:
+            logger.warning("deleting the segments of %s failed (%r)", upload_id, exc)
 
 
 def _end_of(ledger: Ledger, held: list[PartRecord]) -> int:

@@ -93,6 +93,9 @@ class FerryProcess:
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    own_process_group: bool = False
+    """Start the server in a session of its own, so that :meth:`kill_group` reaches its
+    workers too (``FERRY_WORKERS`` > 1): the whole node dies at once, as in a power cut."""
 
     @property
     def url(self) -> str:
@@ -112,6 +115,7 @@ class FerryProcess:
             cwd=self.data_dir.parent,
             stdout=log,
             stderr=subprocess.STDOUT,
+            start_new_session=self.own_process_group,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -141,6 +145,24 @@ class FerryProcess:
             self.process.wait(timeout=10)
         self.process = None
 
+    def kill_group(self, timeout: float = 10.0) -> None:
+        """``kill -9`` the server and every worker it forked, at once (needs
+        ``own_process_group``); returns when none of them holds the port or the data
+        directory any more."""
+        assert self.own_process_group, "kill_group needs own_process_group=True"
+        if self.process is None:
+            return
+        group = self.process.pid
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGKILL)
+        self.process.wait(timeout=timeout)
+        self.process = None
+        deadline = time.monotonic() + timeout
+        while _live_members_of(group):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"processes of group {group} outlived SIGKILL")
+            time.sleep(0.05)
+
     def stop(self) -> None:
         """Stop the server gracefully (SIGTERM), killing it if it does not exit."""
         if self.process is None:
@@ -152,6 +174,20 @@ class FerryProcess:
             except subprocess.TimeoutExpired:
                 self.kill()
         self.process = None
+
+
+def _live_members_of(group: int) -> list[int]:
+    """PIDs in process group ``group`` that have not exited (zombies hold nothing)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        state, pgrp = fields[0], int(fields[2])
+        if pgrp == group and state not in {"Z", "X"}:
+            members.append(int(stat.parent.name))
+    return members
 
 
 def ferry_env(data_dir: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:

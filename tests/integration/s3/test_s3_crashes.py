@@ -164,6 +164,27 @@ def test_kill_after_upload_part_before_the_ledger_commit_acknowledges_nothing_an
     assert_complete_in_s3(s3_view, url, data, parts=4)
 
 
+def test_kill_after_a_segment_is_put_before_it_is_recorded_leaves_no_segment_behind(
+    server: FerryProcess, proxy: FaultyProxy, s3_view: S3View
+) -> None:
+    data = payload(2 * PART + 10)
+    url = create(server, len(data))
+    assert send(url, 0, data[: PART + MIB]).status_code == 204  # part 1 and a segment
+    proxy.hold_response("PUT ", "/segments/", times=1)
+    start, end = PART + MIB, PART + 2 * MIB
+    second = threading.Thread(target=lambda: _ignore_errors(send, url, start, data[start:end]))
+    second.start()
+    assert proxy.held.wait(30), "S3 has the segment; its answer is held"
+    server.kill()
+    second.join(30)
+    server.start()
+    assert offset_of(url) == start, "a PATCH is acknowledged only once its segment is recorded"
+    finish_from_server_offset(url, data)
+    assert_complete_in_s3(s3_view, url, data, parts=3)
+    segments = [k for k in s3_view.object_keys() if k.startswith(f"{s3_view.prefix}segments/")]
+    assert segments == [], "the segment no row names went with the completion"
+
+
 def test_kill_during_complete_multipart_upload_finishes_on_restart(
     server: FerryProcess, proxy: FaultyProxy, s3_view: S3View
 ) -> None:
