@@ -109,6 +109,11 @@ class LiveUploads:
     partials: set[uuid.UUID] = field(default_factory=set)
 
 
+def lease_is_held(upload: Upload) -> bool:
+    """Whether someone (any process or node) holds ``upload``'s lease right now."""
+    return upload.lock_expires_at is not None and upload.lock_expires_at > utcnow()
+
+
 def _live_condition() -> Any:
     """Active uploads, and completed partials waiting for a final upload."""
     return or_(

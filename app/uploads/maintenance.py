@@ -18,7 +18,7 @@ import anyio.to_thread
 
 from app.core.clock import utcnow
 from app.db.models import Upload, UploadState
-from app.db.uploads import UploadRepository
+from app.db.uploads import UploadRepository, lease_is_held
 from app.storage.backend import Storage
 from app.storage.staging import StagingArea
 from app.uploads.concatenation import Concatenator
@@ -121,7 +121,7 @@ class UploadMaintenance:
             # Storage holds every acknowledged byte (S3): staging is this node's cache and
             # never decides an offset (another node may have gone on meanwhile).
             return
-        if upload.lock_expires_at is not None and upload.lock_expires_at > utcnow():
+        if lease_is_held(upload):
             # Another node sharing this data directory is writing it right now.
             return
         size = await self._staging.size(upload.id)
