@@ -19,7 +19,7 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from app import __version__
 from app.composition import open_ferry
 from app.db.engine import DATABASE_ERRORS, database_problem, describe_database_failure
-from app.errors import BadRequest, FerryError
+from app.errors import BadRequest, FerryError, InsufficientStorage, is_disk_full
 from app.http.authentication import AuthenticationMiddleware
 from app.http.downloads import DownloadService
 from app.http.file_api import file_api_router
@@ -130,6 +130,15 @@ def _database_error(_: Request[Any, Any, Any], exc: Exception) -> Response[str]:
         "the database is unavailable; nothing was acknowledged; retry later",
         {"Retry-After": "5"},
     )
+
+
+def _os_error(request: Request[Any, Any, Any], exc: OSError) -> Response[str]:
+    """A full disk anywhere (staging, files, a copy) is a refusal, not a server error."""
+    if is_disk_full(exc):
+        logger.error("the disk is full (%s); answered 507", exc.strerror)
+        refusal = InsufficientStorage()
+        return _plain(refusal.status_code, refusal.message, refusal.headers)
+    return _unexpected_error(request, exc)
 
 
 def _unexpected_error(_: Request[Any, Any, Any], exc: Exception) -> Response[str]:
@@ -246,6 +255,7 @@ def create_app(
             FerryError: _ferry_error,
             HTTPException: _http_error,
             **dict.fromkeys(DATABASE_ERRORS, _database_error),
+            OSError: _os_error,
             Exception: _unexpected_error,
         },
         openapi_config=OpenAPIConfig(
