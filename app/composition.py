@@ -118,6 +118,7 @@ async def open_ferry(settings: Settings) -> AsyncIterator[Ferry]:
         try:
             yield ferry
         finally:
+            await repository.close()
             await storage.backend.close()
     finally:
         await client.aclose()

@@ -7,7 +7,13 @@ else decides a status code, so the same failure always looks the same on the wir
 
 from __future__ import annotations
 
+import errno
 from typing import ClassVar
+
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+"""What the OS says when a filesystem, or a quota on it, has no room left."""
+RETRY_AFTER_DISK_FULL = "30"
+"""``Retry-After`` of a 507: space is freed by an operator or the reaper, not in seconds."""
 
 
 class FerryError(Exception):
@@ -143,6 +149,19 @@ class StorageMisconfigured(FerryError):
     )
 
 
+class InsufficientStorage(FerryError):
+    """The server's disk is full (ENOSPC, EDQUOT): nothing more fits until space is freed.
+
+    What was stored before the disk filled up is kept; the answer carries ``Retry-After``.
+    """
+
+    status_code = 507
+    default_message = "the server's storage is full; retry later"
+
+    def __init__(self, message: str | None = None, *, headers: dict[str, str] | None = None):
+        super().__init__(message, headers={"Retry-After": RETRY_AFTER_DISK_FULL, **(headers or {})})
+
+
 class ServiceUnavailable(FerryError):
     """A dependency (database, storage) is unavailable; nothing was acknowledged."""
 
@@ -158,3 +177,15 @@ class ClientDisconnected(FerryError):
 
     status_code = 408
     default_message = "the request body was cut off or stalled"
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether ``error`` is the OS saying a filesystem (or a quota on it) is full."""
+    return isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS
+
+
+def storage_refusal(error: OSError, message: str) -> FerryError:
+    """What a failed storage operation answers: 507 for a full disk, else 503 ``message``."""
+    if is_disk_full(error):
+        return InsufficientStorage()
+    return ServiceUnavailable(message, headers={"Retry-After": "5"})

@@ -15,13 +15,11 @@ from litestar.di import Provide
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
-from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from app import __version__
 from app.composition import open_ferry
-from app.db.engine import database_is_usable
-from app.errors import BadRequest, FerryError
+from app.db.engine import DATABASE_ERRORS, database_problem, describe_database_failure
+from app.errors import BadRequest, FerryError, InsufficientStorage, is_disk_full
 from app.http.authentication import AuthenticationMiddleware
 from app.http.downloads import DownloadService
 from app.http.file_api import file_api_router
@@ -126,12 +124,21 @@ def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[str]:
 
 
 def _database_error(_: Request[Any, Any, Any], exc: Exception) -> Response[str]:
-    logger.error("database unavailable: %s", exc.__class__.__name__)
+    logger.error("%s; answered 503", describe_database_failure(exc))
     return _plain(
         503,
         "the database is unavailable; nothing was acknowledged; retry later",
         {"Retry-After": "5"},
     )
+
+
+def _os_error(request: Request[Any, Any, Any], exc: OSError) -> Response[str]:
+    """A full disk anywhere (staging, files, a copy) is a refusal, not a server error."""
+    if is_disk_full(exc):
+        logger.error("the disk is full (%s); answered 507", exc.strerror)
+        refusal = InsufficientStorage()
+        return _plain(refusal.status_code, refusal.message, refusal.headers)
+    return _unexpected_error(request, exc)
 
 
 def _unexpected_error(_: Request[Any, Any, Any], exc: Exception) -> Response[str]:
@@ -140,12 +147,16 @@ def _unexpected_error(_: Request[Any, Any, Any], exc: Exception) -> Response[str
 
 
 @get("/health")
-async def health(state: State) -> Response[dict[str, bool]]:
-    """200 when the database and storage are usable, 503 otherwise."""
-    checks = {
-        "database": await database_is_usable(state.engine),
+async def health(state: State) -> Response[dict[str, bool | str]]:
+    """200 when the database and storage are usable, 503 otherwise (``reason``: the
+    database's failure)."""
+    database = await database_problem(state.engine)
+    checks: dict[str, bool | str] = {
+        "database": database is None,
         "storage": await state.backend.is_usable(),
     }
+    if database is not None:
+        checks["reason"] = database
     return Response(checks, status_code=200 if all(checks.values()) else 503)
 
 
@@ -243,9 +254,8 @@ def create_app(
         exception_handlers={
             FerryError: _ferry_error,
             HTTPException: _http_error,
-            OperationalError: _database_error,
-            DBAPIError: _database_error,
-            PoolTimeoutError: _database_error,
+            **dict.fromkeys(DATABASE_ERRORS, _database_error),
+            OSError: _os_error,
             Exception: _unexpected_error,
         },
         openapi_config=OpenAPIConfig(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import threading
@@ -10,6 +11,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event, make_url, text
+from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -24,6 +28,13 @@ if TYPE_CHECKING:
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
 MIGRATIONS_DIR = PROJECT_ROOT / "migrations"
+
+DATABASE_ERRORS: tuple[type[Exception], ...] = (DBAPIError, PoolTimeoutError)
+"""What a database that fails or cannot be reached raises (connection failures included:
+see :func:`_connect_failures_are_database_errors`); answered 503 with ``Retry-After``."""
+CONNECT_TIMEOUT_SECONDS = 10
+"""How long one PostgreSQL connection attempt may take (asyncpg's own default is 60 s)."""
+HEALTH_CHECK_TIMEOUT_SECONDS = 5.0
 
 
 def _enable_sqlite_durability(dbapi_connection: Any, _record: Any) -> None:
@@ -56,10 +67,37 @@ def create_engine(url: str) -> AsyncEngine:
             url, connect_args={"timeout": 30}, pool_size=1, max_overflow=0, pool_timeout=30
         )
         event.listen(engine.sync_engine, "connect", _enable_sqlite_durability)
-        return engine
-    # No pre-ping: it costs a round trip per checkout. A connection broken by a database
-    # restart fails its request with 503 and is dropped from the pool.
-    return create_async_engine(url, pool_size=10, max_overflow=20, pool_recycle=1800)
+    else:
+        # No pre-ping: it costs a round trip per checkout. A connection broken by a database
+        # restart fails its request with 503 and is dropped from the pool.
+        engine = create_async_engine(
+            url,
+            pool_size=10,
+            max_overflow=20,
+            pool_recycle=1800,
+            connect_args={"timeout": CONNECT_TIMEOUT_SECONDS},
+        )
+    event.listen(engine.sync_engine, "do_connect", _connect_failures_are_database_errors)
+    return engine
+
+
+def _connect_failures_are_database_errors(
+    dialect: Dialect, _record: Any, cargs: list[Any], cparams: dict[str, Any]
+) -> Any:
+    """Connect, turning any failure into the driver's ``OperationalError``.
+
+    SQLAlchemy wraps only DBAPI errors raised while connecting; asyncpg raises
+    ``ConnectionRefusedError`` (PostgreSQL down), ``CannotConnectNowError`` (PostgreSQL
+    recovering), ``TimeoutError``... as they are. Wrapped, they reach every caller as
+    :data:`DATABASE_ERRORS`, like a connection lost mid-statement.
+    """
+    dbapi = dialect.loaded_dbapi
+    try:
+        return dialect.connect(*cargs, **cparams)
+    except dbapi.Error:
+        raise
+    except Exception as exc:
+        raise dbapi.OperationalError(f"{type(exc).__name__}: {exc}") from exc
 
 
 def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
@@ -67,14 +105,36 @@ def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSessi
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
-async def database_is_usable(engine: AsyncEngine) -> bool:
-    """Health check: one round trip to the database."""
+async def database_problem(engine: AsyncEngine) -> str | None:
+    """Health check: one round trip to the database; ``None`` when it answered, else why not."""
     try:
-        async with engine.connect() as connection:
-            await connection.execute(text("SELECT 1"))
-    except Exception:
-        return False
-    return True
+        async with asyncio.timeout(HEALTH_CHECK_TIMEOUT_SECONDS):
+            async with engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+    except TimeoutError:
+        return f"the database did not answer within {HEALTH_CHECK_TIMEOUT_SECONDS:g} s"
+    except Exception as exc:
+        return describe_database_failure(exc)
+    return None
+
+
+def describe_database_failure(exc: BaseException) -> str:
+    """Why the database failed, in one line for health checks and logs.
+
+    The first cause in the chain is named (``ConnectionRefusedError``,
+    ``CannotConnectNowError: the database system is starting up``...). Socket errors give
+    the text of their errno only: their own text names the database's address, and health
+    checks are public.
+    """
+    root = exc
+    while root.__cause__ is not None:
+        root = root.__cause__
+    if isinstance(root, OSError):
+        detail = os.strerror(root.errno) if root.errno else ""
+    else:
+        detail = str(root).splitlines()[0] if str(root) else ""
+    described = f"{type(root).__name__}: {detail}" if detail else type(root).__name__
+    return f"database unavailable ({described})"[:300]
 
 
 def alembic_config(settings: Settings) -> AlembicConfig:

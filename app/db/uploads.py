@@ -38,7 +38,9 @@ from sqlalchemy import CursorResult, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.clock import utcnow
+from app.db.engine import DATABASE_ERRORS, describe_database_failure
 from app.db.models import File, Upload, UploadState
+from app.db.unreleased import UnreleasedLeases
 from app.errors import Gone
 
 logger = logging.getLogger(__name__)
@@ -134,6 +136,12 @@ class UploadRepository:
         self.lease = timedelta(seconds=lease_seconds)
         self.ttl = timedelta(seconds=ttl_seconds)
         self._events: UploadEvents = events or NoUploadEvents()
+        self.unreleased = UnreleasedLeases(self._release_row, lease_seconds)
+        """Releases that failed (the database did not answer), retried until it does."""
+
+    async def close(self) -> None:
+        """Stop retrying failed releases (after one last try)."""
+        await self.unreleased.close()
 
     # ------------------------------------------------------------------ reads
 
@@ -277,6 +285,7 @@ class UploadRepository:
     async def claim(self, upload: Upload, **conditions: Any) -> Claim | None:
         """Take ``upload``'s lease if it is free (or expired) and every ``column == value``
         holds; ``None`` when the lease is held or a condition failed."""
+        await self.unreleased.retry(upload.id)
         token = secrets.token_hex(16)
         if await self._execute(self._claim_statement(upload.id, token, conditions)) != 1:
             return None
@@ -285,6 +294,7 @@ class UploadRepository:
 
     async def claim_and_load(self, upload_id: uuid.UUID, **conditions: Any) -> Claim | None:
         """Like :meth:`claim` by id, returning the locked row too: one round trip."""
+        await self.unreleased.retry(upload_id)
         token = secrets.token_hex(16)
         statement = self._claim_statement(upload_id, token, conditions).returning(Upload)
         async with self._sessions() as session, session.begin():
@@ -302,16 +312,31 @@ class UploadRepository:
         return await self._execute(statement) == 1
 
     async def release(self, claim: Claim) -> None:
-        """Give a lease back (a no-op if it was already released, lost or never saved)."""
+        """Give a lease back (a no-op if it was already released, lost or never saved).
+
+        Never fails for the database: a release it refuses is retried in the background
+        (:class:`~app.db.unreleased.UnreleasedLeases`), so a request that ends during an
+        outage does not lock its upload for a whole lease after the outage.
+        """
         if claim.saved:
-            statement = (
-                update(Upload)
-                .where(Upload.id == claim.upload_id, Upload.lock_token == claim.token)
-                .values(**_RELEASED)
-                .execution_options(synchronize_session=False)
-            )
-            await self._execute(statement)
+            try:
+                await self._release_row(claim.upload_id, claim.token)
+            except DATABASE_ERRORS as exc:
+                logger.warning(
+                    "upload %s: its lease could not be released (%s); retrying until it is",
+                    claim.upload_id,
+                    describe_database_failure(exc),
+                )
+                self.unreleased.remember(claim.upload_id, claim.token)
         self._let_go(claim.upload)
+
+    async def _release_row(self, upload_id: uuid.UUID, token: str) -> None:
+        await self._execute(
+            update(Upload)
+            .where(Upload.id == upload_id, Upload.lock_token == token)
+            .values(**_RELEASED)
+            .execution_options(synchronize_session=False)
+        )
 
     @staticmethod
     def _let_go(upload: Upload) -> None:

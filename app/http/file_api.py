@@ -73,7 +73,9 @@ async def provide_file_service(state: State) -> AsyncIterator[FileService]:
     """One session (and service) per request, closed when the response is sent."""
     sessions: async_sessionmaker[AsyncSession] = state.sessions
     async with sessions() as session:
-        yield FileService(session=session)
+        # Database errors go on as they are, to the 503 handler: advanced-alchemy would
+        # turn a lost connection into its IntegrityError (a 500).
+        yield FileService(session=session, wrap_exceptions=False)
 
 
 Files = NamedDependency[FileService]

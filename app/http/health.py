@@ -10,7 +10,7 @@ from __future__ import annotations
 from litestar import Response, get
 from litestar.datastructures import State
 
-from app.db.engine import database_is_usable
+from app.db.engine import database_problem
 from app.ops.metrics import render_metrics
 from app.ops.shutdown import shutdown_requested
 
@@ -22,16 +22,25 @@ async def health_live() -> Response[dict[str, str]]:
 
 
 @get("/health/ready", opt={"public": True})
-async def health_ready(state: State) -> Response[dict[str, bool]]:
-    """200 when the database and storage are usable and the server is not stopping."""
-    checks = {
-        "database": await database_is_usable(state.engine),
+async def health_ready(state: State) -> Response[dict[str, bool | str]]:
+    """200 when the database and storage are usable and the server is not stopping;
+    otherwise 503, and ``reason`` says what failed."""
+    database = await database_problem(state.engine)
+    checks: dict[str, bool | str] = {
+        "database": database is None,
         "storage": await state.backend.is_usable(),
         "accepting": not shutdown_requested(),
     }
+    reasons = [] if database is None else [database]
+    if not checks["storage"]:
+        reasons.append("storage is not usable")
+    if not checks["accepting"]:
+        reasons.append("the server is shutting down")
+    if reasons:
+        checks["reason"] = "; ".join(reasons)
     return Response(
         checks,
-        status_code=200 if all(checks.values()) else 503,
+        status_code=503 if reasons else 200,
         headers={"Cache-Control": "no-store"},
     )
 

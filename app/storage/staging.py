@@ -10,6 +10,7 @@ fdatasync'ed before the new offset is committed, so an acknowledged byte survive
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import ctypes.util
 import os
@@ -21,6 +22,7 @@ import anyio
 import anyio.to_thread
 
 from app.core.checksums import ChunkDigest
+from app.errors import InsufficientStorage, is_disk_full
 
 WRITE_BUFFER_BUDGET = 4 * 1024 * 1024
 """Body bytes all open writers hold at once, shared equally among them.
@@ -284,9 +286,15 @@ class StagingWriter:
         self.start_offset = offset
         self.written = 0
         """Bytes handed to the OS so far (not yet durable until :meth:`sync`)."""
+        self.disk_full = False
+        """A write found the disk full (ENOSPC, EDQUOT). The writer takes nothing more; the
+        bytes written before it stay, hashed, and :meth:`sync` makes them durable."""
 
     async def write(self, data: bytes) -> None:
-        """Take one piece of the body."""
+        """Take one piece of the body; raises :class:`InsufficientStorage` once the disk is
+        full (the piece, and any still buffered, are not written)."""
+        if self.disk_full:
+            raise InsufficientStorage()
         if len(self.head) < self._head_size:
             self.head += data[: self._head_size - len(self.head)]
         self._pieces.append(data)
@@ -309,15 +317,17 @@ class StagingWriter:
             await self._wait_pending()
 
     def _write_block(self, pieces: list[bytes]) -> None:
-        """Hash and write one buffer's pieces with a single ``writev`` (no joining copy)."""
-        size = 0
-        for piece in pieces:
-            for digest in self._digests:
-                digest.update(piece)
-            size += len(piece)
-        _write_all(self._fd, pieces)
-        start_writeback(self._fd, self.start_offset + self.written, size)
+        """Write one buffer's pieces with a single ``writev`` (no joining copy), then hash
+        what landed: after a full disk cut the block short, the digests (the running SHA-256
+        saved with the offset) cover exactly the bytes in the file."""
+        size, full = _write_all(self._fd, pieces)
+        _hash_prefix(self._digests, pieces, size)
+        if size:
+            start_writeback(self._fd, self.start_offset + self.written, size)
         self.written += size
+        if full is not None:
+            self.disk_full = True
+            raise InsufficientStorage() from full
         if self._drops_written_pages:
             # Blocks a few MiB behind are on their way to disk already: waiting for them
             # rarely waits at all.
@@ -332,16 +342,24 @@ class StagingWriter:
             await pending
 
     async def sync(self) -> int:
-        """Write what is buffered and fdatasync; returns the durable end offset."""
-        await self._wait_pending()
+        """Write what is buffered and fdatasync; returns the durable end offset.
+
+        Once the disk is full (:attr:`disk_full`, also when this last write fills it) the
+        unwritten rest is dropped and what was written before is synced. A failing
+        fdatasync raises: then none of this writer's bytes is known to be durable.
+        """
+        with contextlib.suppress(InsufficientStorage):  # recorded in disk_full
+            await self._wait_pending()
+        pieces = self._take_buffer()
         # The last block and the fdatasync share one trip to a worker thread: a small
         # upload's whole body then costs a single hand-off.
-        await anyio.to_thread.run_sync(self._write_and_sync, self._take_buffer())
+        await anyio.to_thread.run_sync(self._write_and_sync, [] if self.disk_full else pieces)
         return self.start_offset + self.written
 
     def _write_and_sync(self, pieces: list[bytes]) -> None:
         if pieces:
-            self._write_block(pieces)
+            with contextlib.suppress(InsufficientStorage):  # what was written is synced below
+                self._write_block(pieces)
         os.fdatasync(self._fd)
         end = self.start_offset + self.written
         if self._drops_written_pages and end > self._dropped_upto:
@@ -351,7 +369,8 @@ class StagingWriter:
     async def close(self) -> None:
         """Close the file; buffered bytes that were not synced are dropped."""
         try:
-            await self._wait_pending()
+            with contextlib.suppress(InsufficientStorage):  # never acknowledged anyway
+                await self._wait_pending()
         finally:
             on_close, self._on_close = self._on_close, None
             try:
@@ -361,13 +380,37 @@ class StagingWriter:
                     on_close()
 
 
-def _write_all(fd: int, pieces: list[bytes]) -> None:
-    """``writev`` every piece, resuming after a short write."""
+def _write_all(fd: int, pieces: list[bytes]) -> tuple[int, OSError | None]:
+    """``writev`` every piece, resuming after a short write.
+
+    Returns the bytes written and, when a full disk stopped the writing, its error (any
+    other error is raised).
+    """
     views = [memoryview(piece) for piece in pieces if piece]
+    written = 0
     while views:
-        count = os.writev(fd, views[:_IOV_MAX])
+        try:
+            count = os.writev(fd, views[:_IOV_MAX])
+        except OSError as error:
+            if not is_disk_full(error):
+                raise
+            return written, error
+        written += count
         while views and count >= len(views[0]):
             count -= len(views[0])
             views.pop(0)
         if count:
             views[0] = views[0][count:]
+    return written, None
+
+
+def _hash_prefix(digests: Sequence[ChunkDigest], pieces: list[bytes], size: int) -> None:
+    """Feed the first ``size`` bytes of ``pieces`` to every digest."""
+    left = size
+    for piece in pieces:
+        if left <= 0:
+            return
+        part = piece if len(piece) <= left else piece[:left]
+        for digest in digests:
+            digest.update(part)
+        left -= len(part)

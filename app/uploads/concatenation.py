@@ -30,7 +30,7 @@ from app.core.clock import utcnow
 from app.core.sha256 import ResumableSha256
 from app.db.models import Upload, UploadState
 from app.db.uploads import Claim, UploadRepository
-from app.errors import BadRequest, NotFound, ServiceUnavailable
+from app.errors import BadRequest, NotFound, ServiceUnavailable, storage_refusal
 from app.storage.backend import PartialStore, Storage, StoredObject
 from app.storage.sniff import SNIFF_SIZE
 from app.storage.staging import StagingArea
@@ -154,7 +154,7 @@ class Concatenator:
             )
         except OSError as exc:
             logger.exception("assembling final upload %s failed", final.id)
-            raise ServiceUnavailable("storage is unavailable; retry later") from exc
+            raise storage_refusal(exc, "storage is unavailable; retry later") from exc
         size = partials.size
         digest, read = "", stored.size
         if stored.size == size:
@@ -185,7 +185,7 @@ class Concatenator:
             )
         except OSError as exc:
             logger.exception("storing partial upload %s failed", upload.id)
-            raise ServiceUnavailable("storage is unavailable; retry later") from exc
+            raise storage_refusal(exc, "storage is unavailable; retry later") from exc
 
     def _partial_store(self) -> PartialStore:
         if self._storage.partials is None:

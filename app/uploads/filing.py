@@ -21,7 +21,7 @@ from app.core.filenames import safe_display_name
 from app.core.metadata import decode_metadata_value
 from app.core.sha256 import ResumableSha256
 from app.db.models import File, Upload
-from app.errors import ServiceUnavailable
+from app.errors import ServiceUnavailable, storage_refusal
 from app.storage.backend import Storage, StoredObject
 from app.storage.sniff import SNIFF_SIZE, category_for, sniff_content_type
 from app.storage.staging import StagingArea
@@ -115,7 +115,7 @@ class UploadFiler:
             )
         except OSError as exc:
             logger.exception("storing upload %s failed", upload.id)
-            raise ServiceUnavailable("storage is unavailable; retry later") from exc
+            raise storage_refusal(exc, "storage is unavailable; retry later") from exc
         if sha256 is None:
             # A backend that reclaims staged bytes once shipped (S3 punches out parts)
             # cannot be hashed from staging: the stored object is hashed instead.

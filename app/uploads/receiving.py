@@ -2,9 +2,9 @@
 
 :class:`BodyReceiver` is the "stream" step of an append: it writes the body's pieces at
 the upload's offset, feeds the chunk checksums and the running SHA-256, stops at the
-upload's end or when the lease is lost, and fdatasyncs what arrived (invariant 1: only
-synced bytes may be acknowledged). It reports how the body ended as a :class:`Received`
-value; the upload service decides what to commit.
+upload's end, when the lease is lost or when the disk is full, and fdatasyncs what arrived
+(invariant 1: only synced bytes may be acknowledged). It reports how the body ended as a
+:class:`Received` value; the upload service decides what to commit.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 from app.core.checksums import ChunkDigest
 from app.db.uploads import Claim, UploadRepository
-from app.errors import ClientDisconnected
+from app.errors import ClientDisconnected, InsufficientStorage, is_disk_full
 from app.storage.sniff import SNIFF_SIZE
-from app.storage.staging import StagingArea
+from app.storage.staging import StagingArea, StagingWriter
 
 
 @dataclass(slots=True)
@@ -28,6 +28,8 @@ class Received:
     disconnected: bool = False
     too_large: bool = False
     lease_lost: bool = False
+    disk_full: bool = False
+    """The disk filled up: ``durable_end`` is what was written and synced before that."""
     head: bytes = b""
     """The upload's first bytes, when this body started at offset 0."""
 
@@ -65,10 +67,28 @@ class BodyReceiver:
                         await writer.write(piece)
                 except ClientDisconnected:
                     outcome.disconnected = True
+                except InsufficientStorage:
+                    outcome.disk_full = True  # the rest of the body is not read
                 if not outcome.lease_lost:
-                    # Invariant 1: only fdatasync'ed bytes may be acknowledged.
-                    outcome.durable_end = await writer.sync()
+                    outcome.durable_end = await self._synced_end(writer, outcome)
         finally:
             await writer.close()
         outcome.head = bytes(writer.head)
         return outcome
+
+    @staticmethod
+    async def _synced_end(writer: StagingWriter, outcome: Received) -> int:
+        """Invariant 1: only fdatasync'ed bytes may be acknowledged.
+
+        A full disk that fails the fdatasync itself leaves no byte of this body known to
+        be on disk: the durable end stays where the body started.
+        """
+        try:
+            end = await writer.sync()
+        except OSError as error:
+            if not is_disk_full(error):
+                raise
+            outcome.disk_full = True
+            return writer.start_offset
+        outcome.disk_full = outcome.disk_full or writer.disk_full
+        return end

@@ -37,6 +37,7 @@ from app.errors import (
     ClientDisconnected,
     FerryError,
     Forbidden,
+    InsufficientStorage,
     NotFound,
     OffsetMismatch,
     PayloadTooLarge,
@@ -344,6 +345,13 @@ class UploadService:
             # Validation as early as the magic bytes allow: a refused 50 GB upload stops
             # after its first chunk instead of at completion.
             await self._gate.admit(claim, content, upload.length)
+        if received.disk_full:
+            # tus core: store as much of a cut-off body as possible, like a disconnect; the
+            # client finds the offset with a HEAD and resumes from it once there is room.
+            raise InsufficientStorage(
+                f"the server's disk is full; {new_offset} bytes of the upload are stored; "
+                "resume from there later"
+            )
         if received.disconnected:
             raise ClientDisconnected(f"client disconnected; {new_offset} bytes are stored")
         if completes:
@@ -410,6 +418,14 @@ class UploadService:
             reason = _over_quota(claim.upload.owner, bounds.room)
         elif received.too_large:
             reason = PayloadTooLarge("the body goes past the upload's end")
+        elif received.disk_full and (
+            verifier.active or received.durable_end == claim.upload.offset
+        ):
+            # A checksum cannot be checked on part of its chunk; and with nothing new synced,
+            # the running hash (fed with what was written) must not be saved either.
+            reason = InsufficientStorage(
+                "the server's disk is full; nothing of this body was kept; retry later"
+            )
         elif verifier.active:
             reason = verifier.failure(disconnected=received.disconnected)
         if reason is None:

@@ -44,7 +44,7 @@ RULES: dict[str, Needs] = {
     "postgres": Needs(
         params=frozenset({"postgres"}),
         fixtures=frozenset({"tus_postgres_database"}),
-        names=frozenset({"postgres_database", "postgres_available"}),
+        names=frozenset({"postgres_database", "postgres_available", "private_postgres"}),
     ),
     "s3": Needs(
         params=frozenset({"s3"}),

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
 import random
 import subprocess
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
+import pytest
+
+from app.errors import InsufficientStorage
 from app.storage.staging import (
     MAX_WRITE_BUFFER_SIZE,
     MIN_WRITE_BUFFER_SIZE,
@@ -136,3 +142,56 @@ async def test_a_writer_of_the_local_backend_leaves_no_written_pages_in_memory(
         assert area.path_for(upload_id).read_bytes() == body
     assert resident[False] == len(body), "without dropping, the written pages stay cached"
     assert resident[True] == 0
+
+
+class _DiskWithRoomFor:
+    """``os.writev`` on a disk with room for ``room`` more bytes: short writes, then ENOSPC."""
+
+    def __init__(self, room: int) -> None:
+        self.room = room
+
+    def __call__(self, fd: int, buffers: Sequence[memoryview]) -> int:
+        if self.room == 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        data = b"".join(bytes(buffer) for buffer in buffers)[: self.room]
+        self.room -= len(data)
+        return os.write(fd, data)
+
+
+async def test_a_full_disk_stops_the_writer_and_keeps_exactly_what_was_written_synced_and_hashed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    area = StagingArea(tmp_path)
+    area.prepare()
+    upload_id = uuid.uuid4()
+    await area.create(upload_id)
+    digest = hashlib.sha256()
+    writer = await area.open_writer(upload_id, 0, [digest])
+    room = 2 * MAX_WRITE_BUFFER_SIZE + 12345  # the disk fills up inside a buffer
+    monkeypatch.setattr(os, "writev", _DiskWithRoomFor(room))
+    body = random.Random(3).randbytes(5 * MAX_WRITE_BUFFER_SIZE)
+    with pytest.raises(InsufficientStorage):
+        for start in range(0, len(body), 64 * 1024):
+            await writer.write(body[start : start + 64 * 1024])
+    assert writer.disk_full
+    assert await writer.sync() == room
+    await writer.close()
+    assert area.path_for(upload_id).read_bytes() == body[:room]
+    # the running hash saved with the offset covers exactly the bytes in the file
+    assert digest.hexdigest() == hashlib.sha256(body[:room]).hexdigest()
+
+
+async def test_a_disk_that_fills_up_with_the_last_block_still_syncs_what_fitted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    area = StagingArea(tmp_path)
+    area.prepare()
+    upload_id = uuid.uuid4()
+    await area.create(upload_id)
+    writer = await area.open_writer(upload_id, 0, [])
+    monkeypatch.setattr(os, "writev", _DiskWithRoomFor(1000))
+    await writer.write(bytes(5000))  # buffered: written by sync()
+    assert await writer.sync() == 1000
+    assert writer.disk_full
+    await writer.close()
+    assert area.path_for(upload_id).stat().st_size == 1000
