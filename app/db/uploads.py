@@ -41,7 +41,7 @@ from app.core.clock import utcnow
 from app.db.engine import DATABASE_ERRORS, describe_database_failure
 from app.db.models import File, Upload, UploadState
 from app.db.unreleased import UnreleasedLeases
-from app.errors import Gone
+from app.errors import Gone, UploadLocked
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,11 @@ _IDS_PER_QUERY = 500
 
 _RELEASED: dict[str, Any] = {"lock_token": None, "lock_holder": None, "lock_expires_at": None}
 
+
+LeaseFence = Callable[[AsyncSession], Awaitable[None]]
+"""Run inside a transaction that records an upload's bytes elsewhere (the S3 ledger): it
+renews the writer's lease there and raises :class:`UploadLocked` when the writer lost it,
+so a writer whose lease lapsed can never overwrite what a newer one recorded."""
 
 Reservation = Callable[[AsyncSession], Awaitable[None]]
 """A check run inside the transaction that inserts an upload (quotas); raises to refuse."""
@@ -341,6 +346,23 @@ class UploadRepository:
     @staticmethod
     def _let_go(upload: Upload) -> None:
         upload.lock_token = upload.lock_holder = upload.lock_expires_at = None
+
+    def fence(self, claim: Claim) -> LeaseFence:
+        """The :data:`LeaseFence` of ``claim``."""
+
+        async def hold(session: AsyncSession) -> None:
+            if not claim.saved:
+                return  # nobody else knows the upload yet
+            renewed = await session.execute(
+                update(Upload)
+                .where(Upload.id == claim.upload_id, Upload.lock_token == claim.token)
+                .values(lock_expires_at=utcnow() + self.lease)
+                .execution_options(synchronize_session=False)
+            )
+            if _rowcount(renewed) != 1:
+                raise UploadLocked("the upload's lock was lost before its bytes were recorded")
+
+        return hold
 
     async def release_stale_of_this_node(self) -> int:
         """At start-up: leases this node held before it stopped belong to dead requests."""

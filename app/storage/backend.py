@@ -20,6 +20,8 @@ from typing import Protocol
 
 import msgspec
 
+from app.db.uploads import LeaseFence
+
 
 class StoredObject(msgspec.Struct, frozen=True):
     """Where a backend put a finished file."""
@@ -87,7 +89,9 @@ class StagedByteShipping(Protocol):
     upload from the running hash or the stored object, never from staging.
     """
 
-    async def restore_staged(self, upload_id: uuid.UUID, staged_path: Path, offset: int) -> None:
+    async def restore_staged(
+        self, upload_id: uuid.UUID, staged_path: Path, offset: int, fence: LeaseFence
+    ) -> None:
         """Make staging hold what appending at ``offset`` needs (the acknowledged bytes past
         the last whole part)."""
 
@@ -100,11 +104,14 @@ class StagedByteShipping(Protocol):
         length: int | None,
         *,
         partial: bool = False,
+        fence: LeaseFence,
     ) -> None:
         """Hold ``[committed, durable)`` of the staged bytes before they are acknowledged.
 
         ``partial``: the bytes belong to a partial upload (tus concatenation), which only a
         :class:`PartialStore` is ever told about; it keeps them in the partial's own place.
+        ``fence`` runs in every transaction that records them, so a writer whose lease
+        lapsed meanwhile records (and undoes) nothing.
         """
 
     def check_length(self, length: int) -> None:

@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
     from types_aiobotocore_s3 import S3Client
 
+    from app.db.uploads import LeaseFence
     from app.settings import Settings
     from app.storage.part_upload import PartUploader
     from app.storage.s3_ledger import Multipart, PartRecord
@@ -153,10 +154,12 @@ class S3Backend:
 
     # ------------------------------------------------------------------ shipping and storing
 
-    async def restore_staged(self, upload_id: uuid.UUID, staged_path: Path, offset: int) -> None:
+    async def restore_staged(
+        self, upload_id: uuid.UUID, staged_path: Path, offset: int, fence: LeaseFence
+    ) -> None:
         """Make staging hold the acknowledged bytes past the last whole part (from S3 when
         another process, or this one before a restart, acknowledged them)."""
-        await self._shipper.restore(upload_id, staged_path, offset)
+        await self._shipper.restore(upload_id, staged_path, offset, fence)
 
     async def ship_acknowledged(
         self,
@@ -167,11 +170,13 @@ class S3Backend:
         length: int | None,
         *,
         partial: bool = False,
+        fence: LeaseFence,
     ) -> None:
         """Put ``[committed, durable)`` into S3 (parts, or a segment) before it is
-        acknowledged; 503 when S3 does not take it in bounded time."""
+        acknowledged, recording them only while ``fence`` holds; 503 when S3 does not take
+        them in bounded time."""
         await self._shipper.ship(
-            upload_id, staged_path, committed, durable, length, partial=partial
+            upload_id, staged_path, committed, durable, length, partial=partial, fence=fence
         )
 
     async def store(

@@ -37,6 +37,7 @@ from app.storage.s3_collaborator import (
     storage_failure,
 )
 from app.storage.s3_ledger import Multipart, PartRecord
+from app.storage.s3_shipping import unfenced
 from app.storage.sniff import Category
 from app.storage.staged_parts import StagedRangeReader, crc32c_base64, crc32c_of_range
 
@@ -130,7 +131,7 @@ class ObjectCompleter(S3Collaborator):
             raise ServiceUnavailable(f"upload {upload_id} cannot be verified in S3")
         # No object yet (an empty upload, or a category other than the one sniffed when
         # the object was put): one PutObject from the acknowledged bytes.
-        await self._shipper.restore(upload_id, staged_path, size)
+        await self._shipper.restore(upload_id, staged_path, size, unfenced)
         return await self.put_from_file(key, staged_path, size, content_type)
 
     async def put_from_file(

@@ -35,7 +35,9 @@ import anyio
 import anyio.to_thread
 from botocore.exceptions import ClientError
 from sqlalchemy import and_, delete, insert, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.db.uploads import LeaseFence
 from app.errors import FerryError, ServiceUnavailable
 from app.storage.parts import PartPlan, PartSpan, PartTooLarge, plan_for_deferred, plan_for_length
 from app.storage.s3_collaborator import (
@@ -189,7 +191,9 @@ class PartShipper(S3Collaborator):
 
     # ------------------------------------------------------------------ restoring
 
-    async def restore(self, upload_id: uuid.UUID, staged_path: Path, offset: int) -> None:
+    async def restore(
+        self, upload_id: uuid.UUID, staged_path: Path, offset: int, fence: LeaseFence
+    ) -> None:
         """Make staging hold the acknowledged bytes past the last whole part.
 
         Nothing to do when this process committed ``offset`` itself; otherwise the
@@ -203,7 +207,7 @@ class PartShipper(S3Collaborator):
         try:
             held, chain = ledger.acknowledged(offset)
         except ServiceUnavailable:
-            await self._adopt_staged(upload_id, staged_path, ledger, offset)
+            await self._adopt_staged(upload_id, staged_path, ledger, offset, fence)
             return
         start = _end_of(ledger, held)
         await anyio.to_thread.run_sync(_truncate, staged_path, start)
@@ -216,7 +220,12 @@ class PartShipper(S3Collaborator):
         self.staged_upto[upload_id] = offset
 
     async def _adopt_staged(
-        self, upload_id: uuid.UUID, staged_path: Path, ledger: Ledger, offset: int
+        self,
+        upload_id: uuid.UUID,
+        staged_path: Path,
+        ledger: Ledger,
+        offset: int,
+        fence: LeaseFence,
     ) -> None:
         """An upload that an earlier version acknowledged from staging alone (before
         acknowledged meant in S3): its staged bytes past the recorded parts become a
@@ -231,7 +240,7 @@ class PartShipper(S3Collaborator):
             )
             raise ServiceUnavailable(f"upload {upload_id} lost acknowledged bytes in S3")
         try:
-            await self._put_segment(upload_id, staged_path, start, offset)
+            await self._put_segment(upload_id, staged_path, start, offset, fence)
         except TRANSIENT_ERRORS as exc:
             raise _unavailable(f"keeping upload {upload_id}'s staged bytes", exc) from exc
         self.staged_upto[upload_id] = offset
@@ -263,6 +272,7 @@ class PartShipper(S3Collaborator):
         length: int | None,
         *,
         partial: bool,
+        fence: LeaseFence,
     ) -> None:
         """Put ``[committed, durable)`` into S3 before it is acknowledged.
 
@@ -280,17 +290,25 @@ class PartShipper(S3Collaborator):
         try:
             if self.is_single(ledger, length):
                 if durable == length:
-                    await self._put_whole(upload_id, staged_path, durable, ledger, partial=partial)
+                    await self._put_whole(
+                        upload_id, staged_path, durable, ledger, fence, partial=partial
+                    )
                 else:
-                    await self._put_segment(upload_id, staged_path, committed, durable)
+                    await self._put_segment(upload_id, staged_path, committed, durable, fence)
             else:
                 sent_upto = await self._send_parts(
-                    upload_id, staged_path, ledger, held, durable, length, partial=partial
+                    upload_id,
+                    staged_path,
+                    ledger,
+                    held,
+                    durable,
+                    length,
+                    partial=partial,
+                    fence=fence,
                 )
                 if sent_upto < durable:
-                    await self._put_segment(
-                        upload_id, staged_path, max(committed, sent_upto), durable
-                    )
+                    start = max(committed, sent_upto)
+                    await self._put_segment(upload_id, staged_path, start, durable, fence)
         except TRANSIENT_ERRORS as exc:
             raise _unavailable(f"shipping upload {upload_id}", exc) from exc
         self.staged_upto[upload_id] = durable
@@ -305,6 +323,7 @@ class PartShipper(S3Collaborator):
         length: int | None,
         *,
         partial: bool,
+        fence: LeaseFence,
     ) -> int:
         """Send the parts ``[0, durable)`` completes past the held ones; returns their end."""
         plan = self.plan_for(ledger, length)
@@ -316,11 +335,16 @@ class PartShipper(S3Collaborator):
         if not spans:
             return _end_of(ledger, held)
         if ledger.multipart is None:
-            ledger.multipart = await self.begin_multipart(upload_id, staged_path, plan, partial)
+            ledger.multipart = await self.begin_multipart(
+                upload_id, staged_path, plan, partial, fence
+            )
         multipart = ledger.multipart
         slots = asyncio.Semaphore(self.settings.s3_part_concurrency)
         await asyncio.gather(
-            *(self._send_recorded(upload_id, staged_path, multipart, span, slots) for span in spans)
+            *(
+                self._send_recorded(upload_id, staged_path, multipart, span, slots, fence)
+                for span in spans
+            )
         )
         return spans[-1].end
 
@@ -331,6 +355,7 @@ class PartShipper(S3Collaborator):
         multipart: Multipart,
         span: PartSpan,
         slots: asyncio.Semaphore,
+        fence: LeaseFence,
     ) -> None:
         async with slots, self._backend.part_slots:
             crc = await anyio.to_thread.run_sync(
@@ -339,7 +364,7 @@ class PartShipper(S3Collaborator):
             etag = await self._with_retries(
                 lambda: self._send_part(staged_path, multipart, span, crc)
             )
-        await self._record_part(upload_id, PartRecord(span.number, span.size, etag, crc))
+        await self._record_part(upload_id, PartRecord(span.number, span.size, etag, crc), fence)
         # The part is in S3: its staged bytes (but the head, kept for sniffing) are not
         # needed any more.
         await anyio.to_thread.run_sync(reclaim_range, staged_path, span.start, span.end)
@@ -388,8 +413,11 @@ class PartShipper(S3Collaborator):
             response = await self.client.upload_part(Body=body, **params)  # type: ignore[arg-type]
         return response["ETag"]
 
-    async def _record_part(self, upload_id: uuid.UUID, record: PartRecord) -> None:
+    async def _record_part(
+        self, upload_id: uuid.UUID, record: PartRecord, fence: LeaseFence
+    ) -> None:
         async with self.sessions() as session, session.begin():
+            await fence(session)  # a writer whose lease lapsed records nothing
             await session.execute(
                 delete(parts).where(
                     parts.c.upload_id == upload_id, parts.c.part_number == record.number
@@ -407,7 +435,7 @@ class PartShipper(S3Collaborator):
             )
 
     async def _put_segment(
-        self, upload_id: uuid.UUID, staged_path: Path, start: int, end: int
+        self, upload_id: uuid.UUID, staged_path: Path, start: int, end: int, fence: LeaseFence
     ) -> None:
         """Keep ``[start, end)`` as a segment object, recorded in the ledger."""
         key = f"{self.prefix}{SEGMENTS_FOLDER}/{upload_id}/{start}-{end}-{secrets.token_hex(4)}"
@@ -416,6 +444,7 @@ class PartShipper(S3Collaborator):
             lambda: self.put_range(key, staged_path, start, end - start, _OCTETS, crc)
         )
         async with self.sessions() as session, session.begin():
+            await fence(session)  # a writer whose lease lapsed records (and deletes) nothing
             # Rows past the committed offset (``start``) were never acknowledged.
             await session.execute(
                 delete(segments).where(
@@ -434,7 +463,14 @@ class PartShipper(S3Collaborator):
             )
 
     async def _put_whole(
-        self, upload_id: uuid.UUID, staged_path: Path, size: int, ledger: Ledger, *, partial: bool
+        self,
+        upload_id: uuid.UUID,
+        staged_path: Path,
+        size: int,
+        ledger: Ledger,
+        fence: LeaseFence,
+        *,
+        partial: bool,
     ) -> None:
         """One PutObject of a one-part upload at its final key, recorded as its only
         segment (the completion then needs no other request to S3)."""
@@ -448,6 +484,7 @@ class PartShipper(S3Collaborator):
         if ledger.segments:
             await self.drop_segments(upload_id)
         async with self.sessions() as session, session.begin():
+            await fence(session)
             if ledger.segments:
                 await session.execute(delete(segments).where(segments.c.upload_id == upload_id))
             await session.execute(
@@ -481,7 +518,12 @@ class PartShipper(S3Collaborator):
             )
 
     async def begin_multipart(
-        self, upload_id: uuid.UUID, staged_path: Path, plan: PartPlan, partial: bool
+        self,
+        upload_id: uuid.UUID,
+        staged_path: Path,
+        plan: PartPlan,
+        partial: bool,
+        fence: LeaseFence,
     ) -> Multipart:
         """Start the upload's multipart upload at the key its sniffed category gives."""
         head = await anyio.to_thread.run_sync(_read_head, staged_path)
@@ -489,10 +531,15 @@ class PartShipper(S3Collaborator):
         # The service sniffs the same head with the same function, so the category (and
         # the key) chosen now is the one it will ask store() for.
         key = self._final_key(upload_id, category_for(content_type).value, partial=partial)
-        return await self.begin_registered(upload_id, key, content_type, plan)
+        return await self.begin_registered(upload_id, key, content_type, plan, fence)
 
     async def begin_registered(
-        self, upload_id: uuid.UUID, key: str, content_type: str, plan: PartPlan
+        self,
+        upload_id: uuid.UUID,
+        key: str,
+        content_type: str,
+        plan: PartPlan,
+        fence: LeaseFence | None = None,
     ) -> Multipart:
         """CreateMultipartUpload, then the ledger row that owns it (and its plan)."""
         response = await self.client.create_multipart_upload(
@@ -500,6 +547,8 @@ class PartShipper(S3Collaborator):
         )
         multipart = Multipart(key=key, s3_upload_id=response["UploadId"], plan=plan)
         async with self.sessions() as session, session.begin():
+            if fence is not None:
+                await fence(session)
             await session.execute(
                 delete(multipart_uploads).where(multipart_uploads.c.upload_id == upload_id)
             )
@@ -576,6 +625,10 @@ class PartShipper(S3Collaborator):
                     await self.client.delete_object(Bucket=self.bucket, Key=item["Key"])
         except TRANSIENT_ERRORS as exc:
             logger.warning("deleting the segments of %s failed (%r)", upload_id, exc)
+
+
+async def unfenced(_session: AsyncSession) -> None:
+    """No lease to check: the caller's own transaction is conditional on it (completion)."""
 
 
 def _end_of(ledger: Ledger, held: list[PartRecord]) -> int:

@@ -299,9 +299,11 @@ class UploadService:
         upload = claim.upload
         shipping = self._shipping_for(upload)
         staged_path = self._staging.path_for(upload.id)
+        fence = self._repository.fence(claim)
         if shipping is not None and upload.offset > 0:
             # Another process may have acknowledged the bytes this one appends to.
-            await shipping.restore_staged(upload.id, staged_path, upload.offset)
+            async with self._repository.kept_alive(claim):
+                await shipping.restore_staged(upload.id, staged_path, upload.offset, fence)
         running = ResumableSha256.resume(upload.sha256_state, upload.offset)
         verifier = ChunkVerifier(request.checksum, request.checksum_trailer)
         digests: list[ChunkDigest] = [*verifier.digests, *([running] if running else [])]
@@ -310,15 +312,18 @@ class UploadService:
         old_offset, new_offset = upload.offset, received.durable_end
         completes = upload.length is not None and new_offset == upload.length
         if shipping is not None and (new_offset > old_offset or completes):
-            # Acknowledged means in S3: the bytes are held there before the commit.
-            await shipping.ship_acknowledged(
-                upload.id,
-                staged_path,
-                old_offset,
-                new_offset,
-                upload.length,
-                partial=upload.is_partial,
-            )
+            # Acknowledged means in S3: the bytes are held there before the commit, and
+            # recorded only while this request still holds the lease.
+            async with self._repository.kept_alive(claim):
+                await shipping.ship_acknowledged(
+                    upload.id,
+                    staged_path,
+                    old_offset,
+                    new_offset,
+                    upload.length,
+                    partial=upload.is_partial,
+                    fence=fence,
+                )
         if completes and not received.disconnected and self._files_in_one_commit(upload):
             # The file row and the offset are committed together; a crash in between
             # leaves stored bytes that start-up reconciliation adopts (or discards).

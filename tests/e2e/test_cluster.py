@@ -699,9 +699,12 @@ def test_a_patch_answered_before_its_body_does_not_keep_its_connection_open(
 def test_a_node_whose_s3_call_outlasts_its_lease_does_not_undo_what_another_acknowledged(
     tmp_path: Path, seaweed: S3Endpoint, s3_prefix: str, cluster_database: str, s3_view: S3View
 ) -> None:
-    """Node a's PUT of a segment is slow (S3 browning out for it); its lease lapses while it
-    waits, so the client, like any tus client, goes on through node b. When node a's PUT
-    finally goes through, it must not touch what node b acknowledged meanwhile."""
+    """Node a's PUT of a segment is slow (S3 browning out for it) and node a stalls (paused,
+    as a machine under memory pressure or a long GC would), so its lease lapses: a live node
+    renews its lease while it waits for S3, a stalled one cannot. The client, like any tus
+    client, goes on through node b. When node a wakes and its PUT finally goes through, it
+    must not touch what node b acknowledged meanwhile (its ledger writes are fenced by the
+    lease)."""
     lease = 3
     with faulty_proxy(seaweed.url) as proxy:
         node_a = FerryProcess(
@@ -741,11 +744,14 @@ def test_a_node_whose_s3_call_outlasts_its_lease_does_not_undo_what_another_ackn
                 while not proxy.count("PUT ", "/segments/"):
                     assert time.monotonic() < deadline, "node a never shipped its segment"
                     time.sleep(0.05)
+                assert node_a.process is not None
+                os.kill(node_a.process.pid, signal.SIGSTOP)  # no more lease renewals
                 time.sleep(lease + 1)  # node a holds its lease no longer
                 # The client gave up on node a and goes on through node b.
                 assert tus_head_offset(node_b, upload.path) == step
                 assert patch(node_b, step).status_code == 204
                 assert patch(node_b, 2 * step).status_code == 204
+                os.kill(node_a.process.pid, signal.SIGCONT)
                 gate.set()  # node a's PUT reaches S3 at last
                 late = slow.result(timeout=60)
             assert late.status_code in {409, 423}, late.status_code
