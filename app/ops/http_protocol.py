@@ -150,6 +150,20 @@ class FerryHttpProtocol(HttpToolsProtocol):
         self._reading_head = True
         self._head_bytes = 0
         super().on_message_complete()
+        cycle = self.cycle
+        if (
+            cycle is not None
+            and cycle.response_complete
+            and self.timeout_keep_alive_task is None
+            and not self.transport.is_closing()
+        ):
+            # Answered before its body ended (an early 409/423): the body's bytes cancelled
+            # the keep-alive timer that the answer armed, and uvicorn arms it only when a
+            # response completes. The connection is idle again now: arm it here, or the
+            # connection stays open for as long as the client likes.
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler
+            )
 
     # Refusals
 
