@@ -73,7 +73,12 @@ async def open_ferry(settings: Settings) -> AsyncIterator[Ferry]:
     backend = build_backend(settings, sessions)
     storage = instrumented(Storage.of(backend))
     # S3 sends parts from staged pages; the local backend never reads them back.
-    staging = StagingArea(settings.staging_dir, drops_written_pages=storage.shipping is None)
+    staging = StagingArea(
+        settings.staging_dir,
+        drops_written_pages=storage.shipping is None,
+        # With S3, an acknowledged byte is in S3: staging is a buffer that needs no fsync.
+        syncs=storage.shipping is None,
+    )
     client = httpx.AsyncClient(follow_redirects=False, trust_env=False)
     outbox = WebhookOutbox(sessions, settings, client)
     repository = UploadRepository(

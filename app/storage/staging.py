@@ -46,8 +46,14 @@ _IOV_MAX = os.sysconf("SC_IOV_MAX")
 class StagingArea:
     """Locates, sizes, truncates and removes staging files; knows nothing of HTTP."""
 
-    def __init__(self, root: Path, *, drops_written_pages: bool = False) -> None:
+    def __init__(
+        self, root: Path, *, drops_written_pages: bool = False, syncs: bool = True
+    ) -> None:
         self.root = root
+        self.syncs = syncs
+        """Whether writers make staged bytes durable (fdatasync) before they count. Not
+        where storage holds every acknowledged byte itself (S3): staging is only a buffer
+        there, and a crash's staged leftovers are read back from S3, never trusted."""
         self.open_writers = 0
         """Writers open right now; they share :data:`WRITE_BUFFER_BUDGET`."""
         self.drops_written_pages = drops_written_pages
@@ -122,6 +128,7 @@ class StagingArea:
             buffer_size,
             overlapped=2 * buffer_size <= share,
             drops_written_pages=self.drops_written_pages,
+            syncs=self.syncs,
             on_close=self._writer_closed,
         )
 
@@ -263,9 +270,11 @@ class StagingWriter:
         *,
         overlapped: bool = True,
         drops_written_pages: bool = False,
+        syncs: bool = True,
         on_close: Callable[[], None] | None = None,
     ) -> None:
         self._fd = fd
+        self._syncs = syncs
         self.buffer_size = buffer_size
         """Gathered bytes that trigger a write (from this writer's share of the budget)."""
         self.overlapped = overlapped
@@ -322,7 +331,7 @@ class StagingWriter:
         saved with the offset) cover exactly the bytes in the file."""
         size, full = _write_all(self._fd, pieces)
         _hash_prefix(self._digests, pieces, size)
-        if size:
+        if size and self._syncs:
             start_writeback(self._fd, self.start_offset + self.written, size)
         self.written += size
         if full is not None:
@@ -360,7 +369,8 @@ class StagingWriter:
         if pieces:
             with contextlib.suppress(InsufficientStorage):  # what was written is synced below
                 self._write_block(pieces)
-        os.fdatasync(self._fd)
+        if self._syncs:
+            os.fdatasync(self._fd)
         end = self.start_offset + self.written
         if self._drops_written_pages and end > self._dropped_upto:
             drop_written_pages(self._fd, self._dropped_upto, end - self._dropped_upto)
