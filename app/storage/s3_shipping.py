@@ -26,6 +26,7 @@ import logging
 import random
 import secrets
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -572,13 +573,8 @@ class PartShipper(S3Collaborator):
         """After completion: delete the segment objects and every ledger row in one
         transaction (the completed object stays)."""
         self.staged_upto.pop(upload_id, None)
-        for segment in ledger.segments:
-            if segment.key.startswith(f"{self.prefix}{SEGMENTS_FOLDER}/"):
-                try:
-                    await self.client.delete_object(Bucket=self.bucket, Key=segment.key)
-                except TRANSIENT_ERRORS as exc:
-                    # The orphan sweep deletes it once the upload is no longer live.
-                    logger.warning("deleting segment %s failed (%r)", segment.key, exc)
+        # (What fails to go now, the orphan sweep deletes once the upload is not live.)
+        await self._delete_segment_objects(segment.key for segment in ledger.segments)
         if ledger.multipart is None and not ledger.segments:
             return
         async with self.sessions() as session, session.begin():
@@ -602,17 +598,25 @@ class PartShipper(S3Collaborator):
             condition = and_(condition, segments.c.end_offset <= below)
         async with self.sessions() as session:
             rows = (await session.execute(select(segments.c.object_key).where(condition))).all()
-        for row in rows:
-            if row.object_key.startswith(f"{self.prefix}{SEGMENTS_FOLDER}/"):
-                try:
-                    await self.client.delete_object(Bucket=self.bucket, Key=row.object_key)
-                except TRANSIENT_ERRORS as exc:
-                    logger.warning("deleting segment %s failed (%r)", row.object_key, exc)
-                    return  # the rows stay, so a later pass (or the sweep) retries
+        if not await self._delete_segment_objects(row.object_key for row in rows):
+            return  # the rows stay, so a later pass (or the sweep) retries
         async with self.sessions() as session, session.begin():
             await session.execute(delete(segments).where(condition))
         if unrecorded:
             await self._drop_unrecorded_segments(upload_id)
+
+    async def _delete_segment_objects(self, keys: Iterable[str]) -> bool:
+        """Delete segment objects (a one-part upload's final object, which a segment row
+        may name too, stays); ``False`` at the first that S3 refuses."""
+        for key in keys:
+            if not key.startswith(f"{self.prefix}{SEGMENTS_FOLDER}/"):
+                continue
+            try:
+                await self.client.delete_object(Bucket=self.bucket, Key=key)
+            except TRANSIENT_ERRORS as exc:
+                logger.warning("deleting segment %s failed (%r)", key, exc)
+                return False
+        return True
 
     async def _drop_unrecorded_segments(self, upload_id: uuid.UUID) -> None:
         """Delete what is left under ``{prefix}segments/{upload_id}/`` (the orphan sweep
