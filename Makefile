@@ -46,8 +46,14 @@ format: install
 	$(BIN)/ruff format app tests scripts migrations
 	$(BIN)/ruff check --fix app tests scripts migrations
 
-bench: test-deps
+# @tus/server, the peer of scripts/bench_small_uploads.py, from its committed lockfile.
+TUS_PEER := scripts/peers/tus-node-server
+$(TUS_PEER)/node_modules/.package-lock.json: $(TUS_PEER)/package-lock.json
+	cd $(TUS_PEER) && npm ci --no-audit --no-fund --loglevel=error
+
+bench: test-deps $(TUS_PEER)/node_modules/.package-lock.json
 	$(BIN)/python scripts/bench_upload.py
+	$(BIN)/python scripts/bench_small_uploads.py
 	$(BIN)/python scripts/bench_download.py
 	$(BIN)/python scripts/bench_ingest.py
 	$(BIN)/python scripts/bench_s3.py
