@@ -12,7 +12,14 @@ from typing import Any
 import click
 
 from app import __version__
-from app.cli_tasks import database_or_exit, directory_problem, fail, fail_on, settings_or_exit
+from app.cli_tasks import (
+    database_or_exit,
+    directory_problem,
+    fail,
+    fail_on,
+    port_problem,
+    settings_or_exit,
+)
 from app.settings import Settings
 
 
@@ -54,7 +61,7 @@ def serve(
     settings = settings_or_exit(None if default_auth is None else {"FERRY_AUTH": default_auth})
     bind = host or settings.host
     _check_before_serving(settings, bind, forced=insecure_no_auth)
-    _prepare_data(settings)
+    _prepare_data(settings, bind, settings.port if port is None else port)
     if settings.workers > 1:
         sys.exit(_serve_in_workers(settings, bind, port))
     from app.main import create_app
@@ -80,9 +87,9 @@ def _check_before_serving(settings: Settings, bind: str, *, forced: bool) -> Non
         fail_on(asyncio.run(s3_configuration_problem(settings)), 2)
 
 
-def _prepare_data(settings: Settings) -> None:
-    """Lock the data directory, start the logs, check the database and migrate it; any
-    failure is one line on stderr and exit status 1."""
+def _prepare_data(settings: Settings, bind: str, port: int) -> None:
+    """Lock the data directory, check the port, start the logs, check the database and
+    migrate it; any failure is one line on stderr and exit status 1."""
     from app.db.engine import MigrationFailed, migrate_apart
     from app.ops.data_dir_lock import DataDirInUse, hold_data_dir, hold_sqlite_database
     from app.ops.local_store import local_store_problem
@@ -97,6 +104,8 @@ def _prepare_data(settings: Settings) -> None:
         fail(str(exc))
     except OSError as exc:  # FERRY_DATABASE_URL names a SQLite file where none can be
         fail(f"FERRY_DATABASE_URL: cannot create {exc.filename} ({exc.strerror})")
+    # After the lock: a second ferry serve on this data directory is named as such.
+    fail_on(port_problem(bind, port))
     fail_on(directory_problem(settings.log_dir, "FERRY_LOG_DIR"))
     # Before migrations: Alembic's lines are start-up events like the others.
     configure_logging(settings)

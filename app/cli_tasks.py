@@ -6,6 +6,8 @@ and the work the CLI runs outside the web server."""
 from __future__ import annotations
 
 import asyncio
+import errno
+import socket
 import sys
 import tempfile
 from collections.abc import Mapping
@@ -52,6 +54,24 @@ def directory_problem(path: Path, variable: str) -> str | None:
             pass
     except OSError as exc:
         return f"{variable}: cannot write to {path.absolute()} ({exc.strerror or exc})"
+    return None
+
+
+def port_problem(host: str, port: int) -> str | None:
+    """Why ``ferry serve`` could not listen on ``host:port``, found before anything starts
+    (uvicorn would find it after migrations and start-up, in the middle of its log)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind((host.strip("[]"), port))
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            return (
+                f"{host}:{port} is already in use; stop what listens there, or choose "
+                "another port with --port or FERRY_PORT"
+            )
+        return f"cannot listen on {host}:{port} ({exc.strerror or exc})"
     return None
 
 

@@ -75,7 +75,7 @@ class JsonFormatter(logging.Formatter):
 
 
 def _one_line(text: str) -> str:
-    return " | ".join(part.strip() for part in text.splitlines() if part.strip())
+    return " ".join(text.split())
 
 
 def _human_bytes(count: int) -> str:
