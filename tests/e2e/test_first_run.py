@@ -251,6 +251,5 @@ def test_keys_migrate_an_existing_database_silently_and_revoke_the_listed_form(
     assert shown == f"{created.stdout[:14]}_…"
     revoked = _ferry(tmp_path, "keys", "revoke", shown)
     assert (revoked.returncode, revoked.stderr) == (0, "revoked 1 key(s)\n")
-    again = _ferry(tmp_path, "keys", "revoke", identifier)
-    assert (again.returncode, again.stderr) == (1, "ferry: no such active key\n")
-    assert "revoked" in _ferry(tmp_path, "keys", "list").stdout
+    after = _ferry(tmp_path, "keys", "list").stdout.split()
+    assert after[0] == identifier and after[-2] == "revoked"
