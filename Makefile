@@ -34,8 +34,9 @@ test-deps: install
 	bash scripts/install-test-deps.sh
 
 # Local use on loopback needs no key (FERRY_AUTH=none unless the environment or .env sets
-# it); Ferry refuses auth-off on any other address. Set FERRY_AUTH=keys (environment or
-# .env) and run `ferry keys create --owner you` to try auth.
+# it); Ferry refuses auth-off on any other address. To try auth, set FERRY_AUTH=keys
+# (environment or .env) and, once `make run` has created the database, run
+# `.venv/bin/ferry keys create --owner you`.
 run: install-serve
 	$(BIN)/ferry serve --default-auth none
 

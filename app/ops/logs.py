@@ -181,8 +181,9 @@ class MigrationPreamble(logging.Filter):
 
 
 def _watch_third_party_loggers() -> None:
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
-        # uvicorn's own loggers propagate to the root; its access log is replaced by ours.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "litestar"):
+        # uvicorn's and Litestar's loggers propagate to the root (Litestar's default set-up
+        # gives its own a handler of its own); uvicorn's access log is replaced by ours.
         logging.getLogger(name).handlers.clear()
         logging.getLogger(name).propagate = True
     logging.getLogger("uvicorn.access").disabled = True
