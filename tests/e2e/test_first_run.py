@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from app.settings import load_settings
-from tests.support.services import FERRY, free_port
+from tests.support.services import FERRY, FerryProcess, free_port
 
 #: A console line: local time, level, then words (never JSON, never colour codes).
 CONSOLE_LINE = re.compile(r"\d\d:\d\d:\d\d (DEBUG|INFO|WARNING|ERROR|CRITICAL) +[^{\s].*")
@@ -129,6 +129,23 @@ def test_serve_on_a_terminal_prints_one_readable_line_per_event_and_ends_with_th
     assert not any("color_message" in line for line in written)
     assert any(SERVING.search(line["message"]) for line in written)
     assert any(line["logger"] == "alembic.runtime.migration" for line in written)
+
+
+def test_serve_writes_json_lines_to_stdout_when_it_is_not_a_terminal(
+    shared_ferry: FerryProcess,
+) -> None:
+    assert httpx.get(f"{shared_ferry.url}/health", timeout=10).status_code == 200
+    assert shared_ferry.log_path is not None  # its stdout and stderr, a file
+    deadline = time.monotonic() + 10  # the access line follows the answer
+    while True:
+        complete = shared_ferry.log_path.read_text().rpartition("\n")[0]
+        printed = [json.loads(line) for line in complete.splitlines()]
+        if any(line["logger"] == "ferry.access" for line in printed):
+            break
+        assert time.monotonic() < deadline, printed
+        time.sleep(0.05)
+    assert any(SERVING.search(line["message"]) for line in printed)
+    assert not any("color_message" in line for line in printed)
 
 
 def _closed_port() -> int:
