@@ -21,6 +21,11 @@ CPU ms per upload, and for Ferry the worst event-loop stall of each round, read 
 ratio to @tus/server per mode. After each Ferry round every upload is read back (GET) and
 its SHA-256 compared with the bytes sent.
 
+On a shared machine a loop also "stalls" while other processes hold the CPUs: the
+per-round *CPU wait* (the largest share of the round any main thread of the server spent
+runnable but waiting for a CPU, from ``/proc/PID/schedstat``) tells that apart; a stall
+is Ferry's own only where the CPU wait is small.
+
 The client is a pool of processes, each running a few threads with one blocking
 ``http.client`` connection apiece and sending bodies with ``sendfile``: an asyncio client
 would compete with the servers for the two cores (see shared/perf-notes.md).
@@ -225,6 +230,11 @@ class Server:
         """User + system CPU of the server process and of every process it forked."""
         return sum(process_cpu_seconds(pid) for pid in process_tree(self.pid))
 
+    def main_thread_waits(self) -> dict[int, float]:
+        """Per process of the server: seconds its main thread (the event loop, for Ferry's
+        workers and for node) has spent ready to run but waiting for a CPU."""
+        return {pid: run_queue_wait_seconds(pid) for pid in process_tree(self.pid)}
+
 
 def process_cpu_seconds(pid: int) -> float:
     """utime + stime of one process (all its threads); 0 once it has gone."""
@@ -233,6 +243,14 @@ def process_cpu_seconds(pid: int) -> float:
     except (OSError, IndexError):
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_queue_wait_seconds(pid: int) -> float:
+    """Run-queue wait of a process's main thread (``/proc/PID/schedstat``, field 2, ns)."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 def process_tree(root: int) -> list[int]:
@@ -421,6 +439,9 @@ class Measurement:
     server_cpu_ms: float
     client_cpu_ms: float
     stall: Stall | None
+    cpu_wait: float
+    """The largest share of the round a main thread of the server spent waiting for a CPU
+    (other processes had it): a loop stall this long is the machine's, not the server's."""
     load: float
 
 
@@ -464,11 +485,13 @@ def measure(run: Run, server: Server, mode: str, round_number: int) -> Measureme
     """One timed round of ``mode`` on ``server`` (Ferry's uploads are read back after)."""
     files = run.args.files
     lag_before = read_lag(server.port) if server.is_ferry else None
-    cpu_before = server.cpu_seconds()
+    cpu_before, waits_before = server.cpu_seconds(), server.main_thread_waits()
     started = time.perf_counter()
     sent = upload_all(run, server, mode, range(files), f"r{round_number}-")
     elapsed = time.perf_counter() - started
     server_cpu = server.cpu_seconds() - cpu_before
+    waits = server.main_thread_waits()
+    cpu_wait = max(waits[pid] - waits_before.get(pid, 0.0) for pid in waits) / elapsed
     lag_after = read_lag(server.port) if server.is_ferry else None
     stall = worst_stall(lag_before, lag_after) if lag_before and lag_after else None
     if server.is_ferry:
@@ -478,6 +501,7 @@ def measure(run: Run, server: Server, mode: str, round_number: int) -> Measureme
         server_cpu_ms=server_cpu * 1000 / files,
         client_cpu_ms=sent.cpu_seconds * 1000 / files,
         stall=stall,
+        cpu_wait=cpu_wait,
         load=os.getloadavg()[0],
     )
 
@@ -523,6 +547,7 @@ def run_rounds(run: Run, servers: list[Server]) -> dict[tuple[str, str], list[Me
                     f"{measured.files_per_second:7.1f} files/s  "
                     f"server CPU {measured.server_cpu_ms:5.2f} ms/upload  "
                     f"client CPU {measured.client_cpu_ms:4.2f} ms/upload  "
+                    f"waited for a CPU {measured.cpu_wait:4.0%}  "
                     f"load {measured.load:.2f}{stall}",
                     flush=True,
                 )
@@ -546,13 +571,14 @@ def ratios(numerators: list[float], denominators: list[float]) -> list[float]:
 def print_report(servers: list[Server], results: dict[tuple[str, str], list[Measurement]]) -> None:
     """The table per server and mode, then Ferry / @tus/server per mode."""
     header = ("mode", "server", "files/s median (range)", "server CPU ms/upload", "client CPU")
-    print("\n{:20} {:16} {:26} {:22} {:11} worst loop stall per round".format(*header))
+    print("\n{:20} {:16} {:26} {:22} {:11} CPU wait  worst loop stall per round".format(*header))
     for (name, mode), rounds in results.items():
         stalls = ", ".join(m.stall.describe() if m.stall else "-" for m in rounds)
         print(
             f"{mode:20} {name:16} {spread([m.files_per_second for m in rounds]):26} "
             f"{spread([m.server_cpu_ms for m in rounds], 2):22} "
             f"{statistics.median(m.client_cpu_ms for m in rounds):5.2f} ms    "
+            f"{statistics.median(m.cpu_wait for m in rounds):6.0%}    "
             f"{stalls if any(m.stall for m in rounds) else ''}"
         )
     for ferry in (server for server in servers if server.is_ferry):
