@@ -49,6 +49,7 @@ from app.http.openapi import FORM_BODY, RAW_BODY, api_errors, documented
 from app.http.request_body import stream_request_body
 from app.http.schemas import FileOut, UploadedFiles, file_out
 from app.http.tus import request_creator
+from app.ops import metrics
 from app.settings import Settings
 from app.uploads.service import NewUpload, UploadService
 
@@ -134,7 +135,7 @@ async def store_simple_upload(
                 f"the body does not match its declared {checksum.algorithm} digest"
             )
     try:
-        return await uploads.create_and_fill(
+        stored = await uploads.create_and_fill(
             NewUpload(
                 length=length, metadata={"filename": encode_metadata_value(name)}, owner=owner
             ),
@@ -145,6 +146,8 @@ async def store_simple_upload(
         raise DigestMismatch(
             f"the body does not match its declared {checksum.algorithm if checksum else ''} digest"
         ) from None
+    metrics.UPLOADS_CREATED.inc()
+    return stored
 
 
 class _FormParts:
