@@ -110,7 +110,7 @@ async def _answer_plain(send: Any, status: int, message: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-@get("/health", responses=HEALTH_FAILURE)
+@get("/health", responses=HEALTH_FAILURE, tags=["operations"])
 async def health(state: State) -> Response[dict[str, bool | str]]:
     """200 when the database and storage are usable, 503 otherwise (``reason``: the
     database's failure)."""

@@ -130,7 +130,7 @@ def _listing_filters(
     return conditions
 
 
-@get("/", **documented(api_errors(400, 401, 503)))
+@get("/", summary="List files", **documented(api_errors(400, 401, 503)))
 async def list_files(
     request: AnyRequest,
     files: Files,
@@ -190,7 +190,7 @@ async def list_files(
     )
 
 
-@get("/{uid:uuid}", **documented(api_errors(401, 404, 503)))
+@get("/{uid:uuid}", summary="One file's record", **documented(api_errors(401, 404, 503)))
 async def get_file(request: AnyRequest, uid: FromPath[uuid.UUID], files: Files) -> FileOut:
     """One file's metadata, including its SHA-256 (what ``ferry ingest`` verifies)."""
     return file_out(await files.visible(uid, request_owner(request)), str(request.base_url))
@@ -218,7 +218,11 @@ def check_metadata_caps(
         )
 
 
-@patch("/{uid:uuid}", **documented(api_errors(400, 401, 404, 413, 503)))
+@patch(
+    "/{uid:uuid}",
+    summary="Rename a file or edit its metadata",
+    **documented(api_errors(400, 401, 404, 413, 503)),
+)
 async def update_file(
     request: AnyRequest,
     uid: FromPath[uuid.UUID],
@@ -253,6 +257,7 @@ async def update_file(
 @delete(
     "/{uid:uuid}",
     status_code=HTTP_204_NO_CONTENT,
+    summary="Delete a file",
     **documented(api_errors(401, 404, 423, 503)),
 )
 async def delete_file(request: AnyRequest, uid: FromPath[uuid.UUID], uploads: Uploads) -> None:

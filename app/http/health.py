@@ -26,13 +26,13 @@ HEALTH_FAILURE = {
 }
 
 
-@get("/health/live", opt={"public": True}, cache_control=None)
+@get("/health/live", opt={"public": True}, cache_control=None, tags=["operations"])
 async def health_live() -> Response[dict[str, str]]:
     """200 while the process runs: restart it only when this fails."""
     return Response({"status": "alive"}, headers={"Cache-Control": "no-store"})
 
 
-@get("/health/ready", opt={"public": True}, responses=HEALTH_FAILURE)
+@get("/health/ready", opt={"public": True}, responses=HEALTH_FAILURE, tags=["operations"])
 async def health_ready(state: State) -> Response[dict[str, bool | str]]:
     """200 when the database and storage are usable and the server is not stopping;
     otherwise 503, and ``reason`` says what failed."""
@@ -56,7 +56,7 @@ async def health_ready(state: State) -> Response[dict[str, bool | str]]:
     )
 
 
-@get("/metrics", opt={"public": True}, media_type=MediaType.TEXT)
+@get("/metrics", opt={"public": True}, media_type=MediaType.TEXT, tags=["operations"])
 async def metrics_endpoint() -> Response[bytes]:
     """Prometheus text exposition (``text/plain; version=0.0.4``)."""
     body, content_type = render_metrics()

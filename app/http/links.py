@@ -142,6 +142,8 @@ def _link_seconds(text: str | None) -> int:
 @post(
     "/files/{uid:str}/link",
     status_code=200,
+    summary="Sign a download link",
+    tags=["downloads"],
     security=BEARER,
     **documented(
         text_errors(400, 401, 404, 503), parameters=LINK_PARAMETERS, uuid_parameters=["uid"]

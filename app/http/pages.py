@@ -65,6 +65,8 @@ async def player_page(uid: FromPath[str]) -> Response[bytes]:
 
 @get(
     "/files/{uid:str}/info",
+    summary="A file's facts (the player page's)",
+    tags=["downloads"],
     security=BEARER_OR_SIGNED_LINK,
     **documented(
         text_errors(400, 401, 403, 404, 503),

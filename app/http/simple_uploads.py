@@ -247,6 +247,7 @@ async def _put_file(
 put_file = put(
     "/named/{name:str}",
     status_code=HTTP_201_CREATED,
+    summary="Upload one file (the raw body)",
     request_max_body_size=None,
     **documented(UPLOAD_ERRORS, request_body=RAW_BODY, response_headers={"201": ["Location"]}),
 )(_put_file)
@@ -263,6 +264,7 @@ put_file_at_first_path = put(
 @post(
     "/",
     status_code=HTTP_201_CREATED,
+    summary="Upload the files of a multipart form",
     request_max_body_size=None,
     **documented(UPLOAD_ERRORS, request_body=FORM_BODY),
 )

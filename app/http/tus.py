@@ -107,7 +107,9 @@ class TusController(Controller):
     """
 
     path = FILES_PATH
-    include_in_schema = False  # tus is specified by its own protocol, not OpenAPI
+    # tus is specified by its own protocol, not OpenAPI; the downloads at the same URL are
+    # plain HTTP and opt back in (``include_in_schema=True`` on their handlers).
+    include_in_schema = False
 
     @post("/", status_code=HTTP_201_CREATED, request_max_body_size=None)
     async def create(
@@ -178,6 +180,7 @@ class TusController(Controller):
         status_code=HTTP_200_OK,
         include_in_schema=True,
         summary="Headers of a file download",
+        tags=["downloads"],
         description=(
             "What `GET` would answer, without the body. With `Tus-Resumable` (and no signed "
             "link) this is the tus upload status instead, as the tus protocol specifies."
@@ -221,6 +224,7 @@ class TusController(Controller):
         middleware=[DownloadSlotMiddleware()],
         include_in_schema=True,
         summary="Download a file",
+        tags=["downloads"],
         security=BEARER_OR_SIGNED_LINK,
         **documented(
             DOWNLOAD_ERRORS,
