@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import errno
+from collections.abc import Iterator
 from typing import ClassVar
 
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -306,6 +307,13 @@ def code_for_status(status: int) -> ErrorCode:
     return CODE_BY_STATUS.get(
         status, ErrorCode.INTERNAL if status >= 500 else ErrorCode.BAD_REQUEST
     )
+
+
+def error_classes(base: type[FerryError] = FerryError) -> Iterator[type[FerryError]]:
+    """Every class of the table below ``base`` (what the schema describes a status with)."""
+    for subclass in base.__subclasses__():
+        yield subclass
+        yield from error_classes(subclass)
 
 
 def is_disk_full(error: BaseException) -> bool:

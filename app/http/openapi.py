@@ -12,7 +12,7 @@ pinned in ``scripts/vendor-assets/package-lock.json``), so the page works offlin
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
@@ -36,7 +36,7 @@ from litestar.openapi.spec import (
     SecurityScheme,
 )
 
-from app.errors import FerryError, code_for_status
+from app.errors import code_for_status, error_classes
 from app.http.schemas import ApiError
 
 BEARER_SCHEME = "bearer"
@@ -90,15 +90,9 @@ def openapi_config(title: str, version: str) -> OpenAPIConfig:
     )
 
 
-def _error_classes(base: type[FerryError] = FerryError) -> Iterator[type[FerryError]]:
-    for subclass in base.__subclasses__():
-        yield subclass
-        yield from _error_classes(subclass)
-
-
 def _describe_status(status: int) -> str:
     """``Not Found (`not_found`)``: the status and every code the error table gives it."""
-    codes = {cls.code for cls in _error_classes() if cls.status_code == status}
+    codes = {cls.code for cls in error_classes() if cls.status_code == status}
     codes.add(code_for_status(status))
     listed = ", ".join(f"`{code}`" for code in sorted(codes))
     return f"{HTTPStatus(status).phrase} ({listed})"
