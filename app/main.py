@@ -8,22 +8,21 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from litestar import Litestar, Request, Response, get
+from litestar import Litestar, Response, get
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import Provide
-from litestar.exceptions import HTTPException
-from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import SwaggerRenderPlugin
 
 from app import __version__
 from app.composition import open_ferry
-from app.db.engine import DATABASE_ERRORS, database_problem, describe_database_failure
-from app.errors import BadRequest, FerryError, InsufficientStorage, is_disk_full
+from app.db.engine import database_problem
+from app.errors import BadRequest
 from app.http.authentication import AuthenticationMiddleware
 from app.http.downloads import DownloadService
+from app.http.error_responses import EXCEPTION_HANDLERS
 from app.http.file_api import file_api_router
-from app.http.health import OPERATIONS_ROUTES
+from app.http.health import HEALTH_FAILURE, OPERATIONS_ROUTES
+from app.http.openapi import openapi_config
 from app.http.pages import web_route_handlers
 from app.http.request_context import RequestContextMiddleware
 from app.http.tus import FILES_PATH, TusController
@@ -112,42 +111,7 @@ async def _answer_plain(send: Any, status: int, message: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def _plain(status: int, message: str, headers: dict[str, str] | None = None) -> Response[str]:
-    return Response(message + "\n", status_code=status, media_type="text/plain", headers=headers)
-
-
-def _ferry_error(_: Request[Any, Any, Any], exc: FerryError) -> Response[str]:
-    return _plain(exc.status_code, exc.message, exc.headers)
-
-
-def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[str]:
-    return _plain(exc.status_code, str(exc.detail), exc.headers)
-
-
-def _database_error(_: Request[Any, Any, Any], exc: Exception) -> Response[str]:
-    logger.error("%s; answered 503", describe_database_failure(exc))
-    return _plain(
-        503,
-        "the database is unavailable; nothing was acknowledged; retry later",
-        {"Retry-After": "5"},
-    )
-
-
-def _os_error(request: Request[Any, Any, Any], exc: OSError) -> Response[str]:
-    """A full disk anywhere (staging, files, a copy) is a refusal, not a server error."""
-    if is_disk_full(exc):
-        logger.error("the disk is full (%s); answered 507", exc.strerror)
-        refusal = InsufficientStorage()
-        return _plain(refusal.status_code, refusal.message, refusal.headers)
-    return _unexpected_error(request, exc)
-
-
-def _unexpected_error(_: Request[Any, Any, Any], exc: Exception) -> Response[str]:
-    logger.exception("unhandled error", exc_info=exc)
-    return _plain(500, "internal error")
-
-
-@get("/health")
+@get("/health", responses=HEALTH_FAILURE, tags=["operations"])
 async def health(state: State) -> Response[dict[str, bool | str]]:
     """200 when the database and storage are usable, 503 otherwise (``reason``: the
     database's failure)."""
@@ -253,19 +217,8 @@ def create_app(
             expose_headers=list(EXPOSED_HEADERS),
             max_age=3600,
         ),
-        exception_handlers={
-            FerryError: _ferry_error,
-            HTTPException: _http_error,
-            **dict.fromkeys(DATABASE_ERRORS, _database_error),
-            OSError: _os_error,
-            Exception: _unexpected_error,
-        },
-        openapi_config=OpenAPIConfig(
-            title="Ferry",
-            version=__version__,
-            path="/schema",
-            render_plugins=[SwaggerRenderPlugin()],
-        ),
+        exception_handlers=EXCEPTION_HANDLERS,
+        openapi_config=openapi_config("Ferry", __version__),
         debug=False,
     )
     app.tus_max_size = settings.max_size

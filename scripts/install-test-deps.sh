@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beyond the Python virtualenv: npm packages for the
-# tus-js-client interop tests (from the committed lockfile). Idempotent and quiet when
-# everything is already there.
+# tus-js-client interop tests and the packages of the vendored browser assets (both from
+# their committed lockfiles). Idempotent and quiet when everything is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +9,12 @@ if [ -f tests/interop/js/package-lock.json ]; then
   if [ ! -d tests/interop/js/node_modules ] || [ tests/interop/js/package-lock.json -nt tests/interop/js/node_modules ]; then
     (cd tests/interop/js && npm ci --no-audit --no-fund --loglevel=error)
   fi
+fi
+# The packages static/vendor/ was copied from (tests/unit/test_vendored_assets.py compares);
+# their install scripts never run.
+vendor=scripts/vendor-assets
+if [ ! -d "$vendor/node_modules" ] || [ "$vendor/package-lock.json" -nt "$vendor/node_modules" ]; then
+  (cd "$vendor" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
 fi
 
 # The browser test (tests/browser) drives Debian's Chromium through Playwright (Playwright

@@ -68,10 +68,10 @@
       window.ferry.formatSize(info.size) + " (" + info.size.toLocaleString("en") + " bytes)";
     byId("file-type").textContent = info.content_type;
     byId("file-sha256").textContent = info.sha256;
-    byId("file-created").textContent = new Date(info.created_at).toLocaleString();
+    byId("file-created").textContent = new Date(info.created).toLocaleString();
     byId("facts").hidden = false;
 
-    let source = info.download_url;
+    let source = info.url;
     try {
       const link = await fetchJson("/files/" + encodeURIComponent(uid) + "/link", { method: "POST" });
       source = link.url;

@@ -10,7 +10,7 @@ import re
 import unicodedata
 from urllib.parse import quote
 
-from app.errors import BadRequest
+from app.errors import InvalidParameter
 
 MAX_NAME_LENGTH = 255
 _UNSAFE = re.compile(r'[\x00-\x1f\x7f"\\/]')
@@ -34,7 +34,8 @@ def safe_display_name(name: str | None, fallback: str) -> str:
 
 def validate_name(name: str) -> str:
     """Refuse a client-chosen name that tries to traverse or hide (``PUT`` paths, renames);
-    return it as :func:`safe_display_name` cleans it (bidi controls dropped)."""
+    return it as :func:`safe_display_name` cleans it (bidi controls dropped). Both places
+    call it ``name``: a refusal names that parameter."""
     if (
         not name
         or name in {".", ".."}
@@ -43,10 +44,10 @@ def validate_name(name: str) -> str:
         or _UNSAFE.search(name.replace('"', ""))
         or len(name) > MAX_NAME_LENGTH
     ):
-        raise BadRequest(f"file name {name[:60]!r} is not allowed")
+        raise InvalidParameter("name", f"file name {name[:60]!r} is not allowed")
     cleaned = safe_display_name(name, "")
     if not cleaned:
-        raise BadRequest(f"file name {name[:60]!r} is not allowed")
+        raise InvalidParameter("name", f"file name {name[:60]!r} is not allowed")
     return cleaned
 
 

@@ -28,12 +28,19 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.core.filenames import validate_name
 from app.core.metadata import encode_metadata_value
 from app.db.models import File
-from app.errors import BadRequest, NotFound, PayloadTooLarge
+from app.errors import InvalidParameter, NotFound, PayloadTooLarge
+from app.http.openapi import BEARER, api_errors, documented
 from app.http.schemas import FileOut, FilePage, FileUpdate, SortField, file_out
-from app.http.simple_uploads import API_FILES_PATH, post_form, put_file
+from app.http.simple_uploads import (
+    API_FILES_PATH,
+    post_form,
+    put_file,
+    put_file_at_first_path,
+)
 from app.http.tus import request_owner
 from app.http.tus_protocol import encode_upload_metadata
 from app.settings import Settings
+from app.storage.sniff import Category
 from app.uploads.service import UploadService
 
 AnyRequest = Request[Any, Any, Any]
@@ -86,13 +93,13 @@ Config = NamedDependency[Settings]
 def _text_filter(name: str, value: str | None) -> str | None:
     """A text filter as given; a NUL character is 400 (PostgreSQL text cannot hold one)."""
     if value is not None and "\x00" in value:
-        raise BadRequest(f"{name} must not contain a NUL character")
+        raise InvalidParameter(name, f"{name} must not contain a NUL character")
     return value
 
 
 def _listing_filters(
     owner: str | None,
-    category: str | None,
+    category: Category | None,
     name_prefix: str | None,
     content_type: str | None,
     created_after: datetime | None,
@@ -123,13 +130,13 @@ def _listing_filters(
     return conditions
 
 
-@get("/")
+@get("/", summary="List files", **documented(api_errors(400, 401, 503)))
 async def list_files(
     request: AnyRequest,
     files: Files,
     limit: Annotated[int, Parameter(ge=1, le=MAX_PAGE)] = 100,
     offset: Annotated[int, Parameter(ge=0)] = 0,
-    category: FromQuery[str | None] = None,
+    category: FromQuery[Category | None] = None,
     name_prefix: FromQuery[str | None] = None,
     content_type: Annotated[
         str | None, Parameter(description="exact type, or a major type as `image/*`")
@@ -149,15 +156,17 @@ async def list_files(
 ) -> FilePage:
     """List files, newest first by default; filters combine with AND."""
     if uid is not None and len(uid) > MAX_PAGE:
-        raise BadRequest(f"at most {MAX_PAGE} uid values per request")
+        raise InvalidParameter("uid", f"at most {MAX_PAGE} uid values per request")
     if created_after and created_before and created_after >= created_before:
-        raise BadRequest("created_after must be earlier than created_before")
+        raise InvalidParameter(
+            "created_before", "created_after must be earlier than created_before"
+        )
     descending = sort.startswith("-")
     column = _SORT_COLUMNS[sort.lstrip("-")]
     filters: list[StatementFilter | ColumnElement[bool]] = [
         *_listing_filters(
             request_owner(request),
-            _text_filter("category", category),
+            category,
             _text_filter("name_prefix", name_prefix),
             _text_filter("content_type", content_type),
             created_after,
@@ -181,7 +190,7 @@ async def list_files(
     )
 
 
-@get("/{uid:uuid}")
+@get("/{uid:uuid}", summary="One file's record", **documented(api_errors(401, 404, 503)))
 async def get_file(request: AnyRequest, uid: FromPath[uuid.UUID], files: Files) -> FileOut:
     """One file's metadata, including its SHA-256 (what ``ferry ingest`` verifies)."""
     return file_out(await files.visible(uid, request_owner(request)), str(request.base_url))
@@ -195,19 +204,25 @@ def check_metadata_caps(
     (the caps were lowered) may still shrink."""
     keys, limit = len(metadata), settings.max_metadata_keys
     if keys > limit and keys > len(before):
-        raise BadRequest(
+        raise InvalidParameter(
+            "metadata",
             f"the file's metadata would have {keys} keys; at most {limit} are allowed "
-            "(FERRY_MAX_METADATA_KEYS)"
+            "(FERRY_MAX_METADATA_KEYS)",
         )
     size, limit = len(encode_upload_metadata(metadata)), settings.max_metadata_bytes
     if size > limit and size > len(encode_upload_metadata(before)):
         raise PayloadTooLarge(
-            f"the file's metadata would take {size} bytes as Upload-Metadata; at most "
-            f"{limit} are allowed (FERRY_MAX_METADATA_BYTES)"
+            parameter="metadata",
+            message=f"the file's metadata would take {size} bytes as Upload-Metadata; at most "
+            f"{limit} are allowed (FERRY_MAX_METADATA_BYTES)",
         )
 
 
-@patch("/{uid:uuid}")
+@patch(
+    "/{uid:uuid}",
+    summary="Rename a file or edit its metadata",
+    **documented(api_errors(400, 401, 404, 413, 503)),
+)
 async def update_file(
     request: AnyRequest,
     uid: FromPath[uuid.UUID],
@@ -228,7 +243,7 @@ async def update_file(
         metadata = dict(before)
         for key, value in data.metadata.items():
             if not key or " " in key or "," in key or "\x00" in key:
-                raise BadRequest(f"metadata key {key[:40]!r} is not allowed")
+                raise InvalidParameter("metadata", f"metadata key {key[:40]!r} is not allowed")
             if value is None:
                 metadata.pop(key, None)
             else:
@@ -239,7 +254,12 @@ async def update_file(
     return file_out(updated, str(request.base_url))
 
 
-@delete("/{uid:uuid}", status_code=HTTP_204_NO_CONTENT)
+@delete(
+    "/{uid:uuid}",
+    status_code=HTTP_204_NO_CONTENT,
+    summary="Delete a file",
+    **documented(api_errors(401, 404, 423, 503)),
+)
 async def delete_file(request: AnyRequest, uid: FromPath[uuid.UUID], uploads: Uploads) -> None:
     """Delete the stored object, the file row and any staging; 204.
 
@@ -255,7 +275,16 @@ def file_api_router() -> Router:
     """``/api/files``: the JSON file API and the simple (non-tus) uploads, one route table."""
     return Router(
         path=API_FILES_PATH,
-        route_handlers=[list_files, get_file, update_file, delete_file, put_file, post_form],
+        route_handlers=[
+            list_files,
+            get_file,
+            update_file,
+            delete_file,
+            put_file,
+            put_file_at_first_path,
+            post_form,
+        ],
         dependencies={"files": Provide(provide_file_service)},
         tags=["files"],
+        security=BEARER,
     )

@@ -9,19 +9,30 @@ from __future__ import annotations
 
 from litestar import Response, get
 from litestar.datastructures import State
+from litestar.enums import MediaType
+from litestar.openapi import ResponseSpec
 
 from app.db.engine import database_problem
 from app.ops.metrics import render_metrics
 from app.ops.shutdown import shutdown_requested
 
+#: A readiness check that failed: the same checks, one of them false, and ``reason``.
+HEALTH_FAILURE = {
+    503: ResponseSpec(
+        data_container=dict[str, bool | str],
+        description="Not ready: `reason` says what failed",
+        generate_examples=False,
+    )
+}
 
-@get("/health/live", opt={"public": True}, cache_control=None)
+
+@get("/health/live", opt={"public": True}, cache_control=None, tags=["operations"])
 async def health_live() -> Response[dict[str, str]]:
     """200 while the process runs: restart it only when this fails."""
     return Response({"status": "alive"}, headers={"Cache-Control": "no-store"})
 
 
-@get("/health/ready", opt={"public": True})
+@get("/health/ready", opt={"public": True}, responses=HEALTH_FAILURE, tags=["operations"])
 async def health_ready(state: State) -> Response[dict[str, bool | str]]:
     """200 when the database and storage are usable and the server is not stopping;
     otherwise 503, and ``reason`` says what failed."""
@@ -45,9 +56,9 @@ async def health_ready(state: State) -> Response[dict[str, bool | str]]:
     )
 
 
-@get("/metrics", opt={"public": True})
+@get("/metrics", opt={"public": True}, media_type=MediaType.TEXT, tags=["operations"])
 async def metrics_endpoint() -> Response[bytes]:
-    """Prometheus exposition."""
+    """Prometheus text exposition (``text/plain; version=0.0.4``)."""
     body, content_type = render_metrics()
     return Response(body, media_type=content_type)
 

@@ -28,7 +28,8 @@ from litestar import Request, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath
 
-from app.errors import BadRequest, Forbidden, NotFound
+from app.errors import Forbidden, InvalidParameter, NotFound
+from app.http.openapi import BEARER, LINK_PARAMETERS, documented, text_errors
 from app.http.tus_protocol import parse_integer, parse_upload_id
 from app.settings import Settings
 from app.uploads.service import UploadService
@@ -131,13 +132,23 @@ def _link_seconds(text: str | None) -> int:
         return DEFAULT_LINK_SECONDS
     seconds = parse_integer("expires_in", text)
     if not MIN_LINK_SECONDS <= seconds <= MAX_LINK_SECONDS:
-        raise BadRequest(
-            f"expires_in must be between {MIN_LINK_SECONDS} and {MAX_LINK_SECONDS} seconds"
+        raise InvalidParameter(
+            "expires_in",
+            f"expires_in must be between {MIN_LINK_SECONDS} and {MAX_LINK_SECONDS} seconds",
         )
     return seconds
 
 
-@post("/files/{uid:str}/link", status_code=200)
+@post(
+    "/files/{uid:str}/link",
+    status_code=200,
+    summary="Sign a download link",
+    tags=["downloads"],
+    security=BEARER,
+    **documented(
+        text_errors(400, 401, 404, 503), parameters=LINK_PARAMETERS, uuid_parameters=["uid"]
+    ),
+)
 async def create_signed_link(
     request: Request[Any, Any, Any], uid: FromPath[str], uploads: NamedDependency[UploadService]
 ) -> SignedLink:

@@ -9,12 +9,10 @@ origin, so no inline script or style exists in them.
 
 from __future__ import annotations
 
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import anyio
-import msgspec
 from litestar import Request, Response, get
 from litestar.di import NamedDependency
 from litestar.params import FromPath
@@ -23,6 +21,13 @@ from litestar.types import ControllerRouterHandler
 
 from app.errors import NotFound
 from app.http.links import create_signed_link
+from app.http.openapi import (
+    BEARER_OR_SIGNED_LINK,
+    SIGNED_LINK_PARAMETERS,
+    documented,
+    text_errors,
+)
+from app.http.schemas import FileInfo, file_info_out
 from app.http.tus_protocol import parse_upload_id
 from app.uploads.service import UploadService
 
@@ -38,20 +43,6 @@ PAGE_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-cache",
 }
-
-
-class FileInfo(msgspec.Struct, frozen=True):
-    """What the player page shows about a file."""
-
-    id: str
-    name: str
-    size: int
-    content_type: str
-    category: str
-    sha256: str
-    created_at: datetime
-    download_url: str
-    player_url: str
 
 
 async def _page(name: str) -> Response[bytes]:
@@ -72,7 +63,17 @@ async def player_page(uid: FromPath[str]) -> Response[bytes]:
     return await _page("player.html")
 
 
-@get("/files/{uid:str}/info")
+@get(
+    "/files/{uid:str}/info",
+    summary="A file's facts (the player page's)",
+    tags=["downloads"],
+    security=BEARER_OR_SIGNED_LINK,
+    **documented(
+        text_errors(400, 401, 403, 404, 503),
+        parameters=SIGNED_LINK_PARAMETERS,
+        uuid_parameters=["uid"],
+    ),
+)
 async def file_info(
     request: Request[Any, Any, Any], uid: FromPath[str], uploads: NamedDependency[UploadService]
 ) -> FileInfo:
@@ -83,17 +84,7 @@ async def file_info(
         stored = await uploads.get_file(parse_upload_id(uid), request_owner(request))
     except NotFound:
         raise NotFound("no such file (or its upload is not complete)") from None
-    return FileInfo(
-        id=str(stored.id),
-        name=stored.name,
-        size=stored.size,
-        content_type=stored.content_type,
-        category=stored.category,
-        sha256=stored.sha256,
-        created_at=stored.created_at,
-        download_url=f"/files/{stored.id}",
-        player_url=f"/player/{stored.id}",
-    )
+    return file_info_out(stored, str(request.base_url))
 
 
 def _harden_static(response: Response[Any]) -> Response[Any]:

@@ -1,15 +1,21 @@
-"""Payloads of the JSON file API (``/api/files``): msgspec structs, also the OpenAPI schema."""
+"""Payloads of the JSON endpoints (``/api/files``, ``/files/{uid}/info``): msgspec structs,
+also the OpenAPI schema.
+
+Every endpoint that describes a file uses the same field names for the same facts: ``uid``,
+``created`` and ``url`` (the download URL), from :class:`FileSummary`.
+"""
 
 from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
 from app.core.metadata import decode_metadata
 from app.db.models import File
+from app.errors import ErrorCode
 
 #: Fields a listing may be sorted by (prefix ``-`` for descending).
 SortField = Literal["created", "-created", "name", "-name", "size", "-size", "updated", "-updated"]
@@ -17,8 +23,19 @@ SortField = Literal["created", "-created", "name", "-name", "size", "-size", "up
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
 
 
-class FileOut(msgspec.Struct, kw_only=True):
-    """One stored file as the API shows it."""
+class ApiError(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """The body of every error under ``/api``: a stable code, words, and the culprit."""
+
+    error: ErrorCode
+    """Stable, machine-readable code: branch on this, never on ``detail``."""
+    detail: str
+    """What went wrong, in words for a person."""
+    parameter: str | None = None
+    """The query parameter, path segment, header or body field at fault, when one is."""
+
+
+class FileSummary(msgspec.Struct, kw_only=True):
+    """The facts of one stored file that every endpoint describing a file shows."""
 
     uid: uuid.UUID
     """The file UID (also its tus upload id)."""
@@ -31,11 +48,23 @@ class FileOut(msgspec.Struct, kw_only=True):
     category: str
     """``images``, ``media``, ``text`` or ``other``."""
     created: datetime
-    updated: datetime
     url: str
     """Download URL (``GET`` with ``Range`` support)."""
+
+
+class FileOut(FileSummary, kw_only=True):
+    """One stored file as the file API shows it."""
+
+    updated: datetime
     metadata: dict[str, str | None] = msgspec.field(default_factory=dict)
     """Upload metadata as text (tus ``Upload-Metadata`` values decoded)."""
+
+
+class FileInfo(FileSummary, kw_only=True):
+    """``GET /files/{uid}/info``: what the player page shows about a file."""
+
+    player_url: str
+    """The player page of this file."""
 
 
 class FilePage(msgspec.Struct, kw_only=True):
@@ -61,17 +90,36 @@ class UploadedFiles(msgspec.Struct, kw_only=True):
     files: list[FileOut]
 
 
+def download_url(stored: File, base_url: str) -> str:
+    """The absolute URL that downloads ``stored``."""
+    return f"{base_url.rstrip('/')}/files/{stored.id}"
+
+
 def file_out(stored: File, base_url: str) -> FileOut:
-    """Shape a ``File`` row for the API."""
+    """Shape a ``File`` row for the file API."""
     return FileOut(
-        uid=stored.id,
-        name=stored.name,
-        size=stored.size,
-        sha256=stored.sha256,
-        content_type=stored.content_type,
-        category=stored.category,
-        created=stored.created_at,
+        **_summary_fields(stored, base_url),
         updated=stored.updated_at,
-        url=f"{base_url.rstrip('/')}/files/{stored.id}",
         metadata=decode_metadata(dict(stored.file_metadata or {})),
     )
+
+
+def file_info_out(stored: File, base_url: str) -> FileInfo:
+    """Shape a ``File`` row for the player page."""
+    return FileInfo(
+        **_summary_fields(stored, base_url),
+        player_url=f"{base_url.rstrip('/')}/player/{stored.id}",
+    )
+
+
+def _summary_fields(stored: File, base_url: str) -> dict[str, Any]:
+    return {
+        "uid": stored.id,
+        "name": stored.name,
+        "size": stored.size,
+        "sha256": stored.sha256,
+        "content_type": stored.content_type,
+        "category": stored.category,
+        "created": stored.created_at,
+        "url": download_url(stored, base_url),
+    }

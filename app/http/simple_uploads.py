@@ -1,6 +1,6 @@
 """Simple uploads for clients that do not speak tus (the original service's habit).
 
-* ``PUT /api/files/{name}`` with the raw body;
+* ``PUT /api/files/named/{name}`` (or ``PUT /api/files/{name}``) with the raw body;
 * ``POST /api/files`` with ``multipart/form-data`` holding one or more files.
 
 Both stream: the body goes from ASGI ``receive`` through a push parser
@@ -37,10 +37,19 @@ from app.core.checksums import ChecksumSpec
 from app.core.filenames import safe_display_name, validate_name
 from app.core.metadata import encode_metadata_value
 from app.db.models import File
-from app.errors import BadRequest, ChecksumMismatch, FerryError, Unprocessable, UnsupportedMediaType
+from app.errors import (
+    BadRequest,
+    ChecksumMismatch,
+    DigestMismatch,
+    FerryError,
+    InvalidParameter,
+    UnsupportedMediaType,
+)
+from app.http.openapi import FORM_BODY, RAW_BODY, api_errors, documented
 from app.http.request_body import stream_request_body
 from app.http.schemas import FileOut, UploadedFiles, file_out
 from app.http.tus import request_creator
+from app.ops import metrics
 from app.settings import Settings
 from app.uploads.service import NewUpload, UploadService
 
@@ -54,7 +63,12 @@ MAX_FIELD_SIZE = 64 * 1024
 
 #: RFC 3230 / RFC 9530 algorithm names → the checksum algorithms the service verifies.
 _DIGEST_ALGORITHMS = {"sha-256": "sha256", "sha256": "sha256", "md5": "md5", "sha": "sha1"}
-_DIGEST_HEADERS = ("content-digest", "repr-digest", "digest")
+#: Digest headers by their lower-case name (how a form part's headers are keyed).
+_DIGEST_HEADERS = {
+    "content-digest": "Content-Digest",
+    "repr-digest": "Repr-Digest",
+    "digest": "Digest",
+}
 _HEX_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
@@ -62,7 +76,7 @@ def _decode_b64(value: str, header: str) -> bytes:
     try:
         return base64.b64decode(value.strip().strip(":"), validate=True)
     except (binascii.Error, ValueError):
-        raise BadRequest(f"{header}: the digest is not base64") from None
+        raise InvalidParameter(header, f"{header}: the digest is not base64") from None
 
 
 def parse_digest_headers(headers: Headers | dict[str, str]) -> ChecksumSpec | None:
@@ -74,7 +88,7 @@ def parse_digest_headers(headers: Headers | dict[str, str]) -> ChecksumSpec | No
     the same bytes. Unknown algorithms are ignored, as RFC 9530 §2 allows.
     """
     found: dict[str, ChecksumSpec] = {}
-    for header in _DIGEST_HEADERS:
+    for header, header_name in _DIGEST_HEADERS.items():
         value = headers.get(header)
         if not value:
             continue
@@ -82,7 +96,8 @@ def parse_digest_headers(headers: Headers | dict[str, str]) -> ChecksumSpec | No
             name, _, encoded = member.strip().partition("=")
             algorithm = _DIGEST_ALGORITHMS.get(name.strip().lower())
             if algorithm is not None and encoded:
-                found.setdefault(algorithm, ChecksumSpec(algorithm, _decode_b64(encoded, header)))
+                expected = _decode_b64(encoded, header_name)
+                found.setdefault(algorithm, ChecksumSpec(algorithm, expected))
     sha256 = headers.get("x-checksum-sha256")
     if sha256:
         text = sha256.strip()
@@ -116,9 +131,11 @@ async def store_simple_upload(
     if length == 0 and checksum is not None:
         digest = checksum.new_digest()
         if digest.digest() != checksum.expected:
-            raise Unprocessable(f"the body does not match its declared {checksum.algorithm} digest")
+            raise DigestMismatch(
+                f"the body does not match its declared {checksum.algorithm} digest"
+            )
     try:
-        return await uploads.create_and_fill(
+        stored = await uploads.create_and_fill(
             NewUpload(
                 length=length, metadata={"filename": encode_metadata_value(name)}, owner=owner
             ),
@@ -126,9 +143,11 @@ async def store_simple_upload(
             checksum,
         )
     except ChecksumMismatch:
-        raise Unprocessable(
+        raise DigestMismatch(
             f"the body does not match its declared {checksum.algorithm if checksum else ''} digest"
         ) from None
+    metrics.UPLOADS_CREATED.inc()
+    return stored
 
 
 class _FormParts:
@@ -198,8 +217,12 @@ Uploads = NamedDependency[UploadService]
 Config = NamedDependency[Settings]
 
 
-@put("/{name:str}", status_code=HTTP_201_CREATED, request_max_body_size=None)
-async def put_file(
+#: What a simple upload may answer besides 201 (the content, size, digest and quota rules,
+#: a stalled body, a full disk, an unavailable database).
+UPLOAD_ERRORS = api_errors(400, 401, 403, 408, 413, 415, 422, 429, 503, 507)
+
+
+async def _put_file(
     request: AnyRequest, name: FromPath[str], uploads: Uploads, settings: Config
 ) -> Response[FileOut]:
     """Store the raw body as a file named ``name``; optional Digest/Content-MD5 check.
@@ -219,7 +242,32 @@ async def put_file(
     return Response(out, status_code=HTTP_201_CREATED, headers={"Location": out.url})
 
 
-@post("/", status_code=HTTP_201_CREATED, request_max_body_size=None)
+#: ``PUT /api/files/named/{name}``: a path of its own, so that it never shares a template
+#: with ``/api/files/{uid}`` (``curl -T file URL/`` appends the file name).
+put_file = put(
+    "/named/{name:str}",
+    status_code=HTTP_201_CREATED,
+    summary="Upload one file (the raw body)",
+    request_max_body_size=None,
+    **documented(UPLOAD_ERRORS, request_body=RAW_BODY, response_headers={"201": ["Location"]}),
+)(_put_file)
+#: ``PUT /api/files/{name}``, the first form, still served; not in the schema, whose
+#: ``/api/files/{uid}`` it would shadow.
+put_file_at_first_path = put(
+    "/{name:str}",
+    status_code=HTTP_201_CREATED,
+    request_max_body_size=None,
+    include_in_schema=False,
+)(_put_file)
+
+
+@post(
+    "/",
+    status_code=HTTP_201_CREATED,
+    summary="Upload the files of a multipart form",
+    request_max_body_size=None,
+    **documented(UPLOAD_ERRORS, request_body=FORM_BODY),
+)
 async def post_form(request: AnyRequest, uploads: Uploads, settings: Config) -> UploadedFiles:
     """Store every file part of a ``multipart/form-data`` body (any field name).
 

@@ -18,6 +18,13 @@ from app.db.models import Upload, UploadState
 from app.errors import BadRequest, FerryError, UnsupportedMediaType
 from app.http.downloads import DownloadService, DownloadSlotMiddleware
 from app.http.links import is_signed_request
+from app.http.openapi import (
+    BEARER_OR_SIGNED_LINK,
+    DOWNLOAD_ERRORS,
+    DOWNLOAD_PARAMETERS,
+    documented,
+    download_responses,
+)
 from app.http.request_body import stream_request_body
 from app.http.tus_protocol import (
     OFFSET_CONTENT_TYPE,
@@ -100,7 +107,9 @@ class TusController(Controller):
     """
 
     path = FILES_PATH
-    include_in_schema = False  # tus is specified by its own protocol, not OpenAPI
+    # tus is specified by its own protocol, not OpenAPI; the downloads at the same URL are
+    # plain HTTP and opt back in (``include_in_schema=True`` on their handlers).
+    include_in_schema = False
 
     @post("/", status_code=HTTP_201_CREATED, request_max_body_size=None)
     async def create(
@@ -166,19 +175,34 @@ class TusController(Controller):
             None, status_code=HTTP_201_CREATED, headers=response_headers, media_type="text/plain"
         )
 
-    @head("/{upload_id:str}", status_code=HTTP_200_OK)
+    @head(
+        "/{uid:str}",
+        status_code=HTTP_200_OK,
+        include_in_schema=True,
+        summary="Headers of a file download",
+        tags=["downloads"],
+        description=(
+            "What `GET` would answer, without the body. With `Tus-Resumable` (and no signed "
+            "link) this is the tus upload status instead, as the tus protocol specifies."
+        ),
+        security=BEARER_OR_SIGNED_LINK,
+        **documented(
+            DOWNLOAD_ERRORS,
+            parameters=DOWNLOAD_PARAMETERS,
+            responses=download_responses(with_body=False),
+            uuid_parameters=["uid"],
+        ),
+    )
     async def status(
-        self, request: AnyRequest, upload_id: FromPath[str], uploads: Uploads, downloads: Downloads
+        self, request: AnyRequest, uid: FromPath[str], uploads: Uploads, downloads: Downloads
     ) -> Response[None]:
         """tus core §HEAD, or — without ``Tus-Resumable`` — plain HTTP HEAD of the file."""
         if "tus-resumable" not in request.headers or is_signed_request(request.query_params):
             # A signed link grants the file's bytes, never the upload's state or metadata:
             # with one, this is the plain download HEAD whatever else the request says.
-            return await downloads.respond(
-                request, upload_id, request_owner(request), head_only=True
-            )
+            return await downloads.respond(request, uid, request_owner(request), head_only=True)
         require_tus_version(tus_header(request.headers, "Tus-Resumable"))
-        upload = await uploads.get_for_status(parse_upload_id(upload_id), request_owner(request))
+        upload = await uploads.get_for_status(parse_upload_id(uid), request_owner(request))
         headers = {"Cache-Control": "no-store", **_upload_state_headers(upload)}
         if not upload.is_final or upload.state == UploadState.COMPLETED:
             headers["Upload-Offset"] = str(upload.offset)
@@ -195,21 +219,34 @@ class TusController(Controller):
             headers["Upload-Concat"] = f"final;{parts}"
         return Response(None, status_code=HTTP_200_OK, headers=headers, media_type="text/plain")
 
-    @get("/{upload_id:str}", middleware=[DownloadSlotMiddleware()])
+    @get(
+        "/{uid:str}",
+        middleware=[DownloadSlotMiddleware()],
+        include_in_schema=True,
+        summary="Download a file",
+        tags=["downloads"],
+        security=BEARER_OR_SIGNED_LINK,
+        **documented(
+            DOWNLOAD_ERRORS,
+            parameters=DOWNLOAD_PARAMETERS,
+            responses=download_responses(with_body=True),
+            uuid_parameters=["uid"],
+        ),
+    )
     async def download(
-        self, request: AnyRequest, upload_id: FromPath[str], downloads: Downloads
+        self, request: AnyRequest, uid: FromPath[str], downloads: Downloads
     ) -> Response[None]:
-        """Plain HTTP GET of the completed file at its upload URL, with ranges."""
-        return await downloads.respond(request, upload_id, request_owner(request), head_only=False)
+        """The completed file at its upload URL, with RFC 9110 ranges and conditionals."""
+        return await downloads.respond(request, uid, request_owner(request), head_only=False)
 
-    @patch("/{upload_id:str}", status_code=HTTP_204_NO_CONTENT, request_max_body_size=None)
+    @patch("/{uid:str}", status_code=HTTP_204_NO_CONTENT, request_max_body_size=None)
     async def append(
-        self, request: AnyRequest, upload_id: FromPath[str], uploads: Uploads, settings: Config
+        self, request: AnyRequest, uid: FromPath[str], uploads: Uploads, settings: Config
     ) -> Response[None]:
         """tus core §PATCH: append the body at ``Upload-Offset``."""
         headers = request.headers
         require_tus_version(tus_header(headers, "Tus-Resumable"))
-        parsed_id = parse_upload_id(upload_id)
+        parsed_id = parse_upload_id(uid)
         _require_offset_content_type(request)
         trailer = _checksum_trailer_reader(request)
         offset_header = tus_header(headers, "Upload-Offset")
@@ -238,10 +275,8 @@ class TusController(Controller):
             headers={"Upload-Offset": str(upload.offset), **_upload_state_headers(upload)},
         )
 
-    @delete("/{upload_id:str}", status_code=HTTP_204_NO_CONTENT)
-    async def terminate(
-        self, request: AnyRequest, upload_id: FromPath[str], uploads: Uploads
-    ) -> None:
+    @delete("/{uid:str}", status_code=HTTP_204_NO_CONTENT)
+    async def terminate(self, request: AnyRequest, uid: FromPath[str], uploads: Uploads) -> None:
         """termination: free the upload; later requests answer 410."""
         require_tus_version(tus_header(request.headers, "Tus-Resumable"))
-        await uploads.terminate(parse_upload_id(upload_id), request_owner(request))
+        await uploads.terminate(parse_upload_id(uid), request_owner(request))

@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db.models import File, Upload, UploadState
 from app.db.uploads import Reservation, live_condition
-from app.errors import PayloadTooLarge, TooManyRequests
+from app.errors import QuotaExceeded, TooManyRequests, UnfinishedUploadsQuotaExceeded
 from app.settings import Settings
 
 creation_rates = Table(
@@ -111,7 +111,7 @@ class OwnerQuotas:
             active = (Upload.owner == owner) & (Upload.state == UploadState.ACTIVE)
             count = await session.scalar(select(func.count()).where(active))
             if (count or 0) >= self._max_active:
-                raise TooManyRequests(
+                raise UnfinishedUploadsQuotaExceeded(
                     f"{owner} already has {count} unfinished uploads (the limit is "
                     f"{self._max_active}); finish or terminate one first",
                     headers={"Retry-After": "60"},
@@ -143,7 +143,7 @@ class OwnerQuotas:
     async def _check_bytes(self, session: AsyncSession, owner: str, more: int) -> None:
         used = await self._used(session, owner)
         if used + more > self._max_bytes:
-            raise PayloadTooLarge(
+            raise QuotaExceeded(
                 f"{owner} would store {used + more} bytes; the quota is "
                 f"{self._max_bytes} (FERRY_QUOTA_BYTES)"
             )

@@ -28,6 +28,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    disable_created_metrics,
     generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily
@@ -35,6 +36,10 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from app.storage.backend import Storage, StorageBackend
+
+# ``*_created`` series (each counter's creation time) double the exposition and say
+# nothing a scraper does not know; multiprocess mode never has them either.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 #: Methods that are metric labels as themselves; any other is counted as ``other``, so no
 #: request can add a series (an HTTP method is any token a client sends).
@@ -46,18 +51,25 @@ def method_label(method: str) -> str:
     return method if method in METHOD_LABELS else "other"
 
 
-UPLOADS_CREATED = Counter("ferry_uploads_created", "Uploads created (tus creation answered 201).")
+UPLOADS_CREATED = Counter(
+    "ferry_uploads_created",
+    "Uploads created: tus creations answered 201 and files stored by simple uploads "
+    "(PUT/POST /api/files, one per file).",
+)
 UPLOADS_FINISHED = Counter("ferry_uploads_finished", "Uploads that became files.")
 UPLOADS_FAILED = Counter(
     "ferry_upload_requests_failed",
-    "Upload requests (POST/PATCH under /files) answered with an error.",
+    "Upload requests (tus creation and PATCH, simple PUT/POST) answered with an error.",
     ["method", "status"],
 )
 UPLOADS_TERMINATED = Counter("ferry_uploads_terminated", "Uploads terminated by their owner.")
-BYTES_RECEIVED = Counter("ferry_bytes_received", "Upload body bytes received (POST/PATCH).")
+BYTES_RECEIVED = Counter(
+    "ferry_bytes_received",
+    "Upload body bytes received (tus creation and PATCH, simple PUT/POST, form framing included).",
+)
 PATCH_SECONDS = Histogram(
     "ferry_patch_duration_seconds",
-    "Time to answer a PATCH, body transfer included.",
+    "Time to answer a tus PATCH, body transfer included.",
     buckets=(0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
 )
 STORAGE_SECONDS = Histogram(
@@ -68,10 +80,26 @@ STORAGE_SECONDS = Histogram(
 STORAGE_ERRORS = Counter(
     "ferry_storage_errors", "Storage backend operations that raised.", ["backend", "operation"]
 )
-ACTIVE_LOCKS = Gauge(
-    "ferry_active_locks",
-    "Upload locks held by this node (PATCH/creation-with-upload in flight).",
+UPLOAD_REQUESTS_IN_FLIGHT = Gauge(
+    "ferry_upload_requests_in_flight",
+    "Upload requests (tus creation and PATCH, simple PUT/POST) being served by this node; "
+    "each holds an upload's lock while its body streams.",
     multiprocess_mode="livesum",
+)
+DOWNLOADS = Counter(
+    "ferry_download_requests",
+    "File downloads (GET and plain HEAD of /files/{uid}) by method and status.",
+    ["method", "status"],
+)
+DOWNLOAD_BYTES = Counter(
+    "ferry_download_bytes_sent",
+    "Bytes of files sent by downloads (200 and 206 bodies, multipart framing included).",
+)
+RANGE_REQUESTS = Counter(
+    "ferry_download_range_requests",
+    "Downloads that carried a Range header, by status (206 served, 416 unsatisfiable, "
+    "200 ignored or not applicable after If-Range).",
+    ["status"],
 )
 RESPONSES = Counter(
     "ferry_http_responses", "HTTP responses by method and status.", ["method", "status"]

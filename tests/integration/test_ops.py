@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -183,11 +184,14 @@ async def test_unreachable_pre_create_hook_refuses_with_503() -> None:
             await hook.review(owner="a", length=1, is_partial=False, is_final=False, metadata={})
 
 
-def _metric(text: str, name: str) -> float:
+def _metric(text: str, name: str, **labels: str) -> float:
+    """The sum of ``name``'s samples whose labels include ``labels``."""
     total = 0.0
     for line in text.splitlines():
         match = re.match(rf"^{name}(\{{[^}}]*\}})? ([0-9.e+-]+)$", line)
-        if match:
+        if match and all(
+            f'{key}="{value}"' in (match.group(1) or "") for key, value in labels.items()
+        ):
             total += float(match.group(2))
     return total
 
@@ -225,7 +229,7 @@ async def test_metrics_move_as_uploads_happen(ferry: AppFactory) -> None:
     assert moved["ferry_http_responses_total"] >= 4
     assert moved["ferry_upload_requests_failed_total"] == 1
     assert moved["ferry_storage_operation_seconds_count"] >= 1
-    assert "ferry_active_locks" in after
+    assert "ferry_upload_requests_in_flight" in after
     assert "ferry_staging_disk_bytes" in after
 
 
@@ -239,6 +243,62 @@ async def test_a_running_app_samples_its_event_loop_lag_into_metrics(ferry: AppF
             await anyio.sleep(0.05)
             samples = _metric((await client.get("/metrics")).text, name) - before
     assert samples > 0
+
+
+async def test_metrics_count_simple_uploads_and_downloads_but_no_record_edits_or_links(
+    ferry: AppFactory,
+) -> None:
+    client = await ferry()
+    names = {
+        "created": "ferry_uploads_created_total",
+        "received": "ferry_bytes_received_total",
+        "failed": "ferry_upload_requests_failed_total",
+        "patch": "ferry_patch_duration_seconds_count",
+        "sent": "ferry_download_bytes_sent_total",
+    }
+    before = (await client.get("/metrics")).text
+
+    def moved(after: str, name: str, **labels: str) -> float:
+        return _metric(after, name, **labels) - _metric(before, name, **labels)
+
+    body = bytes(range(256)) * 12
+    put = await client.put("/api/files/named/data.bin", content=body)
+    assert put.status_code == 201, put.text
+    uid = put.json()["uid"]
+    form = await client.post(
+        "/api/files", files=[("a", ("a.txt", b"first\n")), ("b", ("b.txt", b"second\n"))]
+    )
+    assert form.status_code == 201, form.text
+    form_bytes = int(form.request.headers["content-length"])
+    after_uploads = (await client.get("/metrics")).text
+    assert moved(after_uploads, names["created"]) == 3
+    assert moved(after_uploads, names["received"]) == len(body) + form_bytes
+
+    # Not uploads: editing a record, signing links (found or not).
+    assert (await client.patch(f"/api/files/{uid}", json={"name": "x.bin"})).status_code == 200
+    assert (await client.post(f"/files/{uid}/link")).status_code == 200
+    assert (await client.post(f"/files/{uuid.uuid4()}/link")).status_code == 404
+    # Downloads: whole, ranged, unsatisfiable, HEAD; a tus HEAD is no download.
+    assert (await client.get(f"/files/{uid}")).status_code == 200
+    assert (await client.get(f"/files/{uid}", headers={"Range": "bytes=0-99"})).status_code == 206
+    assert (await client.get(f"/files/{uid}", headers={"Range": "bytes=9999-"})).status_code == 416
+    assert (await client.head(f"/files/{uid}")).status_code == 200
+    assert (await client.head(f"/files/{uid}", headers=TUS)).status_code == 200
+    after = (await client.get("/metrics")).text
+    for name in ("created", "received", "failed", "patch"):
+        assert moved(after, names[name]) == moved(after_uploads, names[name]), name
+    downloads = "ferry_download_requests_total"
+    assert moved(after, downloads, method="GET", status="200") == 1
+    assert moved(after, downloads, method="GET", status="206") == 1
+    assert moved(after, downloads, method="GET", status="416") == 1
+    assert moved(after, downloads, method="HEAD") == 1
+    ranges = "ferry_download_range_requests_total"
+    assert moved(after, ranges, status="206") == moved(after, ranges, status="416") == 1
+    assert moved(after, ranges) == 2
+    assert moved(after, names["sent"]) == len(body) + 100  # no error text, no HEAD body
+    assert _metric(after, "ferry_upload_requests_in_flight") == 0
+    assert "ferry_active_locks" not in after
+    assert not re.search(r"^\w+_created(\{.*\})? ", after, re.MULTILINE)
 
 
 async def test_x_http_method_override_with_unknown_value_adds_no_metric_label(

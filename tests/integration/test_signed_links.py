@@ -146,7 +146,9 @@ def test_verify_signed_request_is_constant_shape_and_strict() -> None:
     )  # parse_qs-style lists
 
 
-async def test_info_endpoint_describes_the_file(client: Client) -> None:
+async def test_info_endpoint_describes_the_file_with_the_file_apis_field_names(
+    client: Client,
+) -> None:
     _, uid = await _file(client)
     response = await client.get(f"/files/{uid}/info")
     assert response.status_code == 200
@@ -154,7 +156,13 @@ async def test_info_endpoint_describes_the_file(client: Client) -> None:
     assert info["name"] == "song.bin"
     assert info["size"] == len(DATA)
     assert len(info["sha256"]) == 64
-    assert info["download_url"] == f"/files/{uid}"
+    assert info["url"] == f"http://ferry.local/files/{uid}"
+    assert info["player_url"] == f"http://ferry.local/player/{uid}"
+    # The same facts under the same names as the file API's record of the file.
+    record = (await client.get(f"/api/files/{uid}")).json()
+    shared = ("uid", "name", "size", "sha256", "content_type", "category", "created", "url")
+    assert {name: info[name] for name in shared} == {name: record[name] for name in shared}
+    assert not {"id", "created_at", "download_url"} & set(info)
     assert (await client.get(f"/files/{uuid.uuid4()}/info")).status_code == 404
 
 
