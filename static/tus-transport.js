@@ -45,7 +45,7 @@ window.ferryTus = (function () {
         };
         const waitForAnswer = () =>
           arm(ANSWER_WAIT_MS, "no answer from the server for " + window.ferry.formatDuration(ANSWER_WAIT_MS / 1000));
-        if (body) {
+        if (body && (body.size || body.byteLength)) {
           const waitForBytes = () =>
             arm(SEND_IDLE_MS, "the connection stalled (nothing moved for " + SEND_IDLE_MS / 1000 + " s)");
           xhr.upload.addEventListener("progress", waitForBytes);

@@ -278,20 +278,21 @@
     const total = counted.reduce((sum, row) => sum + row.total, 0);
     const sent = counted.reduce((sum, row) => sum + row.sent, 0);
     const running = batch.filter((row) => row.active);
-    byId("overall-bar").value = total ? (sent / total) * 100 : 100;
+    byId("overall-bar").value = total ? (sent / total) * 100 : 0;
+    const files = (count) => (count === 1 ? "1 file" : count + " files");
     let text;
     if (running.length) {
-      const files = counted.length === 1 ? "1 file" : counted.length + " files";
       const moving = running.some((row) => row.holdsSlot || row.state === "queued");
-      text = (moving ? "Uploading " : "Stopped, ") + files + ": " + formatSize(sent) + " of " + formatSize(total);
+      text = (moving ? "Uploading " : "Stopped, ") + files(counted.length) + ": " + formatSize(sent) + " of " + formatSize(total);
       const speed = running.reduce((sum, row) => sum + (row.speed() || 0), 0);
       if (speed > 0) text += " · " + formatSpeed(speed) + " · " + formatDuration((total - sent) / speed) + " left";
       const waiting = running.filter((row) => row.state === "queued").length;
       if (waiting) text += " · " + waiting + " queued";
     } else {
       const done = batch.filter((row) => row.state === "done");
-      text = "Done: " + (done.length === 1 ? "1 file" : done.length + " files") + ", " +
-        formatSize(done.reduce((sum, row) => sum + row.total, 0));
+      text = done.length
+        ? "Done: " + files(done.length) + ", " + formatSize(done.reduce((sum, row) => sum + row.total, 0))
+        : "Nothing uploaded";
     }
     const refused = batch.length - counted.length;
     if (refused) text += " · " + refused + " refused";
@@ -331,10 +332,9 @@
     if (document.activeElement !== keyInput) keyInput.focus();
   }
 
+  /** A key was entered: keep it, and try again every upload that stopped for want of one. */
   function keyChanged() {
-    const key = keyInput.value.trim();
-    if (key === window.ferry.apiKey()) return;
-    window.ferry.setApiKey(key);
+    window.ferry.setApiKey(keyInput.value.trim());
     keyProblem.hidden = true;
     rows.filter((row) => row.state === "needs-key").forEach((row) => row.setState("queued"));
     pump();

@@ -48,13 +48,15 @@ def browser_page(chromium: Any) -> Iterator[Any]:
 
 @pytest.fixture(scope="package")
 def keyed_ferry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KeyedFerry]:
-    """One server for the page tests: API keys on, ``FERRY_MAX_SIZE`` 19.1 MiB, signed links.
+    """One server for the page tests: API keys on, ``FERRY_MAX_SIZE`` 19.1 MiB, PDFs refused
+    (a refusal only the server can make, once it has seen the first bytes), signed links.
 
     A test may stop and start it again (same port, same data): it is still this server.
     """
     env = {
         "FERRY_AUTH": "keys",
         "FERRY_MAX_SIZE": str(MAX_SIZE),
+        "FERRY_DENIED_TYPES": "application/pdf",
         "FERRY_SIGNING_KEY": "browser-test-signing-key-0123456789",
     }
     data_dir = tmp_path_factory.mktemp("browser-ferry") / "data"

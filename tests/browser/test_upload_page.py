@@ -12,6 +12,7 @@ import hashlib
 import os
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from tests.support.browser import (
     SERVER_START_SECONDS,
     WIDTHS,
     KeyedFerry,
+    full_speed,
     open_page,
     screenshot,
     throttle_uploads,
@@ -96,19 +98,29 @@ def created_upload_urls(page: Any) -> list[str]:
     return urls
 
 
+@dataclass
+class SlowUpload:
+    """A page uploading one file over a slow link."""
+
+    page: Any
+    created: list[str]
+    """URLs of the uploads the page created."""
+    link: Any
+    """The DevTools session that slows the link (:func:`full_speed` ends it)."""
+
+
 def start_slow_upload(
     chromium: Any, ferry: KeyedFerry, path: Path, viewport: dict[str, int], percent: int
-) -> tuple[Any, list[str]]:
-    """A page uploading ``path`` over a 200 KiB/s link, once past ``percent`` %; the page and
-    the URLs of the uploads it created."""
+) -> SlowUpload:
+    """A page uploading ``path`` over a 200 KiB/s link, once past ``percent`` %."""
     page = open_page(chromium, viewport, ferry.url + "/", ferry.key)
     created = created_upload_urls(page)
-    throttle_uploads(page, 200 * 1024)
+    link = throttle_uploads(page, 200 * 1024)
     page.set_input_files("#file-input", str(path))
     page.wait_for_function(
         f"() => document.querySelector('#uploads progress').value > {percent}", timeout=15_000
     )
-    return page, created
+    return SlowUpload(page, created, link)
 
 
 @WIDTHS
@@ -170,11 +182,36 @@ def test_a_file_over_the_servers_limit_is_refused_in_words_before_any_byte_is_se
     page.context.close()
 
 
+def test_a_file_the_server_refuses_midway_says_why_and_offers_only_remove(
+    chromium: Any, keyed_ferry: KeyedFerry, tmp_path: Path
+) -> None:
+    report = tmp_path / "report.pdf"
+    report.write_bytes(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n" + os.urandom(200_000))
+    page = open_page(chromium, DESKTOP, keyed_ferry.url + "/", keyed_ferry.key)
+    created = created_upload_urls(page)
+    page.set_input_files("#file-input", str(report))
+    row = page.locator("#uploads .upload-item")
+    expect(row.locator(".status")).to_have_text("this type of file is not accepted here")
+    expect(row.locator(".detail")).to_have_text(
+        "content type application/pdf is refused by the deny-list (FERRY_DENIED_TYPES)"
+    )
+    expect(row.get_by_role("button")).to_have_text(["Remove"])  # retrying cannot help
+    expect(page.locator("#overall-status")).to_have_text("Nothing uploaded · 1 refused")
+    screenshot(page, "upload-refused-by-server-desktop")
+
+    row.get_by_role("button", name="Remove report.pdf").click()
+    expect(row).to_have_count(0)
+    head = httpx.head(created[0], headers={**keyed_ferry.auth(), "Tus-Resumable": "1.0.0"})
+    assert head.status_code in (404, 410)  # the server kept nothing of it
+    page.context.close()
+
+
 def test_an_upload_reconnects_while_the_server_is_down_and_completes_when_it_is_back(
     chromium: Any, keyed_ferry: KeyedFerry, tmp_path: Path
 ) -> None:
     trip = random_file(tmp_path, "trip.bin", 2_000_000)
-    page, _ = start_slow_upload(chromium, keyed_ferry, trip, PHONE, percent=10)
+    slow = start_slow_upload(chromium, keyed_ferry, trip, PHONE, percent=10)
+    page = slow.page
     row = page.locator("#uploads .upload-item")
 
     keyed_ferry.server.kill()
@@ -191,6 +228,7 @@ def test_an_upload_reconnects_while_the_server_is_down_and_completes_when_it_is_
         expect(row.locator(".status")).to_have_text(re.compile(next_attempt), timeout=5_000)
     finally:
         keyed_ferry.server.start(timeout=SERVER_START_SECONDS)
+    full_speed(slow.link)
 
     # Back: the next try (or a click on Retry now, if it is still waiting) finishes the upload.
     page.evaluate("() => document.querySelector('#uploads .action-retryNow')?.click()")
@@ -225,8 +263,10 @@ def test_an_unfinished_upload_is_listed_after_the_tab_closes_and_resumes_with_th
 ) -> None:
     holiday = random_file(tmp_path, "holiday.bin", 2_000_000)
     other = random_file(tmp_path, "other.bin", 300_000)
-    page, created = start_slow_upload(chromium, keyed_ferry, holiday, DESKTOP, percent=30)
+    slow = start_slow_upload(chromium, keyed_ferry, holiday, DESKTOP, percent=30)
+    page, created = slow.page, slow.created
     page.get_by_role("button", name="Pause holiday.bin").click()
+    full_speed(slow.link)
     upload_url = created[0]
     offset = acknowledged_offset(keyed_ferry, upload_url)  # kept what arrived before the pause
     assert offset < holiday.stat().st_size
@@ -297,7 +337,8 @@ def test_cancel_stops_the_upload_and_deletes_it_on_the_server(
     chromium: Any, keyed_ferry: KeyedFerry, tmp_path: Path
 ) -> None:
     notes = random_file(tmp_path, "notes.bin", 2_000_000)
-    page, created = start_slow_upload(chromium, keyed_ferry, notes, DESKTOP, percent=10)
+    slow = start_slow_upload(chromium, keyed_ferry, notes, DESKTOP, percent=10)
+    page, created = slow.page, slow.created
 
     page.get_by_role("button", name="Cancel notes.bin").click()
     expect(page.locator("#uploads .upload-item")).to_have_count(0, timeout=10_000)

@@ -102,19 +102,26 @@ def open_page(chromium: Any, viewport: dict[str, int], url: str, key: str | None
 
 def throttle_uploads(page: Any, bytes_per_second: int) -> Any:
     """Slow what the page sends (Chromium's own network emulation), as on a slow link; the
-    DevTools session, to change the link's conditions later."""
+    DevTools session, to give the link its full speed back (:func:`full_speed`)."""
     session = page.context.new_cdp_session(page)
     session.send("Network.enable")
-    session.send(
-        "Network.emulateNetworkConditions",
-        {
-            "offline": False,
-            "latency": 0,
-            "downloadThroughput": -1,
-            "uploadThroughput": bytes_per_second,
-        },
-    )
+    _emulate(session, bytes_per_second)
     return session
+
+
+def full_speed(session: Any) -> None:
+    """End :func:`throttle_uploads` (the page keeps it across reloads otherwise)."""
+    _emulate(session, -1)
+
+
+def _emulate(session: Any, upload_bytes_per_second: int) -> None:
+    conditions = {
+        "offline": False,
+        "latency": 0,
+        "downloadThroughput": -1,
+        "uploadThroughput": upload_bytes_per_second,
+    }
+    session.send("Network.emulateNetworkConditions", conditions)
 
 
 def screenshot(page: Any, name: str) -> Path:
