@@ -1,30 +1,43 @@
-# Ferry: `make run` serves on 127.0.0.1:8000 with the embedded default (SQLite + local disk);
-# `make test` checks lint, then runs every test, installing and starting what the tests need;
-# `make test-fast` runs the in-process unit and SQLite integration tests (no services needed).
+# Ferry: `make run` serves on 127.0.0.1:8000 with the embedded default (SQLite + local disk),
+# installing only what serving needs; `make test` checks lint, then runs every test,
+# installing the dev extras and starting what the tests need; `make test-fast` runs the
+# in-process unit and SQLite integration tests (no services needed).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+SERVE_STAMP := $(VENV)/.serve-installed-stamp
 JS_DIR := tests/interop/js
 
-.PHONY: install run test test-fast lint format bench clean test-deps
+.PHONY: install install-serve run test test-fast lint format bench clean test-deps
 
+# The project with its dev extras (tests, linters, SeaweedFS, Playwright...): what `make
+# test` and `make lint` need. It includes everything serving needs.
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	touch $(STAMP) $(SERVE_STAMP)
+
+# The project alone: what `make run` needs (no dev extras).
+install-serve: $(SERVE_STAMP)
+
+$(SERVE_STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e .
+	touch $(SERVE_STAMP)
 
 test-deps: install
 	bash scripts/install-test-deps.sh
 
 # Local use on loopback needs no key (FERRY_AUTH=none unless the environment or .env sets
-# it); Ferry refuses auth-off on any other address. Set FERRY_AUTH=keys (environment or
-# .env) and run `ferry keys create --owner you` to try auth.
-run: install
+# it); Ferry refuses auth-off on any other address. To try auth, set FERRY_AUTH=keys
+# (environment or .env) and, once `make run` has created the database, run
+# `.venv/bin/ferry keys create --owner you`.
+run: install-serve
 	$(BIN)/ferry serve --default-auth none
 
 # Lint first: an unclean tree fails the build before any test runs (CI runs `make test`).
@@ -46,8 +59,14 @@ format: install
 	$(BIN)/ruff format app tests scripts migrations
 	$(BIN)/ruff check --fix app tests scripts migrations
 
-bench: test-deps
+# @tus/server, the peer of scripts/bench_small_uploads.py, from its committed lockfile.
+TUS_PEER := scripts/peers/tus-node-server
+$(TUS_PEER)/node_modules/.package-lock.json: $(TUS_PEER)/package-lock.json
+	cd $(TUS_PEER) && npm ci --no-audit --no-fund --loglevel=error
+
+bench: test-deps $(TUS_PEER)/node_modules/.package-lock.json
 	$(BIN)/python scripts/bench_upload.py
+	$(BIN)/python scripts/bench_small_uploads.py
 	$(BIN)/python scripts/bench_download.py
 	$(BIN)/python scripts/bench_ingest.py
 	$(BIN)/python scripts/bench_s3.py

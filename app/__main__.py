@@ -12,15 +12,15 @@ from typing import Any
 import click
 
 from app import __version__
-from app.settings import Settings, SettingsError, load_settings
-
-
-def _settings(defaults: dict[str, str] | None = None) -> Settings:
-    try:
-        return load_settings(defaults=defaults)
-    except SettingsError as exc:
-        click.echo(f"ferry: invalid configuration: {exc}", err=True)
-        sys.exit(2)
+from app.cli_tasks import (
+    database_or_exit,
+    directory_problem,
+    fail,
+    fail_on,
+    port_problem,
+    settings_or_exit,
+)
+from app.settings import Settings
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -58,45 +58,10 @@ def serve(
 
     FERRY_WORKERS=N (PostgreSQL and local storage) serves from N processes.
     """
-    from app.db.engine import MigrationFailed, migrate_apart
-    from app.ops.data_dir_lock import DataDirInUse, hold_data_dir, hold_sqlite_database
-    from app.ops.shutdown import auth_refusal_for_serving
-
-    settings = _settings(None if default_auth is None else {"FERRY_AUTH": default_auth})
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = settings_or_exit(None if default_auth is None else {"FERRY_AUTH": default_auth})
     bind = host or settings.host
-    problem = auth_refusal_for_serving(settings, bind, forced=insecure_no_auth)
-    if problem:
-        click.echo(f"ferry: {problem}", err=True)
-        sys.exit(2)
-    if settings.storage == "s3":
-        from app.storage.s3_client import s3_configuration_problem
-
-        # A wrong secret or bucket would otherwise look like an outage: 503 on every upload.
-        problem = asyncio.run(s3_configuration_problem(settings))
-        if problem:
-            click.echo(f"ferry: {problem}", err=True)
-            sys.exit(2)
-    try:
-        # Before migrations and reconciliation: a second server must change nothing.
-        hold_data_dir(settings.data_dir, settings.resolved_node_id)
-        hold_sqlite_database(settings.resolved_database_url)
-    except DataDirInUse as exc:
-        click.echo(f"ferry: {exc}", err=True)
-        sys.exit(1)
-    if settings.auto_migrate:
-        try:
-            migrate_apart(settings)
-        except MigrationFailed as exc:
-            click.echo(f"ferry: {exc}", err=True)
-            sys.exit(1)
-    from app.ops.local_store import local_store_problem
-
-    # Local storage on several machines: only if they all mount one data directory.
-    problem = asyncio.run(local_store_problem(settings))
-    if problem:
-        click.echo(f"ferry: {problem}", err=True)
-        sys.exit(2)
+    _check_before_serving(settings, bind, forced=insecure_no_auth)
+    _prepare_data(settings, bind, settings.port if port is None else port)
     if settings.workers > 1:
         sys.exit(_serve_in_workers(settings, bind, port))
     from app.main import create_app
@@ -104,9 +69,54 @@ def serve(
     from app.ops.shutdown import FerryServer
 
     app = create_app(settings)
-    # Last: Alembic's and Litestar's logging set-ups would replace these handlers.
+    # Again: Litestar's logging set-up replaces the handlers.
     configure_logging(settings)
     FerryServer(_uvicorn_config(app, settings, bind, port)).run()
+
+
+def _check_before_serving(settings: Settings, bind: str, *, forced: bool) -> None:
+    """Refuse, changing nothing, what must not be served: auth off on a public address, S3
+    settings S3 rejects."""
+    from app.ops.shutdown import auth_refusal_for_serving
+
+    fail_on(auth_refusal_for_serving(settings, bind, forced=forced), 2)
+    if settings.storage == "s3":
+        from app.storage.s3_client import s3_configuration_problem
+
+        # A wrong secret or bucket would otherwise look like an outage: 503 on every upload.
+        fail_on(asyncio.run(s3_configuration_problem(settings)), 2)
+
+
+def _prepare_data(settings: Settings, bind: str, port: int) -> None:
+    """Lock the data directory, check the port, start the logs, check the database and
+    migrate it; any failure is one line on stderr and exit status 1."""
+    from app.db.engine import MigrationFailed, migrate_apart
+    from app.ops.data_dir_lock import DataDirInUse, hold_data_dir, hold_sqlite_database
+    from app.ops.local_store import local_store_problem
+    from app.ops.logs import configure_logging
+
+    fail_on(directory_problem(settings.data_dir, "FERRY_DATA_DIR"))
+    try:
+        # Before migrations and reconciliation: a second server must change nothing.
+        hold_data_dir(settings.data_dir, settings.resolved_node_id)
+        hold_sqlite_database(settings.resolved_database_url)
+    except DataDirInUse as exc:
+        fail(str(exc))
+    except OSError as exc:  # FERRY_DATABASE_URL names a SQLite file where none can be
+        fail(f"FERRY_DATABASE_URL: cannot create {exc.filename} ({exc.strerror})")
+    # After the lock: a second ferry serve on this data directory is named as such.
+    fail_on(port_problem(bind, port))
+    fail_on(directory_problem(settings.log_dir, "FERRY_LOG_DIR"))
+    # Before migrations: Alembic's lines are start-up events like the others.
+    configure_logging(settings)
+    database_or_exit(settings)
+    if settings.auto_migrate:
+        try:
+            migrate_apart(settings)
+        except MigrationFailed as exc:
+            fail(str(exc))
+    # Local storage on several machines: only if they all mount one data directory.
+    fail_on(asyncio.run(local_store_problem(settings)), 2)
 
 
 def _uvicorn_config(app: Any, settings: Settings, bind: str, port: int | None) -> Any:
@@ -181,8 +191,12 @@ def migrate() -> None:
     again: an up-to-date database is left as it is.
     """
     from app.db.engine import migrate as run_migrations
+    from app.ops.logs import configure_command_logging
 
-    run_migrations(_settings())
+    settings = settings_or_exit()
+    configure_command_logging(settings.log_level)
+    database_or_exit(settings)
+    run_migrations(settings)
     click.echo("database is up to date")
 
 
@@ -195,12 +209,15 @@ def cleanup() -> None:
     once (e.g. from cron). Completed files are never touched.
     """
     from app.cli_tasks import run_cleanup
+    from app.db.models import Upload
 
-    removed = asyncio.run(run_cleanup(_settings()))
+    settings = settings_or_exit()
+    database_or_exit(settings, needs_table=Upload.__tablename__)
+    removed = asyncio.run(run_cleanup(settings))
     click.echo(f"expired {removed} uploads")
 
 
-from app.auth.cli import keys  # noqa: E402 - the group is defined after ``main``
+from app.cli_keys import keys  # noqa: E402 - the group is defined after ``main``
 from app.ops.healthcheck import healthcheck  # noqa: E402
 
 main.add_command(keys)

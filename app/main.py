@@ -33,6 +33,7 @@ from app.http.tus_protocol import (
     parse_method_override,
     server_description_headers,
 )
+from app.ops.loop_lag import watch_loop_lag
 from app.ops.metrics import watch_staging_dir
 from app.settings import Settings, load_settings
 from app.uploads.reaper import reap_forever
@@ -184,7 +185,8 @@ def _lifespan(
                 report = await ferry.uploads.reconcile()
                 logger.info("start-up reconciliation: %s", report)
             tasks = [
-                asyncio.create_task(reap_forever(ferry.uploads, settings.reaper_interval_seconds))
+                asyncio.create_task(reap_forever(ferry.uploads, settings.reaper_interval_seconds)),
+                asyncio.create_task(watch_loop_lag()),
             ]
             if ferry.outbox.enabled:
                 tasks.append(asyncio.create_task(ferry.outbox.deliver_forever()))

@@ -4,12 +4,19 @@ Every variable carries the ``FERRY_`` prefix (``FERRY_DATA_DIR`` sets ``data_dir
 original deployment's S3 names (``ENDPOINT_URL``, ``ACCESS_KEY``, ``SECRET_KEY``,
 ``BUCKET_NAME``) are accepted as fallbacks. A bad value raises :class:`SettingsError`
 naming the variable, so start-up can stop with one line instead of a traceback.
+
+Sizes (``FERRY_MAX_SIZE=10G``) take an optional unit; log levels any case; a ``FERRY_*``
+name that is no setting is reported by :func:`unknown_variable_warnings` with the closest
+real one, since a typo would otherwise silently leave the default in place.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 from collections.abc import Mapping
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -31,6 +38,51 @@ LEGACY_NAMES: dict[str, str] = {
 
 #: Settings whose environment value is a comma-separated list.
 LIST_FIELDS = frozenset({"cors_origins", "auth", "allowed_types", "denied_types"})
+
+#: Settings counted in bytes, whose value may carry a unit (see :func:`parse_size`).
+SIZE_FIELDS = frozenset(
+    {
+        "s3_min_part_size",
+        "max_size",
+        "max_size_images",
+        "max_size_media",
+        "max_size_text",
+        "max_size_other",
+        "max_metadata_bytes",
+        "max_header_bytes",
+        "quota_bytes",
+        "hook_max_response_bytes",
+        "log_max_bytes",
+    }
+)
+
+#: ``FERRY_*`` variables read by something other than the server's settings: ``ferry
+#: ingest``'s options and the test suite's and benchmarks' PostgreSQL. Not typos.
+OTHER_VARIABLES = frozenset(
+    {"FERRY_API_KEY", "FERRY_SERVER", "FERRY_TEST_POSTGRES", "FERRY_BENCH_POSTGRES"}
+)
+
+#: Binary multiples: ``K`` is 1024 bytes, and ``KB`` and ``KiB`` mean the same.
+SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+_SIZE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(?:([KMGT])(?:I?B)?|B)?", re.ASCII)
+
+#: Log level spellings accepted, any case, and the level each one means.
+LOG_LEVELS = {
+    "debug": "DEBUG",
+    "info": "INFO",
+    "warning": "WARNING",
+    "warn": "WARNING",
+    "error": "ERROR",
+}
+
+#: Database URL schemes Ferry can use, and the async driver each one means.
+DATABASE_SCHEMES = {
+    "postgresql+asyncpg": "postgresql+asyncpg",
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+    "sqlite+aiosqlite": "sqlite+aiosqlite",
+    "sqlite": "sqlite+aiosqlite",
+}
 
 #: ``FERRY_SIGNING_KEY``'s placeholder in ``.env.example``: public, so it signs nothing.
 EXAMPLE_SIGNING_KEY = "change-me-to-a-long-random-string"
@@ -322,6 +374,69 @@ def _variable_for(path: str) -> str:
     return ENV_PREFIX + field.upper()
 
 
+def parse_size(text: str) -> int:
+    """Bytes from ``1048576``, ``512M``, ``10G``, ``1.5GiB``, ``64kb``...
+
+    The unit is ``K``, ``M``, ``G`` or ``T`` in any case, optionally followed by ``B`` or
+    ``iB``; all are binary multiples (``1K`` = ``1KB`` = ``1KiB`` = 1024 bytes), as disks and
+    S3 part limits are counted. A fraction of a byte is dropped (``1.5K`` = 1536). Raises
+    :class:`ValueError` for anything else.
+    """
+    match = _SIZE.fullmatch(text.strip().upper())
+    if match is None:
+        raise ValueError(
+            f"{text.strip()!r} is not a size (bytes, or with a unit: 512M, 10G, 1.5TiB)"
+        )
+    number, unit = match.groups()
+    return int(Decimal(number) * SIZE_UNITS[unit or ""])
+
+
+def _database_url(text: str) -> str:
+    """The URL with its driver made explicit (``postgres://`` → ``postgresql+asyncpg://``).
+
+    An error names the scheme at most, never the URL: it may hold a password.
+    """
+    if not text:
+        return text
+    scheme, separator, rest = text.partition("://")
+    driver = DATABASE_SCHEMES.get(scheme.lower())
+    if not separator:
+        problem = "not a URL"
+    elif driver is None:
+        problem = f"{scheme!r} is not a database Ferry can use"
+    else:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            make_url(f"{driver}://{rest}")
+        except (ArgumentError, ValueError):  # e.g. a port that is no number
+            problem = f"not a valid {driver} URL"
+        else:
+            return f"{driver}://{rest}"
+    raise SettingsError(
+        f"FERRY_DATABASE_URL: {problem}; write postgresql+asyncpg://USER:PASSWORD@HOST:PORT/DB "
+        "or sqlite+aiosqlite:///PATH"
+    )
+
+
+def _field_value(key: str, text: str) -> object:
+    """One raw value prepared for conversion: lists split, sizes and levels understood."""
+    if key in LIST_FIELDS:
+        return [item.strip() for item in text.split(",") if item.strip()]
+    text = text.strip()
+    if key in SIZE_FIELDS:
+        try:
+            return parse_size(text)
+        except ValueError as exc:
+            raise SettingsError(f"{_variable_for(key)}: {exc}") from None
+    if key == "log_level":
+        return LOG_LEVELS.get(text.lower(), text)
+    if key == "database_url":
+        return _database_url(text)
+    return text
+
+
 def load_settings(
     environ: Mapping[str, str] | None = None,
     env_file: Path | None = Path(".env"),
@@ -334,12 +449,7 @@ def load_settings(
     a ``FERRY_AUTH`` written in ``.env``.
     """
     raw = _raw_values(os.environ if environ is None else environ, env_file, defaults or {})
-    values: dict[str, object] = {}
-    for key, text in raw.items():
-        if key in LIST_FIELDS:
-            values[key] = [item.strip() for item in text.split(",") if item.strip()]
-        else:
-            values[key] = text.strip()
+    values = {key: _field_value(key, text) for key, text in raw.items()}
     try:
         settings = msgspec.convert(values, Settings, strict=False, dec_hook=_decode_path)
     except msgspec.ValidationError as exc:
@@ -348,6 +458,35 @@ def load_settings(
         raise SettingsError(f"{variable}: {message.split(' - at ', 1)[0]}") from None
     _check_consistency(settings)
     return settings
+
+
+def unknown_variable_warnings(
+    environ: Mapping[str, str] | None = None, env_file: Path | None = Path(".env")
+) -> list[str]:
+    """One line per ``FERRY_*`` variable (environment or ``.env``) that is no setting,
+    naming the closest real one: ``FERRY_MAX_SIZ`` would otherwise change nothing, silently.
+    """
+    names: dict[str, str] = {}
+    if env_file is not None and env_file.is_file():
+        names.update(dict.fromkeys(dotenv_values(env_file), str(env_file)))
+    names.update(dict.fromkeys(os.environ if environ is None else environ, "the environment"))
+    known = {ENV_PREFIX + field.name.upper() for field in msgspec.structs.fields(Settings)}
+    accepted = known | OTHER_VARIABLES | set(LEGACY_NAMES.values())
+    warnings = []
+    for name, source in sorted(names.items()):
+        if not name.startswith(ENV_PREFIX) or name in accepted:
+            continue
+        # Compared without the shared prefix, which would make every name look close.
+        guess = difflib.get_close_matches(
+            name.removeprefix(ENV_PREFIX), [k.removeprefix(ENV_PREFIX) for k in sorted(known)], n=1
+        )
+        hint = (
+            f"; did you mean {ENV_PREFIX}{guess[0]}?"
+            if guess
+            else " (.env.example lists every setting)"
+        )
+        warnings.append(f"{name} (in {source}) is not a Ferry setting and is ignored{hint}")
+    return warnings
 
 
 def _check_consistency(settings: Settings) -> None:

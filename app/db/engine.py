@@ -145,6 +145,9 @@ def alembic_config(settings: Settings) -> AlembicConfig:
     config = AlembicConfig(str(PROJECT_ROOT / "alembic.ini"))
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.attributes["database_url"] = settings.resolved_database_url
+    # Ferry's own logging set-up decides where Alembic's lines go (migrations/env.py applies
+    # alembic.ini's only for the alembic command).
+    config.attributes["configure_logging"] = False
     return config
 
 

@@ -69,7 +69,7 @@ def test_serve_refuses_the_env_example_signing_key_and_an_unsigned_webhook(
 def _make_run(directory: Path, port: int) -> Iterator[str]:
     """``make run`` with the project's Makefile, from ``directory`` (its ``.env``).
 
-    ``-o install`` skips the install step (the test's ``.venv`` is installed); the recipe
+    ``-o install-serve`` skips the install step (the test's ``.venv`` is installed); the recipe
     that starts ``ferry serve`` is the Makefile's own. Stopped by its process group.
     """
     log = (directory / "make-run.log").open("wb")
@@ -80,7 +80,7 @@ def _make_run(directory: Path, port: int) -> Iterator[str]:
             "-f",
             str(PROJECT_ROOT / "Makefile"),
             "-o",
-            "install",
+            "install-serve",
             "run",
             f"VENV={PROJECT_ROOT / '.venv'}",
         ],

@@ -229,6 +229,18 @@ async def test_metrics_move_as_uploads_happen(ferry: AppFactory) -> None:
     assert "ferry_staging_disk_bytes" in after
 
 
+async def test_a_running_app_samples_its_event_loop_lag_into_metrics(ferry: AppFactory) -> None:
+    client = await ferry()
+    name = "ferry_event_loop_lag_seconds_count"
+    before = _metric((await client.get("/metrics")).text, name)
+    samples = 0.0
+    with anyio.move_on_after(5):
+        while samples == 0:
+            await anyio.sleep(0.05)
+            samples = _metric((await client.get("/metrics")).text, name) - before
+    assert samples > 0
+
+
 async def test_x_http_method_override_with_unknown_value_adds_no_metric_label(
     ferry: AppFactory,
 ) -> None:

@@ -1,35 +1,41 @@
-"""``ferry keys create|revoke|list``: API key management for operators."""
+"""``ferry keys create|revoke|list``: API key management for operators.
+
+The commands work on the database ``ferry serve`` uses and never create one: run from a
+directory without Ferry's data (or with a wrong ``FERRY_DATABASE_URL``) they stop with one
+line saying where they looked, instead of creating an empty database there and handing
+out a key no server will ever see.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import sys
+import re
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
 
 import click
 
-from app.settings import SettingsError, load_settings
+from app.cli_tasks import database_or_exit, fail, migrate_quietly, settings_or_exit
 
 if TYPE_CHECKING:
     from app.auth.keys import ApiKeyStore
 
 T = TypeVar("T")
 
+#: A key as ``ferry keys list`` prints it: ``ferry_1a2b3c4d_…`` (or ``...``, or cut short).
+_LISTED_KEY = re.compile(r"ferry_([0-9a-f]{8})(?:_(?:…|\.\.\.)?)?")
+
 
 def _with_store(action: Callable[[ApiKeyStore], Awaitable[T]]) -> T:
-    """Run ``action`` against the configured database (migrated first, like ``serve``)."""
+    """Run ``action`` against the configured, existing database (pending migrations first)."""
     # Imported here so that ``ferry --help`` stays fast.
     from app.auth.keys import ApiKeyStore
-    from app.db.engine import create_engine, create_session_factory, migrate
+    from app.auth.models import ApiKey
+    from app.db.engine import create_engine, create_session_factory
 
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        click.echo(f"ferry: invalid configuration: {exc}", err=True)
-        sys.exit(2)
-    if settings.auto_migrate:
-        migrate(settings)
+    settings = settings_or_exit()
+    database_or_exit(settings, needs_table=ApiKey.__tablename__)
+    migrate_quietly(settings)
 
     async def run() -> T:
         engine = create_engine(settings.resolved_database_url)
@@ -41,9 +47,21 @@ def _with_store(action: Callable[[ApiKeyStore], Awaitable[T]]) -> T:
     return asyncio.run(run())
 
 
+def key_reference(text: str) -> str:
+    """What ``ApiKeyStore.revoke`` matches: the key, its id, or its prefix, also when
+    given in the listed form ``ferry_1a2b3c4d_…``."""
+    text = text.strip()
+    listed = _LISTED_KEY.fullmatch(text)
+    return listed.group(1) if listed else text
+
+
 @click.group()
 def keys() -> None:
-    """Create, revoke and list API keys (stored hashed; a key is shown only once)."""
+    """Create, revoke and list API keys (stored hashed; a key is shown only once).
+
+    They use the database ferry serve uses (FERRY_DATABASE_URL, or FERRY_DATA_DIR's SQLite
+    file) and need it to exist: run them where ferry serve runs, or after 'ferry migrate'.
+    """
 
 
 @keys.command("create")
@@ -54,19 +72,17 @@ def create_key(owner: str, admin: bool) -> None:
     try:
         secret = _with_store(lambda store: store.create(owner, is_admin=admin))
     except ValueError as exc:
-        click.echo(f"ferry: {exc}", err=True)
-        sys.exit(2)
+        fail(str(exc), 2)
     click.echo(secret)
 
 
 @keys.command("revoke")
 @click.argument("key")
 def revoke_key(key: str) -> None:
-    """Revoke KEY (the key itself, its prefix as listed, or its id)."""
-    revoked = _with_store(lambda store: store.revoke(key))
+    """Revoke KEY: the key itself, its id, or its prefix as listed (ferry_1a2b3c4d_…)."""
+    revoked = _with_store(lambda store: store.revoke(key_reference(key)))
     if not revoked:
-        click.echo("ferry: no such active key", err=True)
-        sys.exit(1)
+        fail("no such active key")
     click.echo(f"revoked {revoked} key(s)", err=True)
 
 
