@@ -258,7 +258,7 @@ def test_an_upload_whose_connection_stalls_is_cut_and_retried_and_completes(
         page.context.close()
 
 
-def test_an_unfinished_upload_is_listed_after_the_tab_closes_and_resumes_with_the_same_file(
+def test_an_unfinished_upload_is_listed_after_a_reload_and_resumes_with_the_same_file(
     chromium: Any, keyed_ferry: KeyedFerry, tmp_path: Path
 ) -> None:
     holiday = random_file(tmp_path, "holiday.bin", 2_000_000)
