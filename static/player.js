@@ -8,21 +8,41 @@
   function showError(message) {
     const box = byId("error");
     box.textContent = message;
-    box.hidden = false;
+    box.hidden = !message;
   }
 
   async function fetchJson(url, options) {
-    const response = await fetch(url, {
-      ...options,
-      headers: { ...window.ferry.authHeaders(), ...((options && options.headers) || {}) },
-    });
+    const headers = { ...window.ferry.authHeaders(), ...((options && options.headers) || {}) };
+    const response = await fetch(url, { ...options, headers });
     if (!response.ok) {
       const text = (await response.text()).trim();
       const error = new Error(text || response.statusText);
       error.status = response.status;
+      error.keySent = Boolean(headers.Authorization);
       throw error;
     }
     return response.json();
+  }
+
+  /** The file could not be described: say why in words, and ask for a key when one would help. */
+  function showLoadFailure(error) {
+    byId("file-name").textContent = "File not available";
+    const keyForm = byId("key-form");
+    if (error.status === 401 || error.status === 403) {
+      showError(error.keySent
+        ? "The access key was refused: enter a valid one to see this file."
+        : "This server needs an access key: enter it to see this file.");
+      keyForm.hidden = false;
+      byId("player-key").focus();
+    } else if (error.status === 404) {
+      showError(error.keySent
+        ? "No such file for this access key (it may belong to another key, or it was deleted)."
+        : "No such file: it was deleted, or its upload never finished.");
+      keyForm.hidden = true;
+    } else {
+      showError("Could not load the file: " + (error.status ? error.message : "the server could not be reached."));
+      keyForm.hidden = true;
+    }
   }
 
   function viewerFor(info, url) {
@@ -56,12 +76,11 @@
     try {
       info = await fetchJson("/files/" + encodeURIComponent(uid) + "/info");
     } catch (error) {
-      byId("file-name").textContent = "File not available";
-      showError(error.status === 401
-        ? "This server needs an access key: enter it on the upload page, then come back."
-        : "Could not load the file: " + error.message);
+      showLoadFailure(error);
       return;
     }
+    showError("");
+    byId("key-form").hidden = true;
     document.title = "Ferry — " + info.name;
     byId("file-name").textContent = info.name;
     byId("file-size").textContent =
@@ -94,6 +113,13 @@
       field.select();
       byId("copy-status").textContent = "Press Ctrl+C to copy.";
     }
+  });
+
+  byId("key-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    window.ferry.setApiKey(byId("player-key").value.trim());
+    byId("file-name").textContent = "Loading…";
+    load();
   });
 
   load();

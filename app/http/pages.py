@@ -45,9 +45,14 @@ PAGE_HEADERS = {
 }
 
 
-async def _page(name: str) -> Response[bytes]:
+async def _page(name: str, status_code: int = 200) -> Response[bytes]:
     body = await anyio.Path(STATIC_DIR / name).read_bytes()
-    return Response(body, media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
+    return Response(
+        body,
+        status_code=status_code,
+        media_type="text/html; charset=utf-8",
+        headers=PAGE_HEADERS,
+    )
 
 
 @get("/", include_in_schema=False)
@@ -57,9 +62,21 @@ async def upload_page() -> Response[bytes]:
 
 
 @get("/player/{uid:str}", include_in_schema=False)
-async def player_page(uid: FromPath[str]) -> Response[bytes]:
-    """Plays, shows or offers one file, with its checksum and a copyable signed link."""
-    parse_upload_id(uid)  # a malformed id is a 404 before any HTML is sent
+async def player_page(
+    uid: FromPath[str], uploads: NamedDependency[UploadService]
+) -> Response[bytes]:
+    """Plays, shows or offers one file, with its checksum and a copyable signed link.
+
+    A person follows this link in a browser, so an id that names no finished file (malformed,
+    unknown, an unfinished upload) is answered with an HTML 404 page, not the API's plain
+    text. The page is public (a browser cannot send the key on navigation): it says only
+    whether a file has this random 128-bit id; its name, facts and bytes still need the key
+    or a signed link.
+    """
+    try:
+        await uploads.get_file(parse_upload_id(uid))
+    except NotFound:
+        return await _page("not-found.html", status_code=404)
     return await _page("player.html")
 
 

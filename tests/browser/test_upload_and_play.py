@@ -1,8 +1,8 @@
 """The pages in a real browser: upload an MP4 through the upload page, play and seek it.
 
-Headless Debian Chromium (``/usr/bin/chromium``, installed by ``scripts/install-test-deps.sh``)
-driven by Playwright; Playwright never downloads a browser. The MP4 is made by ffmpeg in
-the test. The server is a real ``ferry serve`` process, storing on local disk or in S3 (SeaweedFS).
+Headless Debian Chromium (see ``tests/support/browser.py``); the MP4 is made by ffmpeg in the
+test. The server is a real ``ferry serve`` process, storing on local disk or in S3
+(SeaweedFS).
 """
 
 from __future__ import annotations
@@ -10,27 +10,15 @@ from __future__ import annotations
 import shutil
 import subprocess
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.support.services import FERRY, require_service, running_ferry
+from tests.support.browser import create_api_key
+from tests.support.services import require_service, running_ferry
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--autoplay-policy=no-user-gesture-required",
-]
 DURATION_SECONDS = 6
 
 
@@ -47,36 +35,6 @@ def make_mp4(path: Path) -> None:
         check=True,
         timeout=120,
     )  # fmt: skip
-
-
-def create_api_key(env: dict[str, str], owner: str) -> str:
-    """``ferry keys create`` against the running server's database."""
-    created = subprocess.run(
-        [str(FERRY), "keys", "create", "--owner", owner],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    return created.stdout.strip()
-
-
-@pytest.fixture
-def browser_page(tmp_path: Path) -> Iterator[Any]:
-    """A fresh Chromium page (and its browser, closed afterwards)."""
-    require_service(CHROMIUM.exists(), "Debian chromium is not installed (/usr/bin/chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
-        )
-        try:
-            context = browser.new_context(viewport={"width": 1100, "height": 800})
-            yield context.new_page()
-        finally:
-            browser.close()
 
 
 @pytest.mark.parametrize(

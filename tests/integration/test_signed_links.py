@@ -178,8 +178,22 @@ async def test_pages_and_assets_are_served_with_a_strict_policy(client: Client) 
     assert script.status_code == 200
     assert script.headers["x-content-type-options"] == "nosniff"
     assert (await client.get("/static/vendor/tus-js-client.LICENSE")).status_code == 200
-    assert (await client.get("/player/not-a-uid")).status_code == 404
     assert (await client.get("/static/../app/main.py")).status_code == 404
+
+
+async def test_player_page_for_an_id_that_names_no_finished_file_is_an_html_404(
+    client: Client,
+) -> None:
+    unfinished = await client.post(
+        "/files/", headers={"Tus-Resumable": "1.0.0", "Upload-Length": "10"}
+    )
+    unfinished_uid = unfinished.headers["Location"].rsplit("/", 1)[-1]
+    for uid in ("not-a-uid", str(uuid.uuid4()), str(uuid.uuid4()).upper(), unfinished_uid):
+        page = await client.get(f"/player/{uid}")
+        assert page.status_code == 404, uid
+        assert page.headers["content-type"].startswith("text/html"), uid
+        assert "<h2>No such file</h2>" in page.text
+        assert "default-src 'self'" in page.headers["content-security-policy"]
 
 
 @pytest.mark.parametrize("expires", ["%C2%B2", "%D9%A3", "1%C2%B2", "%EF%BC%91"])
