@@ -189,7 +189,6 @@ def ingest(
     against the server's record. Exits with status 1 and names the files that failed;
     130 after Ctrl-C (the --json report is still written).
     """
-    from app.ingest.runner import IngestOptions
     from app.ingest.walk import missing_paths
 
     try:
@@ -200,6 +199,8 @@ def ingest(
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         _stop(f"no such file or directory: {missing[0]}{more}", 2)
+    from app.ingest.runner import IngestOptions  # after the checks: it imports aiohttp
+
     _run(
         IngestOptions(
             server=server,

@@ -21,8 +21,11 @@ import anyio.to_thread
 from app.ingest.hashing import FileHasher
 from app.ingest.journal import Entry, Journal
 from app.ingest.results import SKIPPED_BY_JOURNAL, SKIPPED_ON_SERVER, FileResult
-from app.ingest.tus_client import TusClient, name_batches
+from app.ingest.tus_client import TransferError, TusClient, name_batches
 from app.ingest.walk import LocalFile
+
+#: Tries of one lookup before the run gives up (the preflight just reached the server).
+LOOKUP_ATTEMPTS = 3
 
 
 @dataclass(slots=True)
@@ -79,8 +82,16 @@ class Planner:
         """The server's records under each of ``names`` (as sent: the original file name)."""
 
         async def lookup(batch: list[str]) -> list[dict[str, Any]]:
-            async with self._limit:
-                return await self.client.files_named(batch)
+            attempt = 1
+            while True:
+                try:
+                    async with self._limit:
+                        return await self.client.files_named(batch)
+                except TransferError as exc:
+                    if not exc.retryable or attempt == LOOKUP_ATTEMPTS:
+                        raise
+                await asyncio.sleep(0.5 * 2**attempt)
+                attempt += 1
 
         found: dict[str, list[dict[str, Any]]] = defaultdict(list)
         wanted = set(names)

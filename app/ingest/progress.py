@@ -104,7 +104,10 @@ class _ActiveFiles:
         self.shown = shown
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        active = list(self.totals.active.values())
+        everything = list(self.totals.active.values())
+        # Files still sending first; the rest have sent everything and await verification.
+        active = [item for item in everything if item.position < item.size]
+        active += [item for item in everything if item.position >= item.size]
         longest = max((len(item.label) for item in active[: self.shown]), default=0)
         width = min(longest, max(20, options.max_width - 28))
         for item in active[: self.shown]:

@@ -46,7 +46,8 @@ def _outcome_rows(report: IngestReport) -> list[tuple[str, list[int]]]:
 def print_summary(report: IngestReport, console: Console) -> None:
     """A table of outcomes, what was excluded, then every failed file with its reason."""
     title = "ferry ingest --dry-run" if report.dry_run else "ferry ingest"
-    table = Table(title=f"{title} → {report.server}", show_edge=True)
+    console.print(f"{title} → {report.server}", markup=False, highlight=False, soft_wrap=True)
+    table = Table(show_edge=True)
     table.add_column("outcome")
     table.add_column("files", justify="right")
     table.add_column("size", justify="right")
@@ -69,9 +70,8 @@ def print_summary(report: IngestReport, console: Console) -> None:
         moved = report.bytes_with("uploaded", "resumed")
         sent = report.count("uploaded") + report.count("resumed")
         seconds = max(report.seconds, 1e-6)
-        console.print(
-            f"{report.seconds:,.1f} s, {sent / seconds:,.1f} files/s, {_mib(moved / seconds)}/s"
-        )
+        rates = f", {sent / seconds:,.1f} files/s, {_mib(moved / seconds)}/s" if sent else ""
+        console.print(f"{report.seconds:,.1f} s{rates}")
     if report.failed:
         console.print(f"[bold red]{len(report.failed)} file(s) failed:")
         for item in report.failed[:50]:

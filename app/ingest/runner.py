@@ -267,7 +267,12 @@ class IngestSession:
         # Only now, so a wrong --server leaves no state file; --dry-run only reads it.
         await anyio.to_thread.run_sync(journal.load if self.options.dry_run else journal.open)
         planner = Planner(client, journal, parallel=self.options.parallel, max_size=info.max_size)
-        plan = await planner.plan(self.walked)
+        try:
+            plan = await planner.plan(self.walked)
+        except AuthRefused:
+            raise ServerUnusable(auth_refused_message(client.has_key)) from None
+        except TransferError as exc:
+            raise ServerUnusable(f"asking which files the server holds: {exc.message}") from None
         self.report.files += plan.settled
         if self.options.dry_run:
             self.report.files += [_planned(local, entry) for local, entry in plan.to_send]

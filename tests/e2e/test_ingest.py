@@ -6,6 +6,7 @@ local file is present exactly once (by its relative path) with the local SHA-256
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import json
 import os
@@ -21,13 +22,17 @@ from pathlib import Path
 import httpx
 import pytest
 
+from app.auth.keys import ApiKeyStore
+from app.db.engine import create_engine, create_session_factory
 from tests.e2e.ingest_tree import PNG_HEADER, make_tree
 from tests.e2e.support import sha256_file
 from tests.support.faulty_proxy import faulty_proxy
 from tests.support.services import FERRY, FerryProcess, ferry_env, free_port, running_ferry
 
 
-def _ingest(server: FerryProcess, tree: Path, state: Path, *extra: str) -> subprocess.Popen[bytes]:
+def _ingest(
+    server: FerryProcess, tree: Path, state: Path, *extra: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [
             str(FERRY),
@@ -43,7 +48,7 @@ def _ingest(server: FerryProcess, tree: Path, state: Path, *extra: str) -> subpr
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env={**server.env},
+        env={**server.env, **(env or {})},
     )
 
 
@@ -77,6 +82,13 @@ def _wait_for_journal_lines(state: Path, lines: int, process: subprocess.Popen[b
         assert process.poll() is None, process.communicate()
         time.sleep(0.05)
     raise AssertionError("ingest made no progress")
+
+
+def _wait_for_a_verified_file(state: Path, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while '"verified_sha256": "' not in (state.read_text() if state.exists() else ""):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.05)
 
 
 def _finish(process: subprocess.Popen[bytes], timeout: float = 240) -> tuple[int, str, str]:
@@ -249,6 +261,34 @@ def test_ingest_with_api_key_from_environment_stores_files_for_that_owner(tmp_pa
         with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}) as http:
             page = http.get("/api/files", params={"limit": 100}).json()
         assert page["total"] == len(expected)
+        # A key revoked in the middle of a run: the run stops, saying so once.
+        more = _random_tree(tmp_path / "more", 30)
+        state = tmp_path / "s3.json"
+        report = tmp_path / "revoked.json"
+        slow = ["--bwlimit", "64K", "-j", "2", "--json", str(report)]
+        run = _ingest(server, tmp_path / "more", state, *slow, env={"FERRY_API_KEY": key})
+        _wait_for_a_verified_file(state, run)
+        asyncio.run(_revoke(server.data_dir / "ferry.db", key))  # faster than the CLI
+        code, out, err = _finish(run, timeout=60)
+        assert code == 1, (out, err)
+        assert err.splitlines() == [
+            "ferry ingest: the server refused the API key (HTTP 401): check --api-key or "
+            "FERRY_API_KEY"
+        ]
+        summary = json.loads(report.read_text())
+        assert summary["error"].startswith("the server refused the API key")
+        assert summary["totals"]["uploaded"]["files"] >= 1
+        assert summary["totals"]["failed"]["files"] == 0
+        totals = summary["totals"]
+        assert totals["interrupted"]["files"] == len(more) - totals["uploaded"]["files"] > 0
+
+
+async def _revoke(database: Path, key: str) -> None:
+    engine = create_engine(f"sqlite+aiosqlite:///{database}")
+    try:
+        assert await ApiKeyStore(create_session_factory(engine)).revoke(key) == 1
+    finally:
+        await engine.dispose()
 
 
 def _run_cli(
@@ -396,10 +436,10 @@ def test_server_url_keeps_its_path_through_a_prefix_stripping_proxy(
     ``Location`` points at the root, which the proxy does not route)."""
     tree = tmp_path / "tree"
     expected = _random_tree(tree, 12)
-    (tree / "bigger.bin").write_bytes(os.urandom(3 * 1024 * 1024 + 5))  # create + PATCHes
+    (tree / "bigger.bin").write_bytes(os.urandom(3 * 1024 * 1024 + 5))  # streamed PATCHes
     env = {**shared_ferry.env}
     with faulty_proxy(shared_ferry.url, strip_prefix="/prefix") as proxy:
-        args = ["ingest", str(tree), "--server", f"{proxy.url}/prefix", "--chunk-size", "1M"]
+        args = ["ingest", str(tree), "--server", f"{proxy.url}/prefix", "--chunk-size", "2M"]
         code, out, err, _ = _run_cli([*args, "--json", "r.json"], tmp_path, env)
         assert code == 0, (out, err)
         targets = [line.split(" ")[1] for line in proxy.requests]
@@ -443,10 +483,7 @@ def test_ctrl_c_writes_the_json_report_keeps_the_journal_and_exits_130(
     stored = _file_count(shared_ferry)
     args = ["--bwlimit", "1M", "--parallel", "2", "--json", str(report_path)]
     run = _ingest(shared_ferry, tree, state, *args)
-    deadline = time.monotonic() + 60
-    while '"verified_sha256": "' not in (state.read_text() if state.exists() else ""):
-        assert run.poll() is None and time.monotonic() < deadline, run.communicate()
-        time.sleep(0.05)
+    _wait_for_a_verified_file(state, run)
     os.kill(run.pid, signal.SIGINT)
     code, out, err = _finish(run, timeout=10)
     assert code == 130, (out, err)
