@@ -25,7 +25,7 @@ from litestar.status_codes import HTTP_204_NO_CONTENT
 from sqlalchemy import ColumnElement, and_
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.core.filenames import validate_name
+from app.core.filenames import safe_display_name, validate_name
 from app.core.metadata import encode_metadata_value
 from app.db.models import File
 from app.errors import InvalidParameter, NotFound, PayloadTooLarge
@@ -106,10 +106,14 @@ def _listing_filters(
     created_before: datetime | None,
     uids: list[uuid.UUID] | None = None,
     sha256: str | None = None,
+    names: list[str] | None = None,
 ) -> list[ColumnElement[bool]]:
     conditions: list[ColumnElement[bool]] = []
     if uids:
         conditions.append(File.id.in_(uids))
+    if names:
+        # Matched as stored: a name is cleaned the same way when a file is filed.
+        conditions.append(File.name.in_({safe_display_name(name, name) for name in names}))
     if sha256:
         conditions.append(File.sha256 == sha256.lower())
     if owner is not None:
@@ -153,10 +157,19 @@ async def list_files(
         Parameter(description="only these UIDs (repeatable; how `ferry ingest` verifies)"),
     ] = None,
     sha256: Annotated[str | None, Parameter(description="only files with this SHA-256")] = None,
+    name: Annotated[
+        list[str] | None,
+        Parameter(
+            description="only files with one of these exact names (repeatable; how "
+            "`ferry ingest` finds files it already stored)"
+        ),
+    ] = None,
 ) -> FilePage:
     """List files, newest first by default; filters combine with AND."""
     if uid is not None and len(uid) > MAX_PAGE:
         raise InvalidParameter("uid", f"at most {MAX_PAGE} uid values per request")
+    if name is not None and len(name) > MAX_PAGE:
+        raise InvalidParameter("name", f"at most {MAX_PAGE} name values per request")
     if created_after and created_before and created_after >= created_before:
         raise InvalidParameter(
             "created_before", "created_after must be earlier than created_before"
@@ -173,6 +186,7 @@ async def list_files(
             created_before,
             uid,
             _text_filter("sha256", sha256),
+            [_text_filter("name", value) or "" for value in name or ()],
         ),
         LimitOffset(limit=limit, offset=offset),
     ]

@@ -4,8 +4,11 @@ It is a JSON Lines journal (one JSON object per line, appended and flushed as th
 happen). A record is keyed by the file's absolute path, size and mtime: a file that
 changed is a new file. The upload URL is journaled *before* any byte is sent, so after
 Ctrl-C or ``kill -9`` a rerun resumes that upload from the server's offset (tus HEAD)
-instead of creating a second one, and a verified file is skipped. A torn last line (the
-process died mid-write) is ignored. Loading compacts the journal to one line per file.
+instead of creating a second one, and a verified file is skipped. A small file goes in
+one creation-with-upload request whose URL arrives only with the answer; if the process
+dies before it, the rerun finds the stored file by name, size and SHA-256 (see
+:mod:`app.ingest.plan`). A torn last line (the process died mid-write) is ignored.
+Opening compacts the journal to one line per file; ``--dry-run`` only loads it.
 """
 
 from __future__ import annotations
@@ -44,9 +47,6 @@ class Entry:
     """tus upload URL; its last segment is the file UID once complete."""
     verified_sha256: str | None = None
     """Set once the server's SHA-256 matched the local file: the file is done."""
-    creating: bool = False
-    """A creation-with-upload was sent whose answer (the URL) may never have arrived; a
-    rerun looks the file up on the server by SHA-256 before uploading it again."""
 
     def matches(self, local: LocalFile) -> bool:
         """Same file as last time (same size and mtime)?"""
@@ -64,6 +64,23 @@ class Journal:
 
     def open(self) -> None:
         """Read what earlier runs recorded (for this server) and start a compacted journal."""
+        others = self.load()
+        temporary = temporary_of(self.path)
+        with temporary.open("w", encoding="utf-8") as handle:
+            handle.writelines(others)
+            for entry in self.entries.values():
+                handle.write(self._line(entry))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, self.path)
+        self._handle = self.path.open("a", encoding="utf-8")
+
+    def load(self) -> list[str]:
+        """Read what earlier runs recorded for this server, changing nothing on disk
+        (``--dry-run``: :meth:`record` then changes only what is in memory).
+
+        Returns the other servers' lines, which :meth:`open` keeps as they are.
+        """
         others: list[str] = []
         if self.path.exists():
             with self.path.open(encoding="utf-8") as handle:
@@ -80,15 +97,7 @@ class Journal:
                     except TypeError:
                         continue
                     self.entries[entry.path] = entry
-        temporary = temporary_of(self.path)
-        with temporary.open("w", encoding="utf-8") as handle:
-            handle.writelines(others)
-            for entry in self.entries.values():
-                handle.write(self._line(entry))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, self.path)
-        self._handle = self.path.open("a", encoding="utf-8")
+        return others
 
     def close(self) -> None:
         """Flush to disk and close."""

@@ -1,12 +1,22 @@
-"""How an ingest run shows progress: rich bars on a terminal, plain lines otherwise."""
+"""How an ingest run shows progress.
+
+On a terminal: one overall bar (files, bytes, speed, ETA) and the few files being sent
+right now, redrawn a few times a second, so the output stays small however many files
+there are. Elsewhere (a log, a pipe): one plain line every few seconds.
+
+Only bytes this run sends count: a resumed upload's bytes already on the server and a
+failed file's unsent bytes leave the total instead of inflating the speed.
+"""
 
 from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Protocol
 
-from rich.console import Console
+from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -16,22 +26,27 @@ from rich.progress import (
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
+from rich.text import Text
 
 
 class ProgressView(Protocol):
     """What the runner tells the user while it works."""
 
     def begin(self, total_files: int, total_bytes: int) -> None:
-        """The run starts: how much there is to do."""
+        """Sending starts: how many files and bytes there are to send."""
 
     def file_started(self, key: str, label: str, size: int, position: int) -> None:
-        """A file's upload starts (``position``: bytes already on the server)."""
+        """An attempt at a file starts at ``position`` (bytes the server already has).
+
+        The first call for a file sets what was there before this run; later calls
+        (retries) move its position back to what the server kept.
+        """
 
     def file_position(self, key: str, position: int) -> None:
-        """A file's server-side position moved (bytes sent, or a resync after a retry)."""
+        """A file's position moved (bytes sent, or a resync after a retry)."""
 
-    def file_done(self, key: str) -> None:
-        """A file is finished, skipped or failed; its remaining bytes count as done."""
+    def file_done(self, key: str, size: int, *, ok: bool) -> None:
+        """A file is finished (``ok``) or failed (its unsent bytes leave the total)."""
 
     def close(self) -> None:
         """The run is over."""
@@ -41,87 +56,129 @@ def _mib(value: float) -> str:
     return f"{value / 1024 / 1024:,.1f} MiB"
 
 
+@dataclass(slots=True)
+class _Active:
+    label: str
+    size: int
+    position: int
+
+
 class _Totals:
-    """Bookkeeping shared by both views: overall bytes are the sum of file positions."""
+    """Bookkeeping shared by the views: files and bytes to send, sent, in flight."""
 
     def __init__(self) -> None:
         self.total_files = 0
         self.total_bytes = 0
         self.files_done = 0
-        self.bytes_done = 0
-        self.active: dict[str, tuple[int, int]] = {}
-        """key → (size, position)."""
+        self.sent = 0
+        self.active: dict[str, _Active] = {}
 
-    def start(self, key: str, size: int, position: int) -> None:
-        self.active[key] = (size, position)
-        self.bytes_done += position
+    def start(self, key: str, label: str, size: int, position: int) -> None:
+        if key in self.active:
+            self.move(key, position)
+            return
+        self.active[key] = _Active(label, size, position)
+        self.total_bytes -= position  # already on the server: not this run's to send
 
     def move(self, key: str, position: int) -> None:
-        size, old = self.active.get(key, (0, 0))
-        self.active[key] = (size, position)
-        self.bytes_done += position - old
+        active = self.active.get(key)
+        if active is not None:
+            self.sent += position - active.position
+            active.position = position
 
-    def done(self, key: str, size_if_new: int = 0) -> int:
-        size, old = self.active.pop(key, (size_if_new, 0))
-        self.bytes_done += size - old
+    def done(self, key: str, size: int, ok: bool) -> None:
+        active = self.active.pop(key, None)
+        left = size - active.position if active is not None else size
+        if ok:
+            self.sent += left
+        else:
+            self.total_bytes -= left
         self.files_done += 1
-        return size
+
+
+class _ActiveFiles:
+    """The files being sent right now, a few lines at most."""
+
+    def __init__(self, totals: _Totals, shown: int) -> None:
+        self.totals = totals
+        self.shown = shown
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        everything = list(self.totals.active.values())
+        # Files still sending first; the rest have sent everything and await verification.
+        active = [item for item in everything if item.position < item.size]
+        active += [item for item in everything if item.position >= item.size]
+        longest = max((len(item.label) for item in active[: self.shown]), default=0)
+        width = min(longest, max(20, options.max_width - 28))
+        for item in active[: self.shown]:
+            label = item.label if len(item.label) <= width else "…" + item.label[-width + 1 :]
+            percent = 100 * item.position / item.size if item.size else 100.0
+            yield Text(f"  {label:<{width}} {percent:5.1f}% of {_mib(item.size)}", no_wrap=True)
+        if len(active) > self.shown:
+            yield Text(f"  … and {len(active) - self.shown} more", style="dim")
+
+
+class _OverallProgress(Progress):
+    """A rich ``Progress`` with one task (the whole run) and the active files below it."""
+
+    def __init__(self, below: RenderableType, *columns: object, **kwargs: object) -> None:
+        self._below = below  # before Progress.__init__, which renders once
+        super().__init__(*columns, **kwargs)  # type: ignore[arg-type]
+
+    def get_renderables(self) -> Iterable[RenderableType]:
+        yield self.make_tasks_table(self.tasks)
+        yield self._below
 
 
 class RichProgress:
-    """Bars for overall bytes and files, and one per active file, with rate and ETA."""
+    """The terminal view: an overall bar with speed and ETA, and a few active files."""
 
-    def __init__(self, console: Console) -> None:
+    def __init__(self, console: Console, shown: int = 3, refresh_per_second: float = 4) -> None:
         self._totals = _Totals()
-        self._progress = Progress(
-            TextColumn("{task.description}", justify="left"),
-            BarColumn(bar_width=None),
+        self._progress = _OverallProgress(
+            _ActiveFiles(self._totals, shown),
+            TextColumn("{task.description}"),
+            BarColumn(bar_width=30),
             DownloadColumn(binary_units=True),
             TransferSpeedColumn(),
             TimeRemainingColumn(),
             console=console,
             transient=False,
+            refresh_per_second=refresh_per_second,
         )
         self._overall: TaskID | None = None
-        self._tasks: dict[str, TaskID] = {}
 
     def begin(self, total_files: int, total_bytes: int) -> None:
         self._totals.total_files, self._totals.total_bytes = total_files, total_bytes
-        self._overall = self._progress.add_task(
-            f"[bold]all: 0/{total_files} files", total=total_bytes
-        )
+        self._overall = self._progress.add_task(self._description(), total=total_bytes)
         self._progress.start()
 
-    def _refresh_overall(self) -> None:
+    def _description(self) -> str:
+        return f"{self._totals.files_done}/{self._totals.total_files} files"
+
+    def _refresh(self) -> None:
         if self._overall is not None:
-            totals = self._totals
             self._progress.update(
                 self._overall,
-                completed=totals.bytes_done,
-                description=f"[bold]all: {totals.files_done}/{totals.total_files} files",
+                completed=self._totals.sent,
+                total=self._totals.total_bytes,
+                description=self._description(),
             )
 
     def file_started(self, key: str, label: str, size: int, position: int) -> None:
-        self._totals.start(key, size, position)
-        shown = label if len(label) <= 40 else "…" + label[-39:]
-        self._tasks[key] = self._progress.add_task(shown, total=size, completed=position)
-        self._refresh_overall()
+        self._totals.start(key, label, size, position)
+        self._refresh()
 
     def file_position(self, key: str, position: int) -> None:
         self._totals.move(key, position)
-        task = self._tasks.get(key)
-        if task is not None:
-            self._progress.update(task, completed=position)
-        self._refresh_overall()
+        self._refresh()
 
-    def file_done(self, key: str) -> None:
-        self._totals.done(key)
-        task = self._tasks.pop(key, None)
-        if task is not None:
-            self._progress.remove_task(task)
-        self._refresh_overall()
+    def file_done(self, key: str, size: int, *, ok: bool) -> None:
+        self._totals.done(key, size, ok)
+        self._refresh()
 
     def close(self) -> None:
+        self._refresh()
         self._progress.stop()
 
 
@@ -132,12 +189,12 @@ class PlainProgress:
         self._totals = _Totals()
         self._interval = interval
         self._started = time.monotonic()
-        self._last = 0.0
+        self._last = time.monotonic()
 
     def begin(self, total_files: int, total_bytes: int) -> None:
         self._totals.total_files, self._totals.total_bytes = total_files, total_bytes
-        self._started = time.monotonic()
-        print(f"ingest: {total_files} files, {_mib(total_bytes)}", flush=True)
+        self._started = self._last = time.monotonic()
+        print(f"ingest: {total_files} files to send, {_mib(total_bytes)}", flush=True)
 
     def _maybe_print(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -145,27 +202,26 @@ class PlainProgress:
             return
         self._last = now
         totals = self._totals
-        elapsed = max(now - self._started, 1e-6)
-        rate = totals.bytes_done / elapsed
-        remaining = totals.total_bytes - totals.bytes_done
+        rate = totals.sent / max(now - self._started, 1e-6)
+        remaining = totals.total_bytes - totals.sent
         eta = f"{remaining / rate:,.0f} s" if rate > 0 else "?"
         print(
             f"ingest: {totals.files_done}/{totals.total_files} files, "
-            f"{_mib(totals.bytes_done)}/{_mib(totals.total_bytes)}, "
+            f"{_mib(totals.sent)}/{_mib(totals.total_bytes)}, "
             f"{_mib(rate)}/s, ETA {eta}, {len(totals.active)} active",
             flush=True,
         )
 
     def file_started(self, key: str, label: str, size: int, position: int) -> None:
-        self._totals.start(key, size, position)
+        self._totals.start(key, label, size, position)
         self._maybe_print()
 
     def file_position(self, key: str, position: int) -> None:
         self._totals.move(key, position)
         self._maybe_print()
 
-    def file_done(self, key: str) -> None:
-        self._totals.done(key)
+    def file_done(self, key: str, size: int, *, ok: bool) -> None:
+        self._totals.done(key, size, ok)
         self._maybe_print()
 
     def close(self) -> None:
@@ -173,7 +229,7 @@ class PlainProgress:
 
 
 class NoProgress:
-    """Silence (``--quiet``)."""
+    """Silence (``--progress none``)."""
 
     def begin(self, total_files: int, total_bytes: int) -> None:
         """Nothing to show."""
@@ -184,7 +240,7 @@ class NoProgress:
     def file_position(self, key: str, position: int) -> None:
         """Nothing to show."""
 
-    def file_done(self, key: str) -> None:
+    def file_done(self, key: str, size: int, *, ok: bool) -> None:
         """Nothing to show."""
 
     def close(self) -> None:
@@ -192,7 +248,7 @@ class NoProgress:
 
 
 def choose_view(mode: str, console: Console) -> ProgressView:
-    """``auto``: rich bars on a terminal, plain lines otherwise."""
+    """``auto``: the rich view on a terminal, plain lines otherwise."""
     if mode == "none":
         return NoProgress()
     if mode == "rich" or (mode == "auto" and console.is_terminal and sys.stdout.isatty()):

@@ -1,11 +1,12 @@
-"""One ingest run: walk, upload in parallel with resume and retries, verify, report.
+"""One ingest run: walk, plan, upload in parallel with resume and retries, verify, report.
 
-Per file: a verified journal record → skipped; a recorded upload URL → tus HEAD and
-resume from the server's offset (or recreate if the server forgot it); otherwise create,
-journal the URL, then PATCH chunk by chunk. Transient failures (connection lost, server
-restarting, 5xx, 409/423) are retried with exponential backoff after re-reading the
-server's offset; a refusal (413/415/422, 4xx) fails the file at once. A finished file is
-verified by comparing its SHA-256 with the server's record (``GET /api/files/{uid}``).
+Per file to send: a recorded upload URL → tus HEAD and resume from the server's offset
+(or recreate if the server forgot it); otherwise create, journal the URL, then PATCH
+chunk by chunk. Transient failures (connection lost, server restarting, 5xx, 409/423)
+are retried with exponential backoff after re-reading the server's offset; a refusal
+(413/415/422, 4xx) fails the file at once, and a 401 stops the run (no other file can
+succeed). A finished file is verified by comparing its SHA-256 with the server's record
+(``GET /api/files?uid=…``, batched). Ctrl-C stops the workers and still reports.
 """
 
 from __future__ import annotations
@@ -13,20 +14,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import signal
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import anyio.to_thread
 
+from app.ingest.bandwidth import BandwidthLimit
+from app.ingest.hashing import FileHasher
 from app.ingest.journal import Entry, Journal, journal_files
+from app.ingest.plan import Planner, uid_of
 from app.ingest.progress import ProgressView
-from app.ingest.tus_client import FileHasher, TransferError, TusClient, UploadGone
-from app.ingest.walk import LocalFile, find_files
-
-Status = Literal["uploaded", "resumed", "skipped", "failed"]
+from app.ingest.results import FileResult, IngestReport, Status
+from app.ingest.tus_client import (
+    AuthRefused,
+    ServerUnusable,
+    TransferError,
+    TusClient,
+    UploadGone,
+    auth_refused_message,
+)
+from app.ingest.verify import BatchVerifier
+from app.ingest.walk import LocalFile, PassedOver, find_files
 
 #: Files up to this size go in one creation-with-upload request.
 SMALL_FILE = 8 * 1024 * 1024
@@ -46,54 +58,21 @@ class IngestOptions:
     api_key: str | None = None
     retries: int = 8
     backoff_max: float = 15.0
-
-
-@dataclass(slots=True)
-class FileResult:
-    """How one file ended."""
-
-    path: str
-    relative: str
-    size: int
-    status: Status
-    uid: str | None = None
-    sha256: str | None = None
-    error: str | None = None
-    seconds: float = 0.0
-    attempts: int = 1
-
-
-@dataclass(slots=True)
-class IngestReport:
-    """The outcome of a run (also written as JSON by ``--json``)."""
-
-    server: str
-    started: float
-    seconds: float = 0.0
-    files: list[FileResult] = field(default_factory=list)
-
-    def count(self, status: Status) -> int:
-        """Files that ended with ``status``."""
-        return sum(1 for item in self.files if item.status == status)
-
-    def bytes_with(self, *statuses: Status) -> int:
-        """Bytes of the files that ended with one of ``statuses``."""
-        return sum(item.size for item in self.files if item.status in statuses)
+    dry_run: bool = False
+    bwlimit: int | None = None
+    """Bytes per second for the whole run (every worker together); ``None``: no limit."""
 
     @property
-    def failed(self) -> list[FileResult]:
-        """The files that did not make it."""
-        return [item for item in self.files if item.status == "failed"]
+    def small_file(self) -> int:
+        """Largest file sent in one creation-with-upload request (about a second's worth of
+        bytes under ``--bwlimit``, so the limit is not one long burst)."""
+        return min(self.chunk_size, SMALL_FILE, self.bwlimit or SMALL_FILE)
 
 
 class _FileFailed(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
-
-
-def _uid_of(url: str) -> str:
-    return url.rstrip("/").rsplit("/", 1)[-1]
 
 
 FILES_IN_FLIGHT_PER_SLOT = 4
@@ -116,113 +95,78 @@ class IngestRun:
         """``--parallel``: files whose bytes are in transit at once."""
         self.in_flight = max(1, options.parallel) * FILES_IN_FLIGHT_PER_SLOT
         self.verifier = BatchVerifier(client, batch_size=self.in_flight)
+        self.results: list[FileResult] = []
+        """Finished files so far, kept when the run is cancelled (Ctrl-C)."""
 
-    async def run(self, files: list[LocalFile]) -> list[FileResult]:
-        """Upload every file; results in the order of ``files``."""
-        queue: asyncio.Queue[tuple[int, LocalFile]] = asyncio.Queue()
-        for index, local in enumerate(files):
-            queue.put_nowait((index, local))
-        results: list[FileResult | None] = [None] * len(files)
+    async def run(self, files: Sequence[tuple[LocalFile, Entry]]) -> None:
+        """Upload every file into :attr:`results`; :class:`AuthRefused` ends the run."""
+        queue: asyncio.Queue[tuple[LocalFile, Entry]] = asyncio.Queue()
+        for item in files:
+            queue.put_nowait(item)
 
         async def worker() -> None:
             while True:
                 try:
-                    index, local = queue.get_nowait()
+                    local, entry = queue.get_nowait()
                 except asyncio.QueueEmpty:
                     return
-                results[index] = await self.ingest_one(local)
+                self.results.append(await self.ingest_one(local, entry))
 
         async with asyncio.TaskGroup() as group:
             for _ in range(max(1, min(self.in_flight, len(files)))):
                 group.create_task(worker())
-        return [result for result in results if result is not None]
 
-    async def ingest_one(self, local: LocalFile) -> FileResult:
-        """Upload (or resume, or skip) one file and verify it; never raises for the file."""
+    async def ingest_one(self, local: LocalFile, entry: Entry) -> FileResult:
+        """Upload (or resume) one file and verify it; raises only :class:`AuthRefused`."""
         started = time.monotonic()
-        key = str(local.path)
-        entry = self.journal.lookup(local)
-        if entry is not None and entry.verified_sha256 is not None and entry.url is not None:
-            self.view.file_done(key)
-            return FileResult(
-                key,
-                local.relative,
-                local.size,
-                "skipped",
-                _uid_of(entry.url),
-                entry.verified_sha256,
-            )
-        if entry is None:
-            entry = Entry(key, local.size, local.mtime_ns)
         resumed = entry.url is not None
         hasher = FileHasher(local.path)
         attempts = 0
+
+        def ended(status: Status, **details: Any) -> FileResult:
+            self.view.file_done(str(local.path), local.size, ok=status != "failed")
+            return FileResult(
+                str(local.path),
+                local.relative,
+                local.size,
+                status,
+                seconds=time.monotonic() - started,
+                attempts=attempts,
+                **details,
+            )
+
         try:
             while True:
                 attempts += 1
                 try:
                     async with self.transfer_slots:
-                        if attempts == 1:
-                            self.view.file_started(key, local.relative, local.size, 0)
-                        adopted = await self._transfer(local, entry, hasher)
+                        await self._transfer(local, entry, hasher)
                     # Verification waits for a batch; the slot goes to the next file.
-                    sha256 = adopted or await self._verify(entry, hasher, local.size)
+                    sha256 = await self._verify(entry, hasher, local.size)
                     break
+                except AuthRefused:
+                    raise
                 except TransferError as exc:
-                    if not exc.retryable:
-                        raise _FileFailed(exc.message) from None
-                    if attempts > self.options.retries:
-                        raise _FileFailed(
-                            f"{exc.message} (gave up after {attempts} attempts)"
-                        ) from None
-                    delay = min(self.options.backoff_max, 0.5 * 2 ** (attempts - 1))
-                    await asyncio.sleep(delay * (0.75 + random.random() / 2))  # noqa: S311 - jitter
+                    await self._back_off(exc, attempts)
         except _FileFailed as failure:
-            self.view.file_done(key)
-            return FileResult(
-                key,
-                local.relative,
-                local.size,
-                "failed",
-                error=failure.message,
-                seconds=time.monotonic() - started,
-                attempts=attempts,
-            )
+            return ended("failed", error=failure.message)
         except OSError as exc:
-            self.view.file_done(key)
-            return FileResult(
-                key,
-                local.relative,
-                local.size,
-                "failed",
-                error=f"reading the file: {exc}",
-                seconds=time.monotonic() - started,
-                attempts=attempts,
-            )
-        self.view.file_done(key)
+            return ended("failed", error=f"reading the file: {exc}")
         assert entry.url is not None
-        return FileResult(
-            key,
-            local.relative,
-            local.size,
-            "resumed" if resumed else "uploaded",
-            _uid_of(entry.url),
-            sha256,
-            seconds=time.monotonic() - started,
-            attempts=attempts,
-        )
+        return ended("resumed" if resumed else "uploaded", uid=uid_of(entry.url), sha256=sha256)
 
-    async def _transfer(self, local: LocalFile, entry: Entry, hasher: FileHasher) -> str | None:
-        """One attempt: (re)create or resume, send the rest.
+    async def _back_off(self, exc: TransferError, attempts: int) -> None:
+        """Wait before the next attempt, or give the file up."""
+        if not exc.retryable:
+            raise _FileFailed(exc.message) from None
+        if attempts > self.options.retries:
+            raise _FileFailed(f"{exc.message} (gave up after {attempts} attempts)") from None
+        delay = min(self.options.backoff_max, 0.5 * 2 ** (attempts - 1))
+        await asyncio.sleep(delay * (0.75 + random.random() / 2))  # noqa: S311 - jitter
 
-        Returns the SHA-256 when an earlier, unacknowledged creation turns out to have
-        stored the file already (nothing left to verify), else ``None``.
-        """
+    async def _transfer(self, local: LocalFile, entry: Entry, hasher: FileHasher) -> None:
+        """One attempt: (re)create or resume, send the rest."""
         key = str(local.path)
-        if entry.url is None and entry.creating:
-            adopted = await self._adopt(local, entry, hasher)
-            if adopted is not None:
-                return adopted
         offset = 0
         if entry.url is not None:
             try:
@@ -230,6 +174,7 @@ class IngestRun:
             except UploadGone:
                 entry.url = None
                 self.journal.record(entry)
+        self.view.file_started(key, local.relative, local.size, offset)
         position = offset
 
         def sent(count: int) -> None:
@@ -239,13 +184,9 @@ class IngestRun:
 
         if entry.url is None:
             metadata = {"filename": local.path.name, "relative_path": local.relative}
-            if local.size <= min(self.options.chunk_size, SMALL_FILE):
-                # One request for a small file. Its URL arrives only with the answer, so
-                # the journal first says "creating": a rerun then looks the file up by
-                # SHA-256 instead of uploading a duplicate (see _adopt).
-                entry.creating = True
-                self.journal.record(entry)
-                position = 0
+            if local.size <= self.options.small_file:
+                # One request for a small file. Its URL arrives only with the answer: if
+                # that never comes, the rerun finds the stored file by name and SHA-256.
                 entry.url, offset = await self.client.create_with_body(
                     local.size, metadata, local.path, hasher, sent
                 )
@@ -253,7 +194,6 @@ class IngestRun:
                 entry.url = await self.client.create(local.size, metadata)
                 offset = 0
             # Journaled before any further byte: a crash from here on resumes this upload.
-            entry.creating = False
             self.journal.record(entry)
         self.view.file_position(key, offset)
         while offset < local.size:
@@ -264,19 +204,18 @@ class IngestRun:
                 entry.url, local.path, offset, length, hasher, sent
             )
             self.view.file_position(key, offset)
-        return None
 
     async def _verify(self, entry: Entry, hasher: FileHasher, size: int) -> str:
         """Compare the local SHA-256 with the server's record; returns it when they agree."""
         assert entry.url is not None
-        await anyio.to_thread.run_sync(hasher.catch_up, size)
+        await anyio.to_thread.run_sync(hasher.catch_up, size, abandon_on_cancel=True)
         sha256 = hasher.hexdigest()
-        record = await self.verifier.record_of(_uid_of(entry.url))
+        record = await self.verifier.record_of(uid_of(entry.url))
         if record is None:
             # Complete but not yet a file (a crash during completion): a HEAD finishes it.
             raise TransferError("verify: the server has no file for the upload yet", retryable=True)
         if record.get("sha256") != sha256:
-            await self.client.delete_file(_uid_of(entry.url))
+            await self.client.delete_file(uid_of(entry.url))
             entry.url = None
             self.journal.record(entry)
             raise _FileFailed(
@@ -287,97 +226,138 @@ class IngestRun:
         self.journal.record(entry)
         return sha256
 
-    async def _adopt(self, local: LocalFile, entry: Entry, hasher: FileHasher) -> str | None:
-        """Find the file an unacknowledged creation-with-upload may have stored."""
-        await anyio.to_thread.run_sync(hasher.catch_up, local.size)
-        sha256 = hasher.hexdigest()
-        for record in await self.client.files_with_sha256(sha256):
-            metadata = record.get("metadata") or {}
-            if record.get("size") == local.size and metadata.get("relative_path") == local.relative:
-                entry.url = f"{self.client.server}/files/{record['uid']}"
-                entry.creating = False
-                entry.verified_sha256 = sha256
-                self.journal.record(entry)
-                return sha256
-        entry.creating = False
-        self.journal.record(entry)
-        return None
 
+class IngestSession:
+    """One ``ferry ingest`` from walk to report; its :attr:`report` is complete whatever
+    ends it (success, a refused key, Ctrl-C)."""
 
-class BatchVerifier:
-    """Fetches the server's records of finished files in batches (one GET for many).
+    def __init__(self, options: IngestOptions, view: ProgressView) -> None:
+        self.options = options
+        self.view = view
+        self.report = IngestReport(
+            server=options.server, started=time.time(), dry_run=options.dry_run
+        )
+        self.walked: list[LocalFile] = []
+        self.unreadable: list[PassedOver] = []
 
-    A batch leaves when ``batch_size`` files wait (typically every worker) or after
-    ``linger`` seconds, so verification costs a fraction of a request per file.
-    """
+    async def walk(self) -> None:
+        """Find the files (in a thread: a big tree takes a while; Ctrl-C abandons it)."""
+        options = self.options
 
-    def __init__(self, client: TusClient, batch_size: int, linger: float = 0.02) -> None:
-        self.client = client
-        self.batch_size = max(1, batch_size)
-        self.linger = linger
-        self._pending: dict[str, asyncio.Future[dict[str, Any] | None]] = {}
-        self._timer: asyncio.TimerHandle | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        def passed_over(item: PassedOver) -> None:
+            target = self.unreadable if item.kind == "unreadable" else self.report.excluded
+            target.append(item)
 
-    async def record_of(self, uid: str) -> dict[str, Any] | None:
-        """The server's record of ``uid`` (``None``: no such file)."""
-        loop = asyncio.get_running_loop()
-        future = self._pending.get(uid)
-        if future is None:
-            future = self._pending[uid] = loop.create_future()
-        if len(self._pending) >= self.batch_size:
-            self._flush()
-        elif self._timer is None:
-            self._timer = loop.call_later(self.linger, self._flush)
-        return await asyncio.shield(future)
+        def find() -> list[LocalFile]:
+            return list(
+                find_files(
+                    options.paths,
+                    exclude=options.exclude,
+                    follow_symlinks=options.follow_symlinks,
+                    skip=journal_files(options.state_path),
+                    passed_over=passed_over,
+                )
+            )
 
-    def _flush(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        batch, self._pending = self._pending, {}
-        if batch:
-            task = asyncio.get_running_loop().create_task(self._fetch(batch))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        self.walked = await anyio.to_thread.run_sync(find, abandon_on_cancel=True)
 
-    async def _fetch(self, batch: dict[str, asyncio.Future[dict[str, Any] | None]]) -> None:
+    async def ingest(self, client: TusClient, journal: Journal) -> None:
+        """Preflight, plan, then send (unless ``--dry-run``)."""
+        info = await client.preflight()
+        # Only now, so a wrong --server leaves no state file; --dry-run only reads it.
+        await anyio.to_thread.run_sync(journal.load if self.options.dry_run else journal.open)
+        planner = Planner(client, journal, parallel=self.options.parallel, max_size=info.max_size)
         try:
-            records = await self.client.files_by_uid(list(batch))
+            plan = await planner.plan(self.walked)
+        except AuthRefused:
+            raise ServerUnusable(auth_refused_message(client.has_key)) from None
         except TransferError as exc:
-            for future in batch.values():
-                if not future.done():
-                    future.set_exception(exc)
+            raise ServerUnusable(f"asking which files the server holds: {exc.message}") from None
+        self.report.files += plan.settled
+        if self.options.dry_run:
+            self.report.files += [_planned(local, entry) for local, entry in plan.to_send]
             return
-        for uid, future in batch.items():
-            if not future.done():
-                future.set_result(records.get(uid))
+        if not plan.to_send:
+            return
+        run = IngestRun(self.options, client, journal, self.view)
+        self.view.begin(len(plan.to_send), sum(local.size for local, _ in plan.to_send))
+        try:
+            await run.run(plan.to_send)
+        except* AuthRefused:
+            self.report.error = auth_refused_message(client.has_key)
+        finally:
+            self.view.close()
+            self.report.files += run.results
+
+    async def run(self) -> None:
+        """Everything, with the client and journal closed at the end."""
+        await self.walk()
+        journal = Journal(self.options.state_path, self.options.server)
+        bandwidth = BandwidthLimit(self.options.bwlimit) if self.options.bwlimit else None
+        client = TusClient(
+            self.options.server,
+            api_key=self.options.api_key,
+            connections=self.options.parallel + 2,
+            bandwidth=bandwidth,
+        )
+        try:
+            await self.ingest(client, journal)
+        except ServerUnusable as exc:
+            self.report.error = exc.message
+        finally:
+            with contextlib.suppress(Exception):
+                await client.aclose()
+            journal.close()
+
+    def finish(self, seconds: float) -> IngestReport:
+        """The report, every walked file in it once, in walk order."""
+        report = self.report
+        report.seconds = seconds
+        done = {item.path for item in report.files}
+        report.files += [_unreadable(item) for item in self.unreadable]
+        # Stopped early (Ctrl-C, a refused key): the files not finished; a rerun resumes.
+        report.files += [
+            FileResult(str(local.path), local.relative, local.size, "interrupted")
+            for local in self.walked
+            if str(local.path) not in done
+        ]
+        order = {str(local.path): index for index, local in enumerate(self.walked)}
+        report.files.sort(key=lambda item: order.get(item.path, len(order)))
+        return report
+
+
+def _planned(local: LocalFile, entry: Entry) -> FileResult:
+    reason = "resume the unfinished upload" if entry.url else "upload"
+    return FileResult(str(local.path), local.relative, local.size, "planned", reason=reason)
+
+
+def _unreadable(item: PassedOver) -> FileResult:
+    return FileResult(item.path, item.relative, 0, "failed", error=item.reason)
 
 
 async def run_ingest(options: IngestOptions, view: ProgressView) -> IngestReport:
-    """Walk ``options.paths`` and upload everything to ``options.server``."""
-    report = IngestReport(server=options.server, started=time.time())
+    """Walk ``options.paths`` and upload everything to ``options.server``.
+
+    The first Ctrl-C (SIGINT) stops the workers and returns the report of what was done
+    (``interrupted``); unfinished uploads stay journaled for a rerun. A second Ctrl-C
+    ends the process at once.
+    """
     started = time.monotonic()
-    files = await anyio.to_thread.run_sync(
-        lambda: list(
-            find_files(
-                options.paths,
-                exclude=options.exclude,
-                follow_symlinks=options.follow_symlinks,
-                skip=journal_files(options.state_path),
-            )
-        )
-    )
-    journal = Journal(options.state_path, options.server)
-    await anyio.to_thread.run_sync(journal.open)
-    client = TusClient(options.server, api_key=options.api_key, connections=options.parallel + 2)
-    view.begin(len(files), sum(local.size for local in files))
+    session = IngestSession(options, view)
+    loop = asyncio.get_running_loop()
+    work = asyncio.ensure_future(session.run())
+
+    def interrupt() -> None:
+        session.report.interrupted = True
+        loop.remove_signal_handler(signal.SIGINT)
+        work.cancel()
+
+    loop.add_signal_handler(signal.SIGINT, interrupt)
     try:
-        report.files = await IngestRun(options, client, journal, view).run(files)
+        await work
+    except asyncio.CancelledError:
+        if not session.report.interrupted:
+            raise
     finally:
-        view.close()
-        with contextlib.suppress(Exception):
-            await client.aclose()
-        journal.close()
-    report.seconds = time.monotonic() - started
-    return report
+        loop.remove_signal_handler(signal.SIGINT)
+    return session.finish(time.monotonic() - started)

@@ -226,7 +226,22 @@ async def test_listing_by_uid_and_sha256_for_batch_verification(
     assert [item["uid"] for item in by_hash["items"]] == [made[1]["uid"]]
 
 
-@pytest.mark.parametrize("name", ["name_prefix", "category", "sha256", "content_type"])
+async def test_listing_by_exact_names_is_repeatable_for_ingest_lookups(
+    client: AsyncTestClient[FerryApp],
+) -> None:
+    made = await _seed(client)
+    names = ["report-1.txt", "photo-0.png", "report-1", "nobody.txt"]
+    page = (await client.get("/api/files", params=[("name", n) for n in names])).json()
+    assert sorted(item["name"] for item in page["items"]) == ["photo-0.png", "report-1.txt"]
+    both = {"name": "report-1.txt", "sha256": made[1]["sha256"]}
+    assert [
+        item["uid"] for item in (await client.get("/api/files", params=both)).json()["items"]
+    ] == [made[1]["uid"]]
+    too_many = await client.get("/api/files", params=[("name", "x")] * 1001)
+    assert too_many.status_code == 400
+
+
+@pytest.mark.parametrize("name", ["name_prefix", "category", "sha256", "content_type", "name"])
 async def test_listing_filter_with_a_nul_byte_answers_400(
     client: AsyncTestClient[FerryApp], name: str
 ) -> None:
@@ -283,6 +298,8 @@ async def test_another_owners_file_is_invisible_and_answers_404(keyed_settings: 
         assert made.status_code == 201, made.text
         uid = made.json()["uid"]
         assert (await client.get("/api/files", headers=bob)).json()["total"] == 0
+        by_name = {"name": "alice.txt", "sha256": made.json()["sha256"]}
+        assert (await client.get("/api/files", params=by_name, headers=bob)).json()["total"] == 0
         assert (await client.get(f"/api/files/{uid}", headers=bob)).status_code == 404
         assert (
             await client.patch(f"/api/files/{uid}", json={"name": "x"}, headers=bob)

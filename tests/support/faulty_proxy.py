@@ -16,6 +16,9 @@ lets rules target single S3 calls by their request line:
   CompleteMultipartUpload and the ledger commit); :attr:`held` is set when it happens;
 * ``down()`` / ``up()`` — stop listening (connection refused) and listen again.
 
+With ``strip_prefix`` it is also a reverse proxy mounting its upstream under a path:
+``/prefix/x`` goes upstream as ``/x``, anything outside the prefix answers 404 here.
+
 ``match`` is a substring of the request line, e.g. ``"partNumber="`` (UploadPart),
 ``"POST /"`` with ``"uploadId="`` (CompleteMultipartUpload).
 
@@ -75,8 +78,11 @@ class Rule:
 class FaultyProxy:
     """An HTTP/1.1 proxy to ``upstream`` with scripted faults (see the module docstring)."""
 
-    def __init__(self, upstream_host: str, upstream_port: int) -> None:
+    def __init__(
+        self, upstream_host: str, upstream_port: int, strip_prefix: str | None = None
+    ) -> None:
         self.upstream = (upstream_host, upstream_port)
+        self.strip_prefix = strip_prefix
         self.port = free_port()
         self.rules: list[Rule] = []
         self.held = threading.Event()
@@ -196,6 +202,10 @@ class FaultyProxy:
             return
         request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
         rule = self._take_rule(request_line)
+        if self.strip_prefix is not None:
+            head, mounted = _without_prefix(head, self.strip_prefix)
+            if not mounted:
+                rule = Rule((), "respond", 1, status=404, body=b"not under the mount point")
         length = _content_length(head)
         with self._lock:
             copy = b"\r\nx-amz-copy-source:" in head.lower()
@@ -266,6 +276,17 @@ class FaultyProxy:
         writer.close()
 
 
+def _without_prefix(head: bytes, prefix: str) -> tuple[bytes, bool]:
+    """The head with ``prefix`` cut from its request target, and whether it was there."""
+    line, rest = head.split(b"\r\n", 1)
+    method, target, version = line.split(b" ", 2)
+    mount = prefix.rstrip("/").encode()
+    if target != mount and not target.startswith(mount + b"/"):
+        return head, False
+    target = target[len(mount) :] or b"/"
+    return b" ".join([method, target, version]) + b"\r\n" + rest, True
+
+
 def _content_length(head: bytes) -> int:
     for line in head.split(b"\r\n")[1:]:
         name, _, value = line.partition(b":")
@@ -312,10 +333,10 @@ def _reset(writer: asyncio.StreamWriter) -> None:
 
 
 @contextlib.contextmanager
-def faulty_proxy(upstream_url: str) -> Iterator[FaultyProxy]:
+def faulty_proxy(upstream_url: str, strip_prefix: str | None = None) -> Iterator[FaultyProxy]:
     """A running proxy in front of ``upstream_url`` (``http://host:port``)."""
     host, _, port = upstream_url.removeprefix("http://").partition(":")
-    proxy = FaultyProxy(host, int(port))
+    proxy = FaultyProxy(host, int(port), strip_prefix)
     proxy.start()
     try:
         yield proxy
