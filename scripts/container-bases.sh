@@ -101,7 +101,7 @@ build_python_base() {
   mmdebstrap --quiet --variant=minbase \
     --include="$PYTHON_BASE_PACKAGES" \
     --customize-hook='cp /usr/local/share/ca-certificates/*.crt "$1/usr/local/share/ca-certificates/" 2>/dev/null || true' \
-    --customize-hook='chroot "$1" update-ca-certificates >/dev/null' \
+    --customize-hook='chroot "$1" update-ca-certificates >/dev/null 2>&1' \
     bookworm "$work/rootfs.tar" "$(debian_sources)"
   podman import --quiet \
     --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \

@@ -27,11 +27,17 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+#: A first build on a new machine installs every locked package (minutes on a busy machine);
+#: the session's image is built in the setup of the first test that needs it.
+TIMEOUT_SECONDS = 900
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test of this directory ``container``."""
+    """Mark every test of this directory ``container``, with room for a first build."""
     for item in items:
         if HERE in Path(item.path).parents:
             item.add_marker(pytest.mark.container)
+            item.add_marker(pytest.mark.timeout(TIMEOUT_SECONDS))
 
 
 def base_images() -> list[str]:

@@ -114,8 +114,7 @@ class ComposeProject:
     podman 4.3 cannot start containers that depend on each other in one go (podman-compose
     links them with ``--requires``, and podman fails to build the dependency graph) and
     cannot wait for ``service_healthy``, so :meth:`start` follows the file's
-    ``depends_on`` itself: each dependency is started on its own and waited for as its
-    condition says, then the service.
+    ``depends_on`` itself.
     """
 
     podman: Podman
@@ -149,17 +148,23 @@ class ComposeProject:
         return found[0]
 
     def start(self, service: str) -> None:
-        """Start ``service`` after its dependencies, each waited for as ``depends_on`` says."""
-        if service in self._started:
-            return
-        depends_on = self.services()[service].get("depends_on", {})
-        if isinstance(depends_on, list):
-            depends_on = {name: {"condition": "service_started"} for name in depends_on}
-        for dependency, rule in depends_on.items():
-            self.start(dependency)
-            WAITS[rule.get("condition", "service_started")](self, dependency)
-        self.compose("up", "--detach", "--no-deps", service)
-        self._started.add(service)
+        """Start ``service`` and what it depends on, wave by wave: every service whose
+        dependencies are ready starts in one ``up``, then each is waited for as the
+        ``depends_on`` conditions on it say, before the next wave."""
+        services = self.services()
+        conditions = _conditions(services, service)
+        pending = [name for name in services if name in conditions]
+        ready: set[str] = set()
+        while pending:
+            wave = [name for name in pending if _depends_on(services[name]).keys() <= ready]
+            assert wave, f"depends_on has a cycle among {pending}"
+            self.compose("up", "--detach", "--no-deps", *wave)
+            self._started.update(wave)
+            for name in wave:
+                for condition in sorted(conditions[name]):
+                    WAITS[condition](self, name)
+            ready.update(wave)
+            pending = [name for name in pending if name not in ready]
 
     def exec(self, service: str, *command: str) -> str:
         """Run a command in the running container of ``service``; its output."""
@@ -175,6 +180,27 @@ class ComposeProject:
     def down(self) -> None:
         """Stop and remove the project's containers, network and volumes."""
         self.compose("down", "--volumes", timeout=180)
+
+
+def _depends_on(service: dict[str, Any]) -> dict[str, str]:
+    """A service's dependencies and the condition on each (both forms of ``depends_on``)."""
+    depends_on = service.get("depends_on", {})
+    if isinstance(depends_on, list):
+        return {name: "service_started" for name in depends_on}
+    return {name: rule.get("condition", "service_started") for name, rule in depends_on.items()}
+
+
+def _conditions(services: dict[str, Any], target: str) -> dict[str, set[str]]:
+    """``target`` and everything it needs, each with the conditions others put on it."""
+    conditions: dict[str, set[str]] = {target: set()}
+    todo = [target]
+    while todo:
+        for dependency, condition in _depends_on(services[todo.pop()]).items():
+            if dependency not in conditions:
+                conditions[dependency] = set()
+                todo.append(dependency)
+            conditions[dependency].add(condition)
+    return conditions
 
 
 def _wait_started(project: ComposeProject, service: str) -> None:
