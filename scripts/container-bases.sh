@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Prepares this machine to build and run Ferry's containers without a container registry:
+# Prepares this machine to build and run Ferry's containers without a container registry
+# (what `make test` and `make test-containers` run first):
 #
-# 1. installs Debian's podman (with runc, the network helpers and mmdebstrap) and
-#    podman-compose's companion packages, as root, when podman is missing;
+# 1. installs Debian's podman, runc, the network helpers and mmdebstrap with apt-get when
+#    one is missing (podman-compose comes with .venv's dev extras);
 # 2. builds, from Debian packages and PyPI only, local images under the names
 #    `Containerfile` and `compose.yml` use:
 #    - the Python base (`FROM` of Containerfile): a Debian bookworm rootfs made by
@@ -14,16 +15,23 @@
 #      release (deploy/local-bases/seaweedfs.Containerfile).
 #
 # Idempotent and quick on a second run: an image is rebuilt only when it is missing or
-# was built from another version of its recipe (a label carries the recipe's hash).
-# Where a registry is reachable none of this is needed: podman or docker pulls the
-# official images.
+# was built from another version of its recipe (a label carries the recipe's hash). The
+# stand-ins take the official images' names, so where a registry is reachable the tests
+# still run on them; `docker compose` and `podman build` elsewhere pull the real ones.
+# Needs root (apt-get, mmdebstrap, podman's storage); as another user it says so and
+# does nothing, and the container tests skip (outside CI) naming this script.
 #
-# Usage: bash scripts/container-bases.sh      (as root; prints what it skips)
+# Usage: bash scripts/container-bases.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export CONTAINERS_CONF="${CONTAINERS_CONF:-$PWD/deploy/podman-containers.conf}"
 RECIPE_LABEL=dev.ferry.local-base.recipe
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "container-bases: needs root (apt-get, mmdebstrap, podman); nothing done" >&2
+  exit 0
+fi
 
 debs=(podman runc netavark aardvark-dns mmdebstrap)
 missing=()
@@ -31,10 +39,6 @@ for deb in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$deb" 2>/dev/null | grep -q 'install ok installed' || missing+=("$deb")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
-  if [ "$(id -u)" -ne 0 ]; then
-    echo "container-bases: missing ${missing[*]}: run as root to install them with apt-get" >&2
-    exit 0
-  fi
   echo "container-bases: installing ${missing[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
