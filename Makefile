@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-stamp
 SERVE_STAMP := $(VENV)/.serve-installed-stamp
 JS_DIR := tests/interop/js
 
-.PHONY: install install-serve run test test-fast lint format bench clean test-deps
+.PHONY: install install-serve run test test-fast lint format bench clean test-deps test-containers container-bases
 
 # The project with its dev extras (tests, linters, SeaweedFS, Playwright...): what `make
 # test` and `make lint` need. It includes everything serving needs.
@@ -41,8 +41,18 @@ run: install-serve
 	$(BIN)/ferry serve --default-auth none
 
 # Lint first: an unclean tree fails the build before any test runs (CI runs `make test`).
-test: lint test-deps
+# The container tests (tests/containers) are part of the run: container-bases installs
+# podman and makes the base images, skipping what is already there.
+test: lint test-deps container-bases
 	$(BIN)/pytest
+
+# Only the container tests: the image built and run alone and under compose.yml (podman,
+# as root), and the static checks of the container files.
+test-containers: install container-bases
+	$(BIN)/pytest tests/containers tests/test_containers.py
+
+container-bases:
+	bash scripts/container-bases.sh
 
 # The markers are applied from what each test uses (tests/support/markers.py).
 FAST_MARKERS := not bench and not postgres and not s3 and not node and not browser and not serve

@@ -1,37 +1,50 @@
-"""The container files, proved without a container engine.
+"""The container files, checked without a container engine.
 
-No Docker or Podman runs here, so each claim the files make is checked on its own:
-``compose.yml`` against the Compose specification schema (vendored in check-jsonschema, no
-download), the ``Containerfile`` with hadolint, and every path, command, flag and setting
-the two files refer to against this checkout and this test environment.
+tests/containers builds the image and runs it, alone and under compose.yml, with podman;
+what those runs cannot show is checked here: ``compose.yml`` against the Compose
+specification schema (vendored in check-jsonschema, no download), so that Docker Compose
+takes it too, the ``Containerfile`` with hadolint, ``requirements.lock`` against
+pyproject.toml's dependencies, the settings both files pass to Ferry, and the cluster
+profile, which the real runs do not start.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import re
-import shlex
 import subprocess
-from pathlib import Path
+import tomllib
 from typing import Any
 
 import msgspec
 import pytest
+from packaging.markers import Marker
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 from ruamel.yaml import YAML
 
 from app.settings import ENV_PREFIX, Settings, SettingsError, load_settings
-from tests.support.seaweed import S3Endpoint
-from tests.support.services import (
-    PROJECT_ROOT,
-    free_port,
-    postgres_available,
-    require_service,
-    running_ferry,
-)
+from tests.support.services import PROJECT_ROOT
 
 BIN = PROJECT_ROOT / ".venv" / "bin"
 CONTAINERFILE = PROJECT_ROOT / "Containerfile"
 COMPOSE = PROJECT_ROOT / "compose.yml"
 ENV_EXAMPLE = PROJECT_ROOT / ".env.example"
+LOCK = PROJECT_ROOT / "requirements.lock"
+LOCK_SCRIPT = PROJECT_ROOT / "scripts" / "container-lock.sh"
+#: Where the image's Python runs, for the lock's environment markers.
+IMAGE_ENVIRONMENT = {
+    "python_version": "3.11",
+    "python_full_version": "3.11.2",
+    "sys_platform": "linux",
+    "platform_system": "Linux",
+    "platform_machine": "x86_64",
+    "os_name": "posix",
+    "platform_python_implementation": "CPython",
+    "implementation_name": "cpython",
+}
 SETTING_NAMES = {ENV_PREFIX + field.name.upper() for field in msgspec.structs.fields(Settings)}
 STRONG_SIGNING_KEY = "9f2c4e1a7b3d5f608192a3b4c5d6e7f8091a2b3c4d5e6f70"
 
@@ -57,23 +70,6 @@ def _instructions() -> list[tuple[str, str]]:
     ]
 
 
-def _ferry_commands() -> set[str]:
-    """Every ``ferry <subcommand>`` either file runs."""
-    found: set[str] = set()
-    for keyword, argument in _instructions():
-        if keyword in {"CMD", "HEALTHCHECK", "RUN"}:
-            found.update(re.findall(r'"ferry",\s*"([a-z]+)"', argument))
-    for service in _compose()["services"].values():
-        for key in ("command",):
-            value = service.get(key)
-            if isinstance(value, list) and value[:1] == ["ferry"]:
-                found.add(value[1])
-        test = service.get("healthcheck", {}).get("test", [])
-        if test[1:2] == ["ferry"]:
-            found.add(test[2])
-    return found
-
-
 def test_compose_file_is_valid_against_the_compose_specification() -> None:
     result = _run(
         [str(BIN / "check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(COMPOSE)],
@@ -90,29 +86,77 @@ def test_containerfile_passes_hadolint() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_containerfile_is_multi_stage_non_root_with_health_check_and_serve_command() -> None:
-    instructions = _instructions()
-    stages = [argument for keyword, argument in instructions if keyword == "FROM"]
-    assert len(stages) >= 2
-    users = [argument for keyword, argument in instructions if keyword == "USER"]
-    assert users and not users[-1].startswith(("0", "root"))
-    assert any(keyword == "HEALTHCHECK" for keyword, _ in instructions)
-    cmd = [argument for keyword, argument in instructions if keyword == "CMD"][-1]
-    assert msgspec.json.decode(cmd) == ["ferry", "serve"]
-    # The Python of the image satisfies the project's requires-python.
-    assert all("python:3.11" in stage or "python:3.12" in stage for stage in stages)
+def test_the_image_installs_only_locked_dependencies_for_the_python_they_were_locked_for() -> None:
+    runs = " ".join(argument for keyword, argument in _instructions() if keyword == "RUN")
+    assert re.search(r"pip install [^&]*--require-hashes [^&]*-r \S*requirements\.lock", runs)
+    # Ferry itself adds nothing the lock does not pin, and builds with the locked setuptools.
+    ferry_install = re.search(r"pip install ([^&]*) --editable \.", runs)
+    assert ferry_install is not None
+    assert {"--no-deps", "--no-build-isolation"} <= set(ferry_install.group(1).split())
+    assert "pip check" in runs
+    stages = [argument for keyword, argument in _instructions() if keyword == "FROM"]
+    locked_for = re.search(r"--python-version (\d+\.\d+)", LOCK_SCRIPT.read_text())
+    assert locked_for is not None
+    assert all(f"/python:{locked_for.group(1)}-" in stage for stage in stages), stages
+    requires_python = SpecifierSet(_pyproject()["project"]["requires-python"])
+    assert f"{locked_for.group(1)}.0" in requires_python
 
 
-def test_every_path_the_containerfile_copies_exists_in_the_checkout() -> None:
-    copied = 0
-    for keyword, argument in _instructions():
-        if keyword != "COPY" or "--from=" in argument:
-            continue
-        *sources, _target = shlex.split(argument)
-        for source in sources:
-            assert (PROJECT_ROOT / source).exists(), source
-            copied += 1
-    assert copied >= 5
+def _pyproject() -> dict[str, Any]:
+    return tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())
+
+
+def _locked() -> dict[str, list[tuple[Version, Marker | None]]]:
+    """The pins of requirements.lock by normalized name (several when markers split one)."""
+    pins: dict[str, list[tuple[Version, Marker | None]]] = {}
+    for line in LOCK.read_text().splitlines():
+        pin = re.match(r"^([A-Za-z0-9._-]+)==([^\s;\\]+)\s*(?:;\s*([^\\]+?))?\s*\\?$", line)
+        if pin:
+            marker = Marker(pin.group(3)) if pin.group(3) else None
+            pins.setdefault(canonicalize_name(pin.group(1)), []).append(
+                (Version(pin.group(2)), marker)
+            )
+    return pins
+
+
+def _pinned_version(pins: dict[str, list[tuple[Version, Marker | None]]], name: str) -> Version:
+    """The version the image installs for ``name`` (its Python: 3.11 on Linux)."""
+    versions = [
+        version
+        for version, marker in pins.get(canonicalize_name(name), [])
+        if marker is None or marker.evaluate(IMAGE_ENVIRONMENT)
+    ]
+    assert len(versions) == 1, f"{name}: requirements.lock pins {versions or 'nothing'}"
+    return versions[0]
+
+
+def test_the_lock_pins_every_runtime_and_build_dependency_within_pyprojects_ranges() -> None:
+    """A dependency added to pyproject.toml, or a range moved past its pin, fails here
+    until scripts/container-lock.sh is run again."""
+    pins = _locked()
+    pyproject = _pyproject()
+    wanted = [Requirement(text) for text in pyproject["project"]["dependencies"]]
+    wanted += [Requirement(text) for text in pyproject["build-system"]["requires"]]
+    for requirement in wanted:
+        assert requirement.specifier.contains(_pinned_version(pins, requirement.name)), (
+            f"{requirement} but requirements.lock pins {_pinned_version(pins, requirement.name)}"
+        )
+        # What an extra (uvicorn[standard], pyjwt[crypto]) brings is pinned too.
+        for extra in requirement.extras:
+            for text in importlib.metadata.requires(requirement.name) or []:
+                brought = Requirement(text)
+                if brought.marker and brought.marker.evaluate(
+                    {**IMAGE_ENVIRONMENT, "extra": extra}
+                ):
+                    assert brought.specifier.contains(_pinned_version(pins, brought.name))
+
+
+def test_every_pin_of_the_lock_carries_hashes() -> None:
+    blocks = re.split(r"\n(?=[A-Za-z0-9])", LOCK.read_text())
+    pinned = [block for block in blocks if "==" in block.split("\n", 1)[0]]
+    assert len(pinned) >= len(_pyproject()["project"]["dependencies"])
+    for block in pinned:
+        assert "--hash=sha256:" in block, block.split("\n", 1)[0]
 
 
 def test_compose_build_context_and_containerfile_exist() -> None:
@@ -122,14 +166,6 @@ def test_compose_build_context_and_containerfile_exist() -> None:
             context = PROJECT_ROOT / build["context"]
             assert context.is_dir()
             assert (context / build["dockerfile"]).is_file()
-
-
-def test_every_ferry_command_the_files_run_exists() -> None:
-    commands = _ferry_commands()
-    assert {"serve", "migrate", "healthcheck"} <= commands
-    for command in sorted(commands):
-        result = _run([str(BIN / "ferry"), command, "--help"], timeout=60)
-        assert result.returncode == 0, (command, result.stderr)
 
 
 def test_env_example_lists_every_setting_and_loads() -> None:
@@ -173,12 +209,12 @@ def _compose_environment(service: dict[str, Any]) -> dict[str, str]:
 
 def test_compose_variables_come_from_env_example_and_make_valid_ferry_settings() -> None:
     compose_text = COMPOSE.read_text()
-    referenced = set(re.findall(r"\$\{([A-Z0-9_]+)", compose_text))
     example = ENV_EXAMPLE.read_text()
-    for name in referenced:
-        assert re.search(rf"^{name}=\S", example, flags=re.MULTILINE), (
-            f"{name} not set in .env.example"
-        )
+    # A variable without a default must be set in .env.example; one with a default must
+    # at least be shown there.
+    for name, rule in re.findall(r"\$\{([A-Z0-9_]+)(:?[-?]?)", compose_text):
+        shown = rf"^{name}=\S" if rule != ":-" else rf"^#?\s*{name}=\S"
+        assert re.search(shown, example, flags=re.MULTILINE), f"{name} missing in .env.example"
     services = _compose()["services"]
     for name in ("ferry", "migrate"):
         environment = _compose_environment(services[name])
@@ -195,71 +231,6 @@ def test_compose_variables_come_from_env_example_and_make_valid_ferry_settings()
         if keyword == "ENV":
             names = set(re.findall(r"(FERRY_[A-Z0-9_]+)=", argument))
             assert names <= SETTING_NAMES
-
-
-def test_ferry_migrate_and_healthcheck_run(tmp_path: Path) -> None:
-    env_file_dir = tmp_path / "cwd"
-    env_file_dir.mkdir()
-    env = {
-        "PATH": str(BIN),
-        "FERRY_DATA_DIR": str(tmp_path / "data"),
-        "FERRY_AUTH": "keys",
-    }
-    migrated = _run(
-        [str(BIN / "ferry"), "migrate"],
-        env=env,
-        cwd=env_file_dir,
-        timeout=120,
-    )
-    assert migrated.returncode == 0, migrated.stderr
-    down = _run(
-        [
-            str(BIN / "ferry"),
-            "healthcheck",
-            "--url",
-            f"http://127.0.0.1:{free_port()}/health/ready",
-        ],
-        timeout=60,
-    )
-    assert down.returncode == 1
-    with running_ferry(tmp_path, {"FERRY_AUTH": "keys"}) as server:
-        up = _run(
-            [str(BIN / "ferry"), "healthcheck"],
-            env={**env, "FERRY_PORT": str(server.port)},
-            cwd=env_file_dir,
-            timeout=60,
-        )
-        assert up.returncode == 0, up.stderr
-
-
-def test_postgres_health_check_command_runs() -> None:
-    require_service(postgres_available(), "PostgreSQL is not running on 127.0.0.1:5432")
-    test = _compose()["services"]["postgres"]["healthcheck"]["test"]
-    assert test[0] == "CMD"
-    result = _run(test[1:], timeout=30)
-    # pg_isready only asks whether the server accepts connections; the role need not exist.
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
-def test_seaweedfs_command_flags_exist_and_its_health_check_url_answers(
-    seaweed: S3Endpoint,
-) -> None:
-    service = _compose()["services"]["seaweedfs"]
-    command = service["command"]
-    assert command[0] == "mini"
-    usage = _run([str(BIN / "weed"), "mini", "-h"], timeout=60)
-    flags = set(
-        re.findall(r"^\s+-([a-zA-Z0-9.]+)", usage.stdout + usage.stderr, flags=re.MULTILINE)
-    )
-    for argument in command[1:]:
-        assert argument.lstrip("-").split("=", 1)[0] in flags, argument
-    test = service["healthcheck"]["test"]
-    port = re.search(r"-s3.port=(\d+)", " ".join(command))
-    assert port is not None and f":{port.group(1)}/" in test[-1]
-    # Same check against the SeaweedFS the tests run (its S3 port differs).
-    url = re.sub(r"http://127.0.0.1:\d+", seaweed.url, test[-1])
-    result = _run([*test[1:-1], url], timeout=30)
-    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_the_cluster_profile_puts_nodes_of_their_own_behind_a_balancer_with_nothing_sticky() -> (
