@@ -39,6 +39,7 @@ def two_workers(tmp_path: Path) -> Iterator[FerryProcess]:
             },
         ) as server,
     ):
+        wait_until_every_worker_serves(server, 2)
         yield server
 
 
@@ -47,6 +48,23 @@ def worker_pids(server: FerryProcess) -> list[int]:
     pid = server.process.pid
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     return sorted(int(child) for child in children)
+
+
+def wait_until_every_worker_serves(server: FerryProcess, count: int, timeout: float = 60) -> None:
+    """``/health`` answers once worker 0 serves; the others are forked after it and may
+    still be starting (under load, for seconds). Wait for each one's start-up line."""
+    logs = server.data_dir.parent / "logs"
+    deadline = time.monotonic() + timeout
+    while True:
+        started = [
+            (logs / f"ferry-worker-{index}.log").is_file()
+            and "Application startup complete" in (logs / f"ferry-worker-{index}.log").read_text()
+            for index in range(count)
+        ]
+        if all(started) and len(worker_pids(server)) == count:
+            return
+        assert time.monotonic() < deadline, f"workers not serving after {timeout} s: {started}"
+        time.sleep(0.1)
 
 
 def fresh_request(
@@ -174,8 +192,8 @@ def test_stopping_or_killing_the_supervisor_ends_every_worker(tmp_path: Path) ->
                 tmp_path / stop, {"FERRY_WORKERS": "2", "FERRY_DATABASE_URL": database_url}
             ) as server,
         ):
+            wait_until_every_worker_serves(server, 2)
             workers = worker_pids(server)
-            assert len(workers) == 2
             if stop == "sigterm":
                 server.stop()
             else:
