@@ -33,7 +33,8 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 0
 fi
 
-debs=(podman runc netavark aardvark-dns mmdebstrap)
+# netavark (podman's network stack) runs iptables for the bridge network; Debian does not pull it in.
+debs=(podman runc netavark aardvark-dns iptables mmdebstrap)
 missing=()
 for deb in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$deb" 2>/dev/null | grep -q 'install ok installed' || missing+=("$deb")
