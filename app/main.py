@@ -15,6 +15,7 @@ from litestar.di import Provide
 
 from app import __version__
 from app.composition import open_ferry
+from app.core.threads import use_io_threads
 from app.db.engine import database_problem
 from app.errors import BadRequest
 from app.http.authentication import AuthenticationMiddleware
@@ -132,6 +133,7 @@ def _lifespan(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        io_threads = use_io_threads(asyncio.get_running_loop())
         async with open_ferry(settings) as ferry:
             watch_staging_dir(settings.staging_dir)
             app.state.update(
@@ -162,6 +164,7 @@ def _lifespan(
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
+        io_threads.shutdown(wait=False)
 
     return lifespan
 

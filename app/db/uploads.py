@@ -39,6 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.clock import utcnow
 from app.db.engine import DATABASE_ERRORS, describe_database_failure
+from app.db.group_commit import GroupCommit
 from app.db.models import File, Upload, UploadState
 from app.db.unreleased import UnreleasedLeases
 from app.errors import Gone, UploadLocked
@@ -64,13 +65,16 @@ class UploadEvents(Protocol):
     """What the rest of Ferry learns of upload changes, recorded in their transaction."""
 
     def file_recorded(self, session: AsyncSession, stored: File) -> None:
-        """An upload became a file (``session`` is the filing transaction)."""
+        """An upload became a file (``session`` is the filing transaction).
+
+        May run twice for one change (a group commit that failed runs each of its pieces
+        again): it only adds rows to ``session``; what counts goes in :meth:`committed`."""
 
     def upload_terminated(self, session: AsyncSession, upload: Upload) -> None:
         """Its owner terminated an upload (``session`` is the retiring transaction)."""
 
-    def committed(self) -> None:
-        """A transaction that recorded events has committed."""
+    def committed(self, *, files: int = 0, terminations: int = 0) -> None:
+        """A transaction that recorded these events has committed."""
 
 
 class NoUploadEvents:
@@ -82,7 +86,7 @@ class NoUploadEvents:
     def upload_terminated(self, session: AsyncSession, upload: Upload) -> None:
         """Nothing to record."""
 
-    def committed(self) -> None:
+    def committed(self, *, files: int = 0, terminations: int = 0) -> None:
         """Nothing to wake."""
 
 
@@ -137,6 +141,8 @@ class UploadRepository:
         events: UploadEvents | None = None,
     ) -> None:
         self._sessions = sessions
+        self._writes = GroupCommit(sessions)
+        """Every write transaction goes through it: concurrent ones commit together."""
         self.node_id = node_id
         self.lease = timedelta(seconds=lease_seconds)
         self.ttl = timedelta(seconds=ttl_seconds)
@@ -253,11 +259,16 @@ class UploadRepository:
         if claimed:
             claim = Claim(upload=upload, token=secrets.token_hex(16))
             self._hold(upload, claim.token)
-        async with self._sessions() as session, session.begin():
+        await self._insert(upload, reserve)
+        return claim
+
+    async def _insert(self, upload: Upload, reserve: Reservation | None) -> None:
+        async def insert(session: AsyncSession) -> None:
             if reserve is not None:
                 await reserve(session)
             session.add(upload)
-        return claim
+
+        await self._writes.run(insert)
 
     def claim_unsaved(self, upload: Upload) -> Claim:
         """A creation-with-upload: its lease is taken in memory, its row inserted by the
@@ -302,8 +313,11 @@ class UploadRepository:
         await self.unreleased.retry(upload_id)
         token = secrets.token_hex(16)
         statement = self._claim_statement(upload_id, token, conditions).returning(Upload)
-        async with self._sessions() as session, session.begin():
-            row = (await session.scalars(statement)).one_or_none()
+
+        async def claim(session: AsyncSession) -> Upload | None:
+            return (await session.scalars(statement)).one_or_none()
+
+        row = await self._writes.run(claim)
         return None if row is None else Claim(upload=row, token=token)
 
     async def renew(self, claim: Claim) -> bool:
@@ -443,10 +457,7 @@ class UploadRepository:
             upload.content_type = content_type or upload.content_type
             if release:
                 self._let_go(upload)
-            async with self._sessions() as session, session.begin():
-                if reserve is not None:
-                    await reserve(session)
-                session.add(upload)
+            await self._insert(upload, reserve)
             claim.saved = True
             return True
         result = await self._execute(
@@ -520,7 +531,8 @@ class UploadRepository:
             "sha256_state": None,
             **_RELEASED,
         }
-        async with self._sessions() as session, session.begin():
+
+        async def file(session: AsyncSession) -> None:
             if not claim.saved:
                 for name, value in completed.items():
                     setattr(upload, name, value)
@@ -534,7 +546,9 @@ class UploadRepository:
                     .execution_options(synchronize_session=False)
                 )
             self._events.file_recorded(session, stored)
-        self._events.committed()
+
+        await self._writes.run(file)
+        self._events.committed(files=1)
         claim.saved = True
         upload.state = UploadState.COMPLETED
         upload.expires_at = None
@@ -561,7 +575,8 @@ class UploadRepository:
 
         ``announce``: its owner terminated it, which is an event (post-terminate).
         """
-        async with self._sessions() as session, session.begin():
+
+        async def retire(session: AsyncSession) -> tuple[File | None, bool]:
             stored = await session.get(File, claim.upload_id)
             retired = await session.execute(
                 update(Upload)
@@ -571,10 +586,14 @@ class UploadRepository:
             )
             if stored is not None:
                 await session.execute(delete(File).where(File.id == claim.upload_id))
-            if announce and _rowcount(retired) == 1:
+            announced = announce and _rowcount(retired) == 1
+            if announced:
                 self._events.upload_terminated(session, claim.upload)
-        if announce:
-            self._events.committed()
+            return stored, announced
+
+        stored, announced = await self._writes.run(retire)
+        if announced:
+            self._events.committed(terminations=1)
         claim.upload.state = state
         self._let_go(claim.upload)
         return stored
@@ -590,10 +609,12 @@ class UploadRepository:
         upload.offset = offset
 
     async def _execute(self, statement: Any, *, reserve: Reservation | None = None) -> int:
-        async with self._sessions() as session, session.begin():
+        async def execute(session: AsyncSession) -> int:
             if reserve is not None:
                 await reserve(session)
             return _rowcount(await session.execute(statement))
+
+        return await self._writes.run(execute)
 
 
 def _rowcount(result: Any) -> int:

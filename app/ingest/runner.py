@@ -182,6 +182,13 @@ class IngestRun:
             position += count
             self.view.file_position(key, position)
 
+        if entry.url is None and hasher.hashed == local.size > 0:
+            # An earlier attempt sent the whole file and lost the answer (the server went
+            # down, the connection broke): it may have stored it before it could say so.
+            entry.url = await self._stored_copy(local, hasher.hexdigest())
+            if entry.url is not None:
+                self.journal.record(entry)
+                return
         if entry.url is None:
             metadata = {"filename": local.path.name, "relative_path": local.relative}
             if local.size <= self.options.small_file:
@@ -204,6 +211,18 @@ class IngestRun:
                 entry.url, local.path, offset, length, hasher, sent
             )
             self.view.file_position(key, offset)
+
+    async def _stored_copy(self, local: LocalFile, sha256: str) -> str | None:
+        """The upload URL of a file the server holds with this name, size and SHA-256."""
+        for record in await self.client.files_named([local.path.name]):
+            metadata = record.get("metadata") or {}
+            if (
+                record.get("size") == local.size
+                and record.get("sha256") == sha256
+                and metadata.get("relative_path") == local.relative
+            ):
+                return self.client.upload_url(str(record["uid"]))
+        return None
 
     async def _verify(self, entry: Entry, hasher: FileHasher, size: int) -> str:
         """Compare the local SHA-256 with the server's record; returns it when they agree."""

@@ -116,21 +116,21 @@ class WebhookOutbox:
         self._wake.set()
 
     def file_recorded(self, session: AsyncSession, stored: File) -> None:
-        """Count the finished upload and queue its post-finish event in the filing
-        transaction (``session``), so the event exists exactly when the file does."""
-        metrics.UPLOADS_FINISHED.inc()
+        """Queue the post-finish event in the filing transaction (``session``), so the
+        event exists exactly when the file does."""
         if self.enabled:
             session.add(new_event(POST_FINISH, stored.id, finish_payload(stored)))
 
     def upload_terminated(self, session: AsyncSession, upload: Upload) -> None:
-        """Count the termination and queue its post-terminate event in the retiring
-        transaction (``session``), so the event exists exactly when the termination does."""
-        metrics.UPLOADS_TERMINATED.inc()
+        """Queue the post-terminate event in the retiring transaction (``session``), so
+        the event exists exactly when the termination does."""
         if self.enabled:
             session.add(new_event(POST_TERMINATE, upload.id, terminate_payload(upload)))
 
-    def committed(self) -> None:
-        """A transaction with events committed: deliver them now."""
+    def committed(self, *, files: int = 0, terminations: int = 0) -> None:
+        """A transaction with events committed: count them and deliver them now."""
+        metrics.UPLOADS_FINISHED.inc(files)
+        metrics.UPLOADS_TERMINATED.inc(terminations)
         if self.enabled:
             self.wake()
 

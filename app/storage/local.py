@@ -10,6 +10,7 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 
+from app.core.threads import off_loop
 from app.storage.backend import Capabilities, StoredObject
 from app.storage.range_reader import read_range_prefetching
 from app.storage.sniff import Category
@@ -69,7 +70,7 @@ class LocalBackend:
         key = self._key_for(upload_id, category)
         target = self.path_for(key)
         place = _durable_link if keep_staged else _durable_rename
-        await anyio.to_thread.run_sync(place, staged_path, target)
+        await off_loop(place, staged_path, target)
         return StoredObject(key=key, size=size)
 
     async def find_stored(self, upload_id: uuid.UUID, category: str) -> StoredObject | None:

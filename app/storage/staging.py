@@ -22,6 +22,7 @@ import anyio
 import anyio.to_thread
 
 from app.core.checksums import ChunkDigest
+from app.core.threads import off_loop
 from app.errors import InsufficientStorage, is_disk_full
 
 WRITE_BUFFER_BUDGET = 4 * 1024 * 1024
@@ -72,7 +73,7 @@ class StagingArea:
 
     async def create(self, upload_id: uuid.UUID) -> None:
         """Create an empty staging file."""
-        await anyio.to_thread.run_sync(self._create_sync, self.path_for(upload_id))
+        await off_loop(self._create_sync, self.path_for(upload_id))
 
     @staticmethod
     def _create_sync(path: Path) -> None:
@@ -81,11 +82,7 @@ class StagingArea:
 
     async def size(self, upload_id: uuid.UUID) -> int | None:
         """Bytes in the staging file, or ``None`` if there is none."""
-        try:
-            stat = await anyio.Path(self.path_for(upload_id)).stat()
-        except FileNotFoundError:
-            return None
-        return stat.st_size
+        return await off_loop(_size_or_none, self.path_for(upload_id))
 
     async def truncate(self, upload_id: uuid.UUID, size: int) -> None:
         """Cut the staging file back to ``size`` bytes and make that durable."""
@@ -102,7 +99,7 @@ class StagingArea:
 
     async def remove(self, upload_id: uuid.UUID) -> None:
         """Delete the staging file if it exists."""
-        await anyio.Path(self.path_for(upload_id)).unlink(missing_ok=True)
+        await off_loop(self.path_for(upload_id).unlink, True)
 
     async def open_writer(
         self,
@@ -116,7 +113,7 @@ class StagingArea:
         Anything past ``offset`` is a leftover of a write that was never acknowledged, so it
         is cut off first: the file then always ends at the committed offset.
         """
-        fd = await anyio.to_thread.run_sync(self._open_for_append, self.path_for(upload_id), offset)
+        fd = await off_loop(self._open_for_append, self.path_for(upload_id), offset)
         self.open_writers += 1
         share = WRITE_BUFFER_BUDGET // self.open_writers
         buffer_size = max(MIN_WRITE_BUFFER_SIZE, min(MAX_WRITE_BUFFER_SIZE, share))
@@ -362,7 +359,7 @@ class StagingWriter:
         pieces = self._take_buffer()
         # The last block and the fdatasync share one trip to a worker thread: a small
         # upload's whole body then costs a single hand-off.
-        await anyio.to_thread.run_sync(self._write_and_sync, [] if self.disk_full else pieces)
+        await off_loop(self._write_and_sync, [] if self.disk_full else pieces)
         return self.start_offset + self.written
 
     def _write_and_sync(self, pieces: list[bytes]) -> None:
@@ -388,6 +385,13 @@ class StagingWriter:
             finally:
                 if on_close is not None:
                     on_close()
+
+
+def _size_or_none(path: Path) -> int | None:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return None
 
 
 def _write_all(fd: int, pieces: list[bytes]) -> tuple[int, OSError | None]:

@@ -453,6 +453,26 @@ def test_server_url_keeps_its_path_through_a_prefix_stripping_proxy(
     assert page["total"] == len(uids) == len(expected) + 1
 
 
+def test_a_small_file_whose_creation_answer_was_lost_is_stored_once(
+    tmp_path: Path, shared_ferry: FerryProcess
+) -> None:
+    """The server stored the file, the answer never came (it died after its commit): the
+    retry finds the stored copy instead of sending the file again."""
+    tree = tmp_path / "tree"
+    expected = _random_tree(tree, 6)
+    with faulty_proxy(shared_ferry.url) as proxy:
+        proxy.lose_response("POST /files", times=2)
+        args = ["ingest", str(tree), "--server", proxy.url, "--parallel", "1"]
+        code, out, err, _ = _run_cli([*args, "--json", "r.json"], tmp_path, shared_ferry.env)
+        assert code == 0, (out, err)
+        assert proxy.count("POST /files") == len(expected)  # no creation was repeated
+    report = json.loads((tmp_path / "r.json").read_text())
+    uids = {item["uid"] for item in report["files"]}
+    query = [("uid", uid) for uid in uids] + [("limit", "100")]
+    page = httpx.get(f"{shared_ferry.url}/api/files", params=query).json()
+    assert page["total"] == len(uids) == len(expected)
+
+
 def test_a_server_url_without_tus_below_it_fails_with_one_line_and_stores_nothing(
     tmp_path: Path, shared_ferry: FerryProcess
 ) -> None:

@@ -14,6 +14,9 @@ lets rules target single S3 calls by their request line:
 * ``hold_response(match, times)`` — forward to S3, then keep S3's answer and never reply
   (S3 did the work, the client does not know: the crash window between UploadPart or
   CompleteMultipartUpload and the ledger commit); :attr:`held` is set when it happens;
+* ``lose_response(match, times)`` — forward, throw the answer away and reset the
+  connection (the server did the work; the client sees a broken connection, as when the
+  server dies between its commit and its answer);
 * ``down()`` / ``up()`` — stop listening (connection refused) and listen again.
 
 With ``strip_prefix`` it is also a reverse proxy mounting its upstream under a path:
@@ -143,6 +146,9 @@ class FaultyProxy:
     def hold_response(self, *match: str, times: int = 1) -> None:
         self._add(Rule(match, "hold", times))
 
+    def lose_response(self, *match: str, times: int = 1) -> None:
+        self._add(Rule(match, "lose", times))
+
     def clear(self) -> None:
         with self._lock:
             self.rules.clear()
@@ -238,6 +244,10 @@ class FaultyProxy:
                 await self._forward(head, length, reader, writer, hold=False)
             elif rule.action == "hold":
                 await self._forward(head, length, reader, writer, hold=True)
+            elif rule.action == "lose":
+                await self._forward(head, length, reader, writer, hold=True)
+                self._held_writers.remove(writer)
+                _reset(writer)
         except (ConnectionError, asyncio.IncompleteReadError, OSError):
             writer.close()
 
