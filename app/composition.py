@@ -19,7 +19,8 @@ import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.auth.keys import ApiKeyStore
-from app.db.engine import create_engine, create_session_factory
+from app.db.engine import create_engine, create_session_factory, create_sqlite_writer_engine
+from app.db.group_commit import AsyncSessionWriter, GroupCommit, ThreadedSqliteWriter
 from app.db.uploads import UploadRepository
 from app.http.authentication import Authenticator
 from app.http.downloads import DownloadService
@@ -65,6 +66,18 @@ class Ferry:
     link_signer: LinkSigner
 
 
+def group_commit(url: str, sessions: async_sessionmaker[AsyncSession]) -> GroupCommit:
+    """Upload writes grouped (:mod:`app.db.group_commit`): on SQLite by its one writer
+    thread; on PostgreSQL a few groups at once over the pool."""
+    if url.startswith("sqlite"):
+        return GroupCommit(ThreadedSqliteWriter(create_sqlite_writer_engine(url)))
+    return GroupCommit(AsyncSessionWriter(sessions), parallel=POSTGRES_GROUPS_IN_FLIGHT)
+
+
+POSTGRES_GROUPS_IN_FLIGHT = 4
+"""Groups committing at once on PostgreSQL (of the pool's 10 connections)."""
+
+
 @contextlib.asynccontextmanager
 async def open_ferry(settings: Settings) -> AsyncIterator[Ferry]:
     """Build the object graph, start the backend, and close everything afterwards."""
@@ -87,6 +100,7 @@ async def open_ferry(settings: Settings) -> AsyncIterator[Ferry]:
         lease_seconds=settings.lock_lease_seconds,
         ttl_seconds=settings.upload_ttl_seconds,
         events=outbox,
+        writes=group_commit(settings.resolved_database_url, sessions),
     )
     quotas = OwnerQuotas(settings, sessions)
     admission = UploadAdmission(

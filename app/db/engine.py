@@ -10,8 +10,9 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import sqlalchemy
 from sqlalchemy import event, make_url, text
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import (
@@ -41,9 +42,9 @@ def _enable_sqlite_durability(dbapi_connection: Any, _record: Any) -> None:
     """WAL lets readers run beside the writer.
 
     ``synchronous=NORMAL`` in WAL mode keeps every commit across a process crash
-    (``kill -9``) without an fsync per commit; after a power loss the last commits may be
-    lost, which start-up reconciliation handles by cutting staging back to the recorded
-    offset (the client then re-sends those bytes; nothing is ever corrupted).
+    (``kill -9``) without an fsync per commit. Upload state is written by the group-commit
+    writer's own connection with ``synchronous=FULL`` (:func:`create_sqlite_writer_engine`),
+    whose fsync of the log also makes every earlier commit of this connection durable.
     """
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -79,6 +80,38 @@ def create_engine(url: str) -> AsyncEngine:
         )
     event.listen(engine.sync_engine, "do_connect", _connect_failures_are_database_errors)
     return engine
+
+
+def create_sqlite_writer_engine(url: str) -> Engine:
+    """The group-commit writer's own synchronous connection to the SQLite file of ``url``
+    (:class:`~app.db.group_commit.ThreadedSqliteWriter`): WAL like every connection, and
+    ``synchronous=FULL``, so each commit of upload state is fsync'ed (once per group)."""
+    engine = sqlalchemy.create_engine(
+        make_url(url).set(drivername="sqlite"),
+        connect_args={"timeout": 30, "check_same_thread": False},
+        pool_size=1,
+        max_overflow=0,
+        pool_timeout=30,
+    )
+    event.listen(engine, "connect", _enable_sqlite_durability)
+    event.listen(engine, "connect", _sync_every_commit_and_begin_explicitly)
+    event.listen(engine, "begin", _begin_immediate)
+    event.listen(engine, "do_connect", _connect_failures_are_database_errors)
+    return engine
+
+
+def _sync_every_commit_and_begin_explicitly(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.close()
+    dbapi_connection.isolation_level = None  # the driver's implicit BEGIN off: see below
+
+
+def _begin_immediate(connection: Connection) -> None:
+    """Take SQLite's write lock when the transaction starts (waiting up to the busy
+    timeout while another connection writes) rather than at its first write: a group
+    that reads first could otherwise fail at once to upgrade its read snapshot."""
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _connect_failures_are_database_errors(

@@ -2,21 +2,22 @@
 
 A small upload costs one or a few tiny transactions (insert the upload and its file row,
 move an offset, give a lease back). Begun and committed one by one, their fixed cost (a
-pooled connection, ``BEGIN``, the ORM's flush machinery, ``COMMIT``, a thread hop per
-statement) is most of a small upload's database time, and on SQLite they queue for its one
-connection anyway. :class:`GroupCommit` runs every transaction that arrives while the
-previous group commits in one transaction of its own, like a database's group commit:
+pooled connection, ``BEGIN``, the ORM's flush machinery, ``COMMIT``) is most of a small
+upload's database time, and on SQLite they queue for its one writer anyway.
+:class:`GroupCommit` runs every transaction that arrives while the previous group commits
+in one transaction of its own, like a database's group commit:
 
 * nobody waits for a timer: a transaction arriving at an idle committer starts at once,
   alone; the group grows only while the database is busy, which is exactly when it pays;
-* each piece of work is an ``async`` function of the session, run in turn; its result (a
-  rowcount, a loaded row) is handed back once the whole group has **committed**, so no
-  caller ever acts on a write that might still roll back (invariant 1: an answer follows
-  the commit of its row);
+* each piece of work is a plain (synchronous) function of an ORM session, so a whole group
+  runs without returning to the event loop between statements: on SQLite in one trip to
+  the writer's own thread (:class:`ThreadedSqliteWriter`), on PostgreSQL in one greenlet
+  of SQLAlchemy's asyncio bridge (only asyncpg's round trips go through the loop);
+* a piece's result (a rowcount, a loaded row) is handed back once the whole group has
+  **committed**: no caller acts on a write that might still roll back;
 * one failing piece must not fail the others: when a group fails, every piece is run
-  again in a transaction of its own, and only the failing one sees its error. Pieces
-  are therefore pure database work, safe to run twice after a rollback (they change
-  Python objects only as the insert they stage, never acting on a result before commit);
+  again in a transaction of its own, and only the failing one sees its error. Pieces are
+  therefore pure database work, safe to run twice after a rollback;
 * a caller cancelled while its piece is in a group waits for the group to end (a few
   milliseconds) before the cancellation goes on, so whether its write committed is never
   unknown to it.
@@ -26,11 +27,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import Engine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.threads import settled
 
@@ -38,8 +42,8 @@ logger = logging.getLogger(__name__)
 
 Result = TypeVar("Result")
 
-Work = Callable[[AsyncSession], Awaitable[Result]]
-"""One transaction's statements, run on the group's session."""
+Work = Callable[[Session], Result]
+"""One transaction's statements, run on the group's session (synchronously)."""
 
 MAX_GROUP = 64
 """Pieces in one transaction at most: bounds how long a group holds its locks."""
@@ -53,13 +57,77 @@ class _Piece(Generic[Result]):
     )
 
 
-class GroupCommit:
-    """Runs write transactions, grouping the ones that arrive while a group commits."""
+class ThreadedSqliteWriter:
+    """SQLite's writer: its own connection, used from its own thread.
+
+    A group runs there from ``BEGIN`` to ``COMMIT`` in one hand-off, instead of one trip
+    through the event loop per statement; and it commits with ``synchronous=FULL`` (an
+    fsync of the write-ahead log per group, taken by this thread), so a committed upload
+    survives a power loss too, not only a crash of the process.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="ferry-sqlite-writer")
+
+    async def run(self, work: Work[Result]) -> Result:
+        """``work`` in one committed transaction on the writer's thread."""
+        loop = asyncio.get_running_loop()
+        return await settled(loop.run_in_executor(self._thread, self._transaction, work))
+
+    def _transaction(self, work: Work[Result]) -> Result:
+        with self._sessions() as session, session.begin():
+            return work(session)
+
+    @property
+    def engine(self) -> Engine:
+        """The engine the groups commit on."""
+        return self._engine
+
+    def close(self) -> None:
+        """Let the thread go and close the connection (at shutdown)."""
+        self._thread.shutdown(wait=True)
+        self._engine.dispose()
+
+
+class AsyncSessionWriter:
+    """Any async engine (PostgreSQL): a group runs in one ``AsyncSession.run_sync``."""
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
+
+    async def run(self, work: Work[Result]) -> Result:
+        """``work`` in one committed transaction of a pooled connection."""
+        async with self._sessions() as session, session.begin():
+            return await session.run_sync(work)
+
+    @property
+    def engine(self) -> Engine:
+        """The engine the groups commit on (the async engine's synchronous side)."""
+        bind = self._sessions.kw["bind"]
+        assert isinstance(bind, AsyncEngine)
+        return bind.sync_engine
+
+    def close(self) -> None:
+        """Nothing of its own to close (the engine belongs to the caller)."""
+
+
+class GroupCommit:
+    """Runs write transactions, grouping the ones that arrive while a group commits.
+
+    ``parallel``: groups in flight at once (1 for SQLite's single writer; a few for
+    PostgreSQL, whose connections commit side by side).
+    """
+
+    def __init__(self, writer: ThreadedSqliteWriter | AsyncSessionWriter, parallel: int = 1):
+        self._writer = writer
+        self._parallel = parallel
         self._waiting: list[_Piece[Any]] = []
-        self._committer: asyncio.Task[None] | None = None
+        self._committers: set[asyncio.Task[None]] = set()
+        """Committers that will look at ``_waiting`` again. One leaves this set in the same
+        step in which it finds ``_waiting`` empty (not in a done callback, a loop turn
+        later): a piece added in between would otherwise wait for the next write."""
         self.groups = 0
         """Transactions committed (for tests and benchmarks: pieces per group)."""
         self.pieces = 0
@@ -68,29 +136,46 @@ class GroupCommit:
         """Run ``work`` in a committed transaction (alone or in a group); its result."""
         piece: _Piece[Result] = _Piece(work)
         self._waiting.append(piece)
-        if self._committer is None or self._committer.done():
-            self._committer = asyncio.create_task(self._commit_while_waiting())
+        if len(self._committers) < self._parallel:
+            self._committers.add(asyncio.create_task(self._commit_while_waiting()))
         return await settled(piece.done)
 
+    @property
+    def engine(self) -> Engine:
+        """The engine the groups commit on (its ``commit`` events count the groups)."""
+        return self._writer.engine
+
+    def close(self) -> None:
+        """Release the writer (its thread and connection, on SQLite)."""
+        self._writer.close()
+
     async def _commit_while_waiting(self) -> None:
-        while self._waiting:
-            group, self._waiting = self._waiting[:MAX_GROUP], self._waiting[MAX_GROUP:]
-            try:
-                await self._commit_group(group)
-            except BaseException as failure:  # the committer itself was cancelled
-                for piece in group + self._waiting:
-                    if not piece.done.done():
-                        piece.done.set_exception(failure)
-                self._waiting = []
-                raise
+        this = asyncio.current_task()
+        try:
+            while self._waiting:
+                group, self._waiting = self._waiting[:MAX_GROUP], self._waiting[MAX_GROUP:]
+                try:
+                    await self._commit_group(group)
+                except BaseException as failure:  # the committer itself was cancelled
+                    self._committers.discard(this)
+                    orphans = group if self._committers else group + self._waiting
+                    if not self._committers:
+                        self._waiting = []  # no committer is left to take them
+                    for piece in orphans:
+                        if not piece.done.done():
+                            piece.done.set_exception(failure)
+                    raise
+        finally:
+            self._committers.discard(this)
 
     async def _commit_group(self, group: list[_Piece[Any]]) -> None:
         if len(group) == 1:
             await self._commit_alone(group[0])
             return
         try:
-            async with self._sessions() as session, session.begin():
-                results = [await piece.work(session) for piece in group]
+            results = await self._writer.run(
+                lambda session: [piece.work(session) for piece in group]
+            )
         except Exception:
             # Which piece failed is not known to the database; each runs again on its own.
             logger.debug("a group of %d transactions failed; retrying each alone", len(group))
@@ -104,8 +189,7 @@ class GroupCommit:
 
     async def _commit_alone(self, piece: _Piece[Any]) -> None:
         try:
-            async with self._sessions() as session, session.begin():
-                result = await piece.work(session)
+            result = await self._writer.run(piece.work)
         except Exception as failure:
             piece.done.set_exception(failure)
             return

@@ -27,19 +27,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import CursorResult, delete, or_, select, update
+from sqlalchemy import CursorResult, Table, delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session
 
 from app.core.clock import utcnow
+from app.core.tokens import unique_token
 from app.db.engine import DATABASE_ERRORS, describe_database_failure
-from app.db.group_commit import GroupCommit
+from app.db.group_commit import AsyncSessionWriter, GroupCommit
 from app.db.models import File, Upload, UploadState
 from app.db.unreleased import UnreleasedLeases
 from app.errors import Gone, UploadLocked
@@ -51,26 +52,54 @@ _IDS_PER_QUERY = 500
 
 _RELEASED: dict[str, Any] = {"lock_token": None, "lock_holder": None, "lock_expires_at": None}
 
+UPLOADS: Table = Upload.__table__  # type: ignore[assignment]
+"""The writes below are Core statements on the table, not ORM ones: in a group commit each
+runs for a few concurrent requests, and the ORM's bulk-update and unit-of-work machinery
+cost several times the statement itself (the writer thread's profile under small uploads)."""
+
+
+def _column(attribute: str) -> Any:
+    """The ``uploads`` column of an ``Upload`` attribute (``offset`` is ``upload_offset``)."""
+    return UPLOADS.c[Upload.__mapper__.column_attrs[attribute].columns[0].key]
+
+
+def _insert_row(session: Session, instance: Upload | File) -> None:
+    """Insert a new row from its ORM object with one Core statement (no unit of work); the
+    object stays transient, as a row loaded and detached would be."""
+    now = utcnow()
+    instance.created_at = instance.created_at or now
+    instance.updated_at = instance.updated_at or now
+    mapper = type(instance).__mapper__
+    session.execute(
+        insert(mapper.local_table),  # type: ignore[arg-type]
+        {
+            attribute.columns[0].key: getattr(instance, attribute.key)
+            for attribute in mapper.column_attrs
+            if attribute.key != "_sentinel"
+        },
+    )
+
 
 LeaseFence = Callable[[AsyncSession], Awaitable[None]]
 """Run inside a transaction that records an upload's bytes elsewhere (the S3 ledger): it
 renews the writer's lease there and raises :class:`UploadLocked` when the writer lost it,
 so a writer whose lease lapsed can never overwrite what a newer one recorded."""
 
-Reservation = Callable[[AsyncSession], Awaitable[None]]
-"""A check run inside the transaction that inserts an upload (quotas); raises to refuse."""
+Reservation = Callable[[Session], None]
+"""A check run inside the transaction that inserts an upload (quotas); raises to refuse.
+Synchronous: it runs in a group commit (:mod:`app.db.group_commit`)."""
 
 
 class UploadEvents(Protocol):
     """What the rest of Ferry learns of upload changes, recorded in their transaction."""
 
-    def file_recorded(self, session: AsyncSession, stored: File) -> None:
+    def file_recorded(self, session: Session, stored: File) -> None:
         """An upload became a file (``session`` is the filing transaction).
 
         May run twice for one change (a group commit that failed runs each of its pieces
         again): it only adds rows to ``session``; what counts goes in :meth:`committed`."""
 
-    def upload_terminated(self, session: AsyncSession, upload: Upload) -> None:
+    def upload_terminated(self, session: Session, upload: Upload) -> None:
         """Its owner terminated an upload (``session`` is the retiring transaction)."""
 
     def committed(self, *, files: int = 0, terminations: int = 0) -> None:
@@ -80,10 +109,10 @@ class UploadEvents(Protocol):
 class NoUploadEvents:
     """Nobody listens (tests and tools that build a repository of their own)."""
 
-    def file_recorded(self, session: AsyncSession, stored: File) -> None:
+    def file_recorded(self, session: Session, stored: File) -> None:
         """Nothing to record."""
 
-    def upload_terminated(self, session: AsyncSession, upload: Upload) -> None:
+    def upload_terminated(self, session: Session, upload: Upload) -> None:
         """Nothing to record."""
 
     def committed(self, *, files: int = 0, terminations: int = 0) -> None:
@@ -139,9 +168,10 @@ class UploadRepository:
         lease_seconds: float,
         ttl_seconds: float,
         events: UploadEvents | None = None,
+        writes: GroupCommit | None = None,
     ) -> None:
         self._sessions = sessions
-        self._writes = GroupCommit(sessions)
+        self._writes = writes or GroupCommit(AsyncSessionWriter(sessions))
         """Every write transaction goes through it: concurrent ones commit together."""
         self.node_id = node_id
         self.lease = timedelta(seconds=lease_seconds)
@@ -150,9 +180,15 @@ class UploadRepository:
         self.unreleased = UnreleasedLeases(self._release_row, lease_seconds)
         """Releases that failed (the database did not answer), retried until it does."""
 
+    @property
+    def writes(self) -> GroupCommit:
+        """Where every upload write commits (tests count its transactions)."""
+        return self._writes
+
     async def close(self) -> None:
-        """Stop retrying failed releases (after one last try)."""
+        """Stop retrying failed releases (after one last try); release the writer."""
         await self.unreleased.close()
+        self._writes.close()
 
     # ------------------------------------------------------------------ reads
 
@@ -257,23 +293,23 @@ class UploadRepository:
         (the owner's quota: what it counts cannot change before the insert commits)."""
         claim = None
         if claimed:
-            claim = Claim(upload=upload, token=secrets.token_hex(16))
+            claim = Claim(upload=upload, token=unique_token())
             self._hold(upload, claim.token)
         await self._insert(upload, reserve)
         return claim
 
     async def _insert(self, upload: Upload, reserve: Reservation | None) -> None:
-        async def insert(session: AsyncSession) -> None:
+        def insert(session: Session) -> None:
             if reserve is not None:
-                await reserve(session)
-            session.add(upload)
+                reserve(session)
+            _insert_row(session, upload)
 
         await self._writes.run(insert)
 
     def claim_unsaved(self, upload: Upload) -> Claim:
         """A creation-with-upload: its lease is taken in memory, its row inserted by the
         first transition (nobody else can know its id before the response)."""
-        claim = Claim(upload=upload, token=secrets.token_hex(16), saved=False)
+        claim = Claim(upload=upload, token=unique_token(), saved=False)
         self._hold(upload, claim.token)
         return claim
 
@@ -288,21 +324,20 @@ class UploadRepository:
         """The compare-and-set UPDATE: free (or expired) lease and every condition holds."""
         now = utcnow()
         return (
-            update(Upload)
+            update(UPLOADS)
             .where(
-                Upload.id == upload_id,
-                or_(Upload.lock_token.is_(None), Upload.lock_expires_at < now),
-                *(getattr(Upload, column) == value for column, value in conditions.items()),
+                UPLOADS.c.id == upload_id,
+                or_(UPLOADS.c.lock_token.is_(None), UPLOADS.c.lock_expires_at < now),
+                *(_column(name) == value for name, value in conditions.items()),
             )
             .values(lock_token=token, lock_holder=self.node_id, lock_expires_at=now + self.lease)
-            .execution_options(synchronize_session=False)
         )
 
     async def claim(self, upload: Upload, **conditions: Any) -> Claim | None:
         """Take ``upload``'s lease if it is free (or expired) and every ``column == value``
         holds; ``None`` when the lease is held or a condition failed."""
         await self.unreleased.retry(upload.id)
-        token = secrets.token_hex(16)
+        token = unique_token()
         if await self._execute(self._claim_statement(upload.id, token, conditions)) != 1:
             return None
         self._hold(upload, token)
@@ -311,11 +346,12 @@ class UploadRepository:
     async def claim_and_load(self, upload_id: uuid.UUID, **conditions: Any) -> Claim | None:
         """Like :meth:`claim` by id, returning the locked row too: one round trip."""
         await self.unreleased.retry(upload_id)
-        token = secrets.token_hex(16)
-        statement = self._claim_statement(upload_id, token, conditions).returning(Upload)
+        token = unique_token()
+        claimed = self._claim_statement(upload_id, token, conditions).returning(*UPLOADS.c)
+        statement = select(Upload).from_statement(claimed)
 
-        async def claim(session: AsyncSession) -> Upload | None:
-            return (await session.scalars(statement)).one_or_none()
+        def claim(session: Session) -> Upload | None:
+            return session.scalars(statement).one_or_none()
 
         row = await self._writes.run(claim)
         return None if row is None else Claim(upload=row, token=token)
@@ -323,10 +359,9 @@ class UploadRepository:
     async def renew(self, claim: Claim) -> bool:
         """Extend a held lease; ``False`` means it was lost."""
         statement = (
-            update(Upload)
-            .where(Upload.id == claim.upload_id, Upload.lock_token == claim.token)
+            update(UPLOADS)
+            .where(UPLOADS.c.id == claim.upload_id, UPLOADS.c.lock_token == claim.token)
             .values(lock_expires_at=utcnow() + self.lease)
-            .execution_options(synchronize_session=False)
         )
         return await self._execute(statement) == 1
 
@@ -351,10 +386,9 @@ class UploadRepository:
 
     async def _release_row(self, upload_id: uuid.UUID, token: str) -> None:
         await self._execute(
-            update(Upload)
-            .where(Upload.id == upload_id, Upload.lock_token == token)
+            update(UPLOADS)
+            .where(UPLOADS.c.id == upload_id, UPLOADS.c.lock_token == token)
             .values(**_RELEASED)
-            .execution_options(synchronize_session=False)
         )
 
     @staticmethod
@@ -368,10 +402,9 @@ class UploadRepository:
             if not claim.saved:
                 return  # nobody else knows the upload yet
             renewed = await session.execute(
-                update(Upload)
-                .where(Upload.id == claim.upload_id, Upload.lock_token == claim.token)
+                update(UPLOADS)
+                .where(UPLOADS.c.id == claim.upload_id, UPLOADS.c.lock_token == claim.token)
                 .values(lock_expires_at=utcnow() + self.lease)
-                .execution_options(synchronize_session=False)
             )
             if _rowcount(renewed) != 1:
                 raise UploadLocked("the upload's lock was lost before its bytes were recorded")
@@ -380,12 +413,7 @@ class UploadRepository:
 
     async def release_stale_of_this_node(self) -> int:
         """At start-up: leases this node held before it stopped belong to dead requests."""
-        statement = (
-            update(Upload)
-            .where(Upload.lock_holder == self.node_id)
-            .values(**_RELEASED)
-            .execution_options(synchronize_session=False)
-        )
+        statement = update(UPLOADS).where(UPLOADS.c.lock_holder == self.node_id).values(**_RELEASED)
         return await self._execute(statement)
 
     @contextlib.asynccontextmanager
@@ -461,21 +489,20 @@ class UploadRepository:
             claim.saved = True
             return True
         result = await self._execute(
-            update(Upload)
+            update(UPLOADS)
             .where(
-                Upload.id == upload.id,
-                Upload.lock_token == claim.token,
-                Upload.offset == (upload.offset if committed is None else committed),
+                UPLOADS.c.id == upload.id,
+                UPLOADS.c.lock_token == claim.token,
+                UPLOADS.c.upload_offset == (upload.offset if committed is None else committed),
             )
             .values(
-                offset=new_offset,
+                upload_offset=new_offset,
                 expires_at=expires_at,
                 sha256_state=sha256_state,
                 updated_at=utcnow(),
                 **(_RELEASED if release else {}),
                 **({"content_type": content_type} if content_type else {}),
-            )
-            .execution_options(synchronize_session=False),
+            ),
             reserve=reserve,
         )
         if result != 1:
@@ -497,10 +524,9 @@ class UploadRepository:
         length adds) and raises to refuse.
         """
         await self._execute(
-            update(Upload)
-            .where(Upload.id == upload.id, Upload.length.is_(None))
-            .values(length=length)
-            .execution_options(synchronize_session=False),
+            update(UPLOADS)
+            .where(UPLOADS.c.id == upload.id, UPLOADS.c.length.is_(None))
+            .values(length=length),
             reserve=reserve,
         )
         upload.length = length
@@ -508,10 +534,9 @@ class UploadRepository:
     async def record_assembly(self, claim: Claim, size: int, sha256_state: bytes) -> None:
         """A final upload concatenated in staging: all ``size`` bytes are there."""
         await self._execute(
-            update(Upload)
-            .where(Upload.id == claim.upload_id, Upload.lock_token == claim.token)
-            .values(length=size, offset=size, sha256_state=sha256_state)
-            .execution_options(synchronize_session=False)
+            update(UPLOADS)
+            .where(UPLOADS.c.id == claim.upload_id, UPLOADS.c.lock_token == claim.token)
+            .values(length=size, upload_offset=size, sha256_state=sha256_state)
         )
         claim.upload.length = claim.upload.offset = size
         claim.upload.sha256_state = sha256_state
@@ -526,24 +551,24 @@ class UploadRepository:
         completed: dict[str, Any] = {
             "state": UploadState.COMPLETED,
             "length": stored.size,
-            "offset": stored.size,
+            "upload_offset": stored.size,
             "expires_at": None,
             "sha256_state": None,
             **_RELEASED,
         }
 
-        async def file(session: AsyncSession) -> None:
+        def file(session: Session) -> None:
             if not claim.saved:
-                for name, value in completed.items():
-                    setattr(upload, name, value)
-                session.add(upload)
-            session.add(stored)
+                for name, value in {**completed, "offset": stored.size}.items():
+                    if name != "upload_offset":
+                        setattr(upload, name, value)
+                _insert_row(session, upload)
+            _insert_row(session, stored)
             if claim.saved:
-                await session.execute(
-                    update(Upload)
-                    .where(Upload.id == upload.id, Upload.lock_token == claim.token)
+                session.execute(
+                    update(UPLOADS)
+                    .where(UPLOADS.c.id == upload.id, UPLOADS.c.lock_token == claim.token)
                     .values(**completed)
-                    .execution_options(synchronize_session=False)
                 )
             self._events.file_recorded(session, stored)
 
@@ -559,10 +584,9 @@ class UploadRepository:
         """A partial upload has all its bytes: completed, kept until its expiry for a final
         upload to use (tus concatenation: a partial is not processed on its own)."""
         await self._execute(
-            update(Upload)
-            .where(Upload.id == claim.upload_id, Upload.lock_token == claim.token)
+            update(UPLOADS)
+            .where(UPLOADS.c.id == claim.upload_id, UPLOADS.c.lock_token == claim.token)
             .values(state=UploadState.COMPLETED, expires_at=utcnow() + self.ttl, **_RELEASED)
-            .execution_options(synchronize_session=False)
         )
         claim.upload.state = UploadState.COMPLETED
         self._let_go(claim.upload)
@@ -576,16 +600,15 @@ class UploadRepository:
         ``announce``: its owner terminated it, which is an event (post-terminate).
         """
 
-        async def retire(session: AsyncSession) -> tuple[File | None, bool]:
-            stored = await session.get(File, claim.upload_id)
-            retired = await session.execute(
-                update(Upload)
-                .where(Upload.id == claim.upload_id, Upload.lock_token == claim.token)
+        def retire(session: Session) -> tuple[File | None, bool]:
+            stored = session.get(File, claim.upload_id)
+            retired = session.execute(
+                update(UPLOADS)
+                .where(UPLOADS.c.id == claim.upload_id, UPLOADS.c.lock_token == claim.token)
                 .values(state=state, updated_at=utcnow(), **_RELEASED)
-                .execution_options(synchronize_session=False)
             )
             if stored is not None:
-                await session.execute(delete(File).where(File.id == claim.upload_id))
+                session.execute(delete(File).where(File.id == claim.upload_id))
             announced = announce and _rowcount(retired) == 1
             if announced:
                 self._events.upload_terminated(session, claim.upload)
@@ -601,18 +624,15 @@ class UploadRepository:
     async def rewind(self, upload: Upload, offset: int) -> None:
         """Set the committed offset to what storage really holds (start-up only)."""
         await self._execute(
-            update(Upload)
-            .where(Upload.id == upload.id)
-            .values(offset=offset)
-            .execution_options(synchronize_session=False)
+            update(UPLOADS).where(UPLOADS.c.id == upload.id).values(upload_offset=offset)
         )
         upload.offset = offset
 
     async def _execute(self, statement: Any, *, reserve: Reservation | None = None) -> int:
-        async def execute(session: AsyncSession) -> int:
+        def execute(session: Session) -> int:
             if reserve is not None:
-                await reserve(session)
-            return _rowcount(await session.execute(statement))
+                reserve(session)
+            return _rowcount(session.execute(statement))
 
         return await self._writes.run(execute)
 

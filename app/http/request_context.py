@@ -6,11 +6,11 @@ import enum
 import logging
 import re
 import time
-import uuid
 from typing import Any
 
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.core.tokens import unique_token
 from app.ops import metrics
 from app.ops.logs import REQUEST_ID
 
@@ -90,7 +90,7 @@ class RequestContextMiddleware:
             return
         headers = dict(scope["headers"])
         offered = headers.get(b"x-request-id", b"").decode("latin-1")
-        request_id = offered if _CLIENT_REQUEST_ID.match(offered) else uuid.uuid4().hex
+        request_id = offered if _CLIENT_REQUEST_ID.match(offered) else unique_token()
         reset = REQUEST_ID.set(request_id)
         method: str = scope["method"]  # type: ignore[typeddict-item]
         kind = route_kind(method, scope["path"], headers, scope.get("query_string", b""))

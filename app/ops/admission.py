@@ -10,7 +10,7 @@ from app.ops.hooks import PreCreateHook
 from app.ops.limits import CreationRateLimiter, OwnerQuotas
 
 if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncSession
+    from sqlalchemy.orm import Session
 
     from app.db.uploads import Reservation
     from app.uploads.service import NewUpload
@@ -49,7 +49,7 @@ class UploadAdmission:
             return None
 
         # A final upload's bytes count too: its partials keep theirs until they expire.
-        async def reserve(session: AsyncSession) -> None:
-            await self._quotas.check_in(session, owner, length)
+        def reserve(session: Session) -> None:
+            self._quotas.check_in(session, owner, length)
 
         return reserve

@@ -21,6 +21,7 @@ from advanced_alchemy.base import orm_registry
 from sqlalchemy import Column, Float, String, Table, case, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session
 
 from app.db.models import File, Upload, UploadState
 from app.db.uploads import Reservation, live_condition
@@ -98,18 +99,19 @@ class OwnerQuotas:
         """Whether any quota is set."""
         return bool(self._max_bytes or self._max_active)
 
-    async def check_in(self, session: AsyncSession, owner: str, new_length: int | None) -> None:
+    def check_in(self, session: Session, owner: str, new_length: int | None) -> None:
         """Raise 413 (bytes) or 429 (unfinished uploads) if one more upload would not fit.
 
         Runs inside the transaction that inserts the upload, after taking the owner's lock,
-        so the count it sees cannot change before the insert commits.
+        so the count it sees cannot change before the insert commits (synchronously: it
+        runs in a group commit, :mod:`app.db.group_commit`).
         """
         if not self.enabled:
             return
-        await _lock_owner(session, owner)
+        _lock_owner(session, owner)
         if self._max_active:
             active = (Upload.owner == owner) & (Upload.state == UploadState.ACTIVE)
-            count = await session.scalar(select(func.count()).where(active))
+            count = session.scalar(select(func.count()).where(active))
             if (count or 0) >= self._max_active:
                 raise UnfinishedUploadsQuotaExceeded(
                     f"{owner} already has {count} unfinished uploads (the limit is "
@@ -117,16 +119,20 @@ class OwnerQuotas:
                     headers={"Retry-After": "60"},
                 )
         if self._max_bytes:
-            await self._check_bytes(session, owner, new_length or 0)
+            self._check_bytes(session, owner, new_length or 0)
 
     async def room(self, owner: str | None) -> int | None:
         """Bytes ``owner`` may still add (``None``: no byte quota applies)."""
         if owner is None or not self._max_bytes:
             return None
         async with self._sessions() as session, session.begin():
-            await _lock_owner(session, owner)
-            used = await self._used(session, owner)
+            used = await session.run_sync(self._locked_use, owner)
         return max(0, self._max_bytes - used)
+
+    @classmethod
+    def _locked_use(cls, session: Session, owner: str) -> int:
+        _lock_owner(session, owner)
+        return cls._used(session, owner)
 
     def growth(self, owner: str | None, more: int) -> Reservation | None:
         """The check that ``owner`` may hold ``more`` bytes than now, for the transaction
@@ -134,14 +140,14 @@ class OwnerQuotas:
         if owner is None or not self._max_bytes or more <= 0:
             return None
 
-        async def reserve(session: AsyncSession) -> None:
-            await _lock_owner(session, owner)
-            await self._check_bytes(session, owner, more)
+        def reserve(session: Session) -> None:
+            _lock_owner(session, owner)
+            self._check_bytes(session, owner, more)
 
         return reserve
 
-    async def _check_bytes(self, session: AsyncSession, owner: str, more: int) -> None:
-        used = await self._used(session, owner)
+    def _check_bytes(self, session: Session, owner: str, more: int) -> None:
+        used = self._used(session, owner)
         if used + more > self._max_bytes:
             raise QuotaExceeded(
                 f"{owner} would store {used + more} bytes; the quota is "
@@ -149,7 +155,7 @@ class OwnerQuotas:
             )
 
     @staticmethod
-    async def _used(session: AsyncSession, owner: str) -> int:
+    def _used(session: Session, owner: str) -> int:
         """Bytes ``owner`` holds: files, and every live upload's reservation."""
         stored = select(func.coalesce(func.sum(File.size), 0)).where(File.owner == owner)
         # An unfinished upload reserves its declared length (its offset while deferred); a
@@ -159,16 +165,16 @@ class OwnerQuotas:
         reserved = select(held).where(Upload.owner == owner, live_condition())
         # One statement, one snapshot: an upload that becomes a file meanwhile (its filing
         # takes no quota lock) is counted once, never in neither sum.
-        used = await session.scalar(select(stored.scalar_subquery() + reserved.scalar_subquery()))
+        used = session.scalar(select(stored.scalar_subquery() + reserved.scalar_subquery()))
         return int(used or 0)
 
 
-async def _lock_owner(session: AsyncSession, owner: str) -> None:
+def _lock_owner(session: Session, owner: str) -> None:
     """The owner's quota lock, held until ``session``'s transaction ends (PostgreSQL; SQLite
     runs one write transaction at a time)."""
-    if session.bind.dialect.name == "postgresql":
+    if session.get_bind().dialect.name == "postgresql":
         key = zlib.crc32(owner.encode()) - 2**31  # a signed 32-bit advisory lock key
-        await session.execute(
+        session.execute(
             text("SELECT pg_advisory_xact_lock(hashtext('ferry.quota'), :key)"),
             {"key": key},
         )

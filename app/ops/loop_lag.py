@@ -8,7 +8,7 @@ of *S* seconds shows as a lag of at least *S* minus one interval.
 
 The interval adapts so that the monitor costs nearly nothing: on this kind of machine a
 wake-up of an idle process costs ~0.1-0.2 ms of CPU, so sampling an idle server every
-5 ms would take a few percent of a core for nothing. While the process works (it used
+5 ms would take a few percent of a core for nothing. While the loop works (its thread used
 more than :data:`BUSY_CPU_SHARE` of the last interval in CPU, or the last wake-up was
 late) the loop is sampled every :data:`BUSY_INTERVAL_SECONDS`; when idle, every
 :data:`IDLE_INTERVAL_SECONDS`, where a lone stall may be under-read or missed.
@@ -29,7 +29,8 @@ from prometheus_client import Gauge, Histogram
 BUSY_INTERVAL_SECONDS = 0.005
 #: Sampling interval while the process is idle.
 IDLE_INTERVAL_SECONDS = 0.1
-#: Share of an interval spent in CPU (all threads) above which the process counts as busy.
+#: Share of an interval the loop's thread spent in CPU above which the process counts as busy
+#: (its own thread's clock: the process clock sums every thread, costly with dozens of them).
 BUSY_CPU_SHARE = 0.1
 #: A wake-up this late means the loop had work (timers fire to the millisecond).
 BUSY_LAG_SECONDS = 0.002
@@ -82,7 +83,7 @@ class _LagSampler:
         self._timer: asyncio.TimerHandle | None = None
 
     def schedule(self) -> None:
-        self._started, self._cpu_started = self._loop.time(), time.process_time()
+        self._started, self._cpu_started = self._loop.time(), time.thread_time()
         self._timer = self._loop.call_at(self._started + self._interval, self._woke)
 
     def stop(self) -> None:
@@ -97,7 +98,7 @@ class _LagSampler:
             self._worst = lag
             WORST_LOOP_LAG.set(lag)
         busy = lag >= BUSY_LAG_SECONDS or (
-            time.process_time() - self._cpu_started > BUSY_CPU_SHARE * (woke - self._started)
+            time.thread_time() - self._cpu_started > BUSY_CPU_SHARE * (woke - self._started)
         )
         self._interval = self._busy_interval if busy else self._idle_interval
         self.schedule()

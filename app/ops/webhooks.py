@@ -31,6 +31,7 @@ import httpx
 import msgspec
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session
 
 from app.core.clock import utcnow
 from app.core.metadata import decode_metadata_value
@@ -115,13 +116,13 @@ class WebhookOutbox:
         """Start a delivery pass now (an event was committed)."""
         self._wake.set()
 
-    def file_recorded(self, session: AsyncSession, stored: File) -> None:
+    def file_recorded(self, session: Session, stored: File) -> None:
         """Queue the post-finish event in the filing transaction (``session``), so the
         event exists exactly when the file does."""
         if self.enabled:
             session.add(new_event(POST_FINISH, stored.id, finish_payload(stored)))
 
-    def upload_terminated(self, session: AsyncSession, upload: Upload) -> None:
+    def upload_terminated(self, session: Session, upload: Upload) -> None:
         """Queue the post-terminate event in the retiring transaction (``session``), so
         the event exists exactly when the termination does."""
         if self.enabled:

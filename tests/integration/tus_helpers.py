@@ -108,8 +108,11 @@ async def upload(client: Client, data: bytes, **headers: str) -> str:
 def count_commits(client: Client) -> list[int]:
     """A list that grows by one per database transaction the app commits from now on."""
     commits: list[int] = []
-    engine = client.app.state.engine  # type: ignore[attr-defined]
-    event.listen(engine.sync_engine, "commit", lambda _connection: commits.append(1))
+    state = client.app.state  # type: ignore[attr-defined]
+    # Upload writes commit on SQLite's writer connection (app.db.group_commit), the rest
+    # on the async engine; on PostgreSQL both are the one engine.
+    for engine in {state.engine.sync_engine, state.ferry.repository.writes.engine}:
+        event.listen(engine, "commit", lambda _connection: commits.append(1))
     return commits
 
 
