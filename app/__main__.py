@@ -64,11 +64,11 @@ def serve(
     _prepare_data(settings, bind, settings.port if port is None else port)
     if settings.workers > 1:
         sys.exit(_serve_in_workers(settings, bind, port))
-    from app.main import create_app
+    from app.main import create_app, settle_the_heap
     from app.ops.logs import configure_logging
     from app.ops.shutdown import FerryServer
 
-    app = create_app(settings)
+    app = create_app(settings, on_started=settle_the_heap)
     # Again: Litestar's logging set-up replaces the handlers.
     configure_logging(settings)
     FerryServer(_uvicorn_config(app, settings, bind, port)).run()
@@ -153,7 +153,7 @@ def _serve_in_workers(settings: Settings, bind: str, port: int | None) -> int:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     from prometheus_client import multiprocess
 
-    from app.main import create_app
+    from app.main import create_app, settle_the_heap
     from app.ops.logs import configure_logging
     from app.ops.shutdown import FerryServer
     from app.ops.workers import WorkerSupervisor
@@ -169,7 +169,11 @@ def _serve_in_workers(settings: Settings, bind: str, port: int | None) -> int:
     sock = _uvicorn_config(None, settings, bind, port).bind_socket()
 
     def run_worker(index: int, reconcile: bool, on_started: Callable[[], None]) -> None:
-        app = create_app(settings, reconcile=reconcile, on_started=on_started)
+        def started() -> None:
+            settle_the_heap()
+            on_started()
+
+        app = create_app(settings, reconcile=reconcile, on_started=started)
         configure_logging(settings, worker=index)  # after Litestar's own logging set-up
         FerryServer(_uvicorn_config(app, settings, bind, port)).run(sockets=[sock])
 
