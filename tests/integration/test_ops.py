@@ -337,4 +337,3 @@ async def test_health_live_and_ready_report_database_and_storage(ferry: AppFacto
     assert "x-request-id" in ready.headers
     echoed = await client.get("/health/live", headers={"X-Request-Id": "trace-1234abcd"})
     assert echoed.headers["x-request-id"] == "trace-1234abcd"
-
