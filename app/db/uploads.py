@@ -358,12 +358,15 @@ class UploadRepository:
 
     async def renew(self, claim: Claim) -> bool:
         """Extend a held lease; ``False`` means it was lost."""
-        statement = (
+        return await self._execute(self._renewal(claim)) == 1
+
+    def _renewal(self, claim: Claim) -> Any:
+        """The UPDATE that extends ``claim``'s lease (no row when it was lost)."""
+        return (
             update(UPLOADS)
             .where(UPLOADS.c.id == claim.upload_id, UPLOADS.c.lock_token == claim.token)
             .values(lock_expires_at=utcnow() + self.lease)
         )
-        return await self._execute(statement) == 1
 
     async def release(self, claim: Claim) -> None:
         """Give a lease back (a no-op if it was already released, lost or never saved).
@@ -401,11 +404,7 @@ class UploadRepository:
         async def hold(session: AsyncSession) -> None:
             if not claim.saved:
                 return  # nobody else knows the upload yet
-            renewed = await session.execute(
-                update(UPLOADS)
-                .where(UPLOADS.c.id == claim.upload_id, UPLOADS.c.lock_token == claim.token)
-                .values(lock_expires_at=utcnow() + self.lease)
-            )
+            renewed = await session.execute(self._renewal(claim))
             if _rowcount(renewed) != 1:
                 raise UploadLocked("the upload's lock was lost before its bytes were recorded")
 
@@ -548,36 +547,38 @@ class UploadRepository:
         file costs one transaction in all.
         """
         upload = claim.upload
-        completed: dict[str, Any] = {
-            "state": UploadState.COMPLETED,
-            "length": stored.size,
-            "upload_offset": stored.size,
-            "expires_at": None,
-            "sha256_state": None,
-            **_RELEASED,
-        }
+        if not claim.saved:
+            self._mark_completed(upload, stored.size)  # what its inserted row must hold
 
         def file(session: Session) -> None:
-            if not claim.saved:
-                for name, value in {**completed, "offset": stored.size}.items():
-                    if name != "upload_offset":
-                        setattr(upload, name, value)
-                _insert_row(session, upload)
-            _insert_row(session, stored)
             if claim.saved:
                 session.execute(
                     update(UPLOADS)
                     .where(UPLOADS.c.id == upload.id, UPLOADS.c.lock_token == claim.token)
-                    .values(**completed)
+                    .values(
+                        state=UploadState.COMPLETED,
+                        length=stored.size,
+                        upload_offset=stored.size,
+                        expires_at=None,
+                        sha256_state=None,
+                        **_RELEASED,
+                    )
                 )
+            else:
+                _insert_row(session, upload)
+            _insert_row(session, stored)
             self._events.file_recorded(session, stored)
 
         await self._writes.run(file)
         self._events.committed(files=1)
         claim.saved = True
+        self._mark_completed(upload, stored.size)
+
+    def _mark_completed(self, upload: Upload, size: int) -> None:
         upload.state = UploadState.COMPLETED
+        upload.length = upload.offset = size
         upload.expires_at = None
-        upload.length = upload.offset = stored.size
+        upload.sha256_state = None
         self._let_go(upload)
 
     async def complete_partial(self, claim: Claim) -> None:
