@@ -107,7 +107,13 @@ def main() -> None:
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--parallel-mib", type=int, default=256)
     parser.add_argument("--small-files", type=int, default=1000)
+    parser.add_argument(
+        "--workloads",
+        default="small,large,parallel",
+        help="comma-separated subset of small, large, parallel (default: all three)",
+    )
     args = parser.parse_args()
+    chosen = set(args.workloads.split(","))
     work = Path(tempfile.mkdtemp(prefix="ferry-bench-cluster-"))
     size = args.size_mib * MiB
     each = args.parallel_mib * MiB
@@ -147,27 +153,30 @@ def main() -> None:
                         *(raw_multipart(endpoint, source, each) for _ in range(16))
                     )
 
-                alternate(
-                    f"{args.small_files} x 64 KiB creation-with-upload",
-                    "files/s",
-                    args.small_files,
-                    [("workers=2", small(two)), ("workers=1", small(one))],
-                    args.rounds,
-                )
-                alternate(
-                    f"{args.size_mib} MiB in 8 MiB PATCHes",
-                    "MiB/s",
-                    args.size_mib,
-                    [("ferry", large), ("raw", raw_large)],
-                    args.rounds,
-                )
-                alternate(
-                    f"16 x {args.parallel_mib} MiB in parallel",
-                    "MiB/s",
-                    16 * args.parallel_mib,
-                    [("ferry", ferry_parallel), ("raw", lambda: asyncio.run(raw_many()))],
-                    args.rounds,
-                )
+                if "small" in chosen:
+                    alternate(
+                        f"{args.small_files} x 64 KiB creation-with-upload",
+                        "files/s",
+                        args.small_files,
+                        [("workers=2", small(two)), ("workers=1", small(one))],
+                        args.rounds,
+                    )
+                if "large" in chosen:
+                    alternate(
+                        f"{args.size_mib} MiB in 8 MiB PATCHes",
+                        "MiB/s",
+                        args.size_mib,
+                        [("ferry", large), ("raw", raw_large)],
+                        args.rounds,
+                    )
+                if "parallel" in chosen:
+                    alternate(
+                        f"16 x {args.parallel_mib} MiB in parallel",
+                        "MiB/s",
+                        16 * args.parallel_mib,
+                        [("ferry", ferry_parallel), ("raw", lambda: asyncio.run(raw_many()))],
+                        args.rounds,
+                    )
                 print(
                     f"peak RSS (VmHWM): one process {peak_rss_mib(one):.1f} MiB, "
                     f"largest of two workers {peak_rss_mib(two):.1f} MiB",
