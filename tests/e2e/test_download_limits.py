@@ -44,6 +44,14 @@ def _stalled_reader(server: FerryProcess, path: str) -> socket.socket:
     return sock
 
 
+def _holding_a_slot(sock: socket.socket) -> socket.socket:
+    """Wait until the server answers a stalled reader (its download holds a slot now):
+    on a loaded machine that can take longer than any fixed pause."""
+    sock.settimeout(20)
+    assert sock.recv(12) == b"HTTP/1.1 200"
+    return sock
+
+
 def _rss_mib(server: FerryProcess) -> float:
     assert server.process is not None
     for line in Path(f"/proc/{server.process.pid}/status").read_text().splitlines():
@@ -97,7 +105,8 @@ def test_downloads_beyond_the_cap_are_answered_503_with_retry_after(
     server, path = capped
     readers = [_stalled_reader(server, path) for _ in range(2)]
     try:
-        time.sleep(0.5)
+        for sock in readers:
+            _holding_a_slot(sock)
         refused = httpx.get(f"{server.url}{path}", timeout=30)
         assert refused.status_code == 503, refused.status_code
         assert int(refused.headers["retry-after"]) > 0
@@ -117,7 +126,8 @@ def test_download_whose_client_stops_reading_is_cut_after_the_write_timeout(
     server, path = capped
     readers = [_stalled_reader(server, path) for _ in range(2)]
     try:
-        time.sleep(0.5)
+        for sock in readers:
+            _holding_a_slot(sock)
         assert httpx.get(f"{server.url}{path}", timeout=30).status_code == 503
         # Nobody closes the stalled readers: the server cuts them off and frees the slots.
         assert _get_status(f"{server.url}{path}", deadline_seconds=8) == 200
