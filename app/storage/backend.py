@@ -21,7 +21,6 @@ from typing import Protocol
 import msgspec
 
 from app.db.uploads import LeaseFence
-from app.storage.staging import WriteObserver
 
 
 class StoredObject(msgspec.Struct, frozen=True):
@@ -81,17 +80,6 @@ class StorageBackend(Protocol):
         ...
 
 
-class BodyFollowing(Protocol):
-    """Work a shipping backend started for one body while it arrives."""
-
-    @property
-    def observer(self) -> WriteObserver:
-        """Where the staging writer reports how far it has written."""
-
-    async def abandon(self) -> None:
-        """The body is refused: stop, and record nothing of it."""
-
-
 class StagedByteShipping(Protocol):
     """A backend that must hold bytes before they are acknowledged (S3: parts and
     segments), so that staging is only a buffer and any process can continue an upload.
@@ -107,21 +95,6 @@ class StagedByteShipping(Protocol):
         """Make staging hold what appending at ``offset`` needs (the acknowledged bytes past
         the last whole part)."""
 
-    def follow_body(
-        self,
-        upload_id: uuid.UUID,
-        staged_path: Path,
-        offset: int,
-        body_end: int,
-        length: int | None,
-        *,
-        partial: bool = False,
-        fence: LeaseFence,
-    ) -> BodyFollowing | None:
-        """Start holding what a body that will stage ``[offset, body_end)`` completes while
-        it still arrives (``None``: nothing to start). Nothing is recorded before
-        :meth:`ship_acknowledged`, which takes the follower back."""
-
     async def ship_acknowledged(
         self,
         upload_id: uuid.UUID,
@@ -132,15 +105,13 @@ class StagedByteShipping(Protocol):
         *,
         partial: bool = False,
         fence: LeaseFence,
-        following: BodyFollowing | None = None,
     ) -> None:
         """Hold ``[committed, durable)`` of the staged bytes before they are acknowledged.
 
         ``partial``: the bytes belong to a partial upload (tus concatenation), which only a
         :class:`PartialStore` is ever told about; it keeps them in the partial's own place.
         ``fence`` runs in every transaction that records them, so a writer whose lease
-        lapsed meanwhile records (and undoes) nothing. ``following``: what
-        :meth:`follow_body` started for this body (its writer has finished).
+        lapsed meanwhile records (and undoes) nothing.
         """
 
     def check_length(self, length: int) -> None:

@@ -12,13 +12,6 @@ botocore still signs every request — a presigned URL (SigV4 in the query,
 ``x-amz-checksum-crc32c`` — so credentials, regions, addressing and endpoints stay its
 business; only the transfer is done here. TLS endpoints get 1 MiB blocks read and written
 in the same thread (the kernel cannot encrypt). Connections are kept alive and reused.
-
-A part can also be sent *while its bytes are still arriving* (:meth:`PartUploader.put_following`):
-the PUT starts with the request body that will complete it and reads the staging file
-right behind the writer (:class:`WrittenSoFar`). Its CRC32C is not known when the request
-starts, so the body goes ``aws-chunked`` with the checksum in a trailer
-(``STREAMING-UNSIGNED-PAYLOAD-TRAILER``, what the AWS SDKs send over TLS); S3 checks it
-against the bytes it got and refuses the part on a mismatch.
 """
 
 from __future__ import annotations
@@ -30,7 +23,6 @@ import re
 import socket
 import ssl
 import threading
-import time
 import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
@@ -38,10 +30,7 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
-import google_crc32c
 from botocore.exceptions import ClientError
-
-from app.storage.staged_parts import crc32c_base64
 
 #: Read size for TLS connections, where the bytes must pass through user space.
 TLS_BLOCK_SIZE = 1024 * 1024
@@ -51,69 +40,6 @@ MAX_IDLE_PER_HOST = 16
 MAX_ERROR_BODY = 64 * 1024
 
 _ERROR_FIELD = re.compile(rb"<(Code|Message)>([^<]{0,512})</\1>")
-#: Payload bytes per ``aws-chunked`` chunk of a part sent while it arrives: a lone
-#: writer's block. Each chunk costs the sending thread a few trips for the GIL, which the
-#: event loop (busy receiving the body) hands over only now and then.
-FOLLOWING_CHUNK_SIZE = 1024 * 1024
-#: The trailer that carries a followed part's checksum.
-CHECKSUM_TRAILER = "x-amz-checksum-crc32c"
-#: How often a transfer waiting for bytes looks whether it was aborted.
-_WAIT_SLICE = 0.5
-
-
-class BodyEnded(Exception):
-    """The body stopped before the bytes a followed part needs were written."""
-
-
-class WrittenSoFar:
-    """How far one staging file is written, for transfers that follow its writer.
-
-    The writer reports each written block from its thread (:meth:`advanced`) and its end
-    (:meth:`finished`); a following transfer blocks in :meth:`wait_until`.
-    """
-
-    def __init__(self, end: int) -> None:
-        self._end = end
-        self._finished = False
-        self._changed = threading.Condition()
-
-    @property
-    def end(self) -> int:
-        """The written end known so far."""
-        return self._end
-
-    def advanced(self, end: int) -> None:
-        with self._changed:
-            self._end = max(self._end, end)
-            self._changed.notify_all()
-
-    def finished(self) -> None:
-        with self._changed:
-            self._finished = True
-            self._changed.notify_all()
-
-    def wait_until(self, target: int, timeout: float) -> bool:
-        """Block until ``[.., target)`` is written: ``True``; ``False`` after ``timeout``.
-
-        Raises :class:`BodyEnded` when the writer finished short of ``target``.
-        """
-        with self._changed:
-            reached = self._changed.wait_for(lambda: self._end >= target or self._finished, timeout)
-            if self._end >= target:
-                return True
-            if reached:
-                raise BodyEnded(f"the body ended at {self._end}, before {target}")
-            return False
-
-
-def aws_chunked_length(size: int) -> int:
-    """Bytes on the wire of ``size`` payload bytes framed as :func:`_send_following` does."""
-    whole, rest = divmod(size, FOLLOWING_CHUNK_SIZE)
-    length = whole * (len(f"{FOLLOWING_CHUNK_SIZE:x}") + 4 + FOLLOWING_CHUNK_SIZE)
-    if rest:
-        length += len(f"{rest:x}") + 4 + rest
-    # "0\r\n", the trailer line (a CRC32C is 8 base64 characters), the closing "\r\n"
-    return length + 3 + len(CHECKSUM_TRAILER) + 1 + 8 + 2 + 2
 
 
 class PartUploader:
@@ -143,31 +69,6 @@ class PartUploader:
         except anyio.get_cancelled_exc_class():
             transfer.abort()
             raise
-
-    async def put_following(
-        self,
-        url: str,
-        headers: Mapping[str, str],
-        path: Path,
-        start: int,
-        size: int,
-        written: WrittenSoFar,
-    ) -> tuple[str, str]:
-        """PUT ``[start, start + size)`` of ``path`` while it is being written; returns the
-        part's ETag and base64 CRC32C.
-
-        ``url`` and ``headers`` must be signed for an ``aws-chunked`` body of
-        :func:`aws_chunked_length` bytes with the CRC32C trailer. Raises
-        :class:`BodyEnded` when the body stops short of the part (nothing is recorded of
-        it: S3 drops an incomplete part).
-        """
-        transfer = _FollowingTransfer(self, url, headers, path, start, size, written)
-        try:
-            etag = await anyio.to_thread.run_sync(transfer.run, abandon_on_cancel=True)
-        except anyio.get_cancelled_exc_class():
-            transfer.abort()
-            raise
-        return etag, transfer.crc32c
 
     def close(self) -> None:
         """Close every idle connection."""
@@ -264,7 +165,7 @@ class _Transfer:
                 raise ConnectionAbortedError("the part upload was cancelled")
             connection.putrequest("PUT", self._target, skip_host=True, skip_accept_encoding=True)
             connection.putheader("Host", self._host)
-            connection.putheader("Content-Length", str(self._content_length()))
+            connection.putheader("Content-Length", str(self._size))
             for name, value in self._headers.items():
                 connection.putheader(name, value)
             connection.endheaders()
@@ -285,9 +186,6 @@ class _Transfer:
             else:
                 connection.close()
 
-    def _content_length(self) -> int:
-        return self._size
-
     def _send_body(self, connection: http.client.HTTPConnection, body: object) -> None:
         sock = connection.sock
         assert sock is not None
@@ -297,71 +195,6 @@ class _Transfer:
             sent = sock.sendfile(body, self._start, self._size)  # type: ignore[arg-type]
         if sent != self._size:
             raise OSError(f"the staging file ended {self._size - sent} bytes before the part")
-
-
-class _FollowingTransfer(_Transfer):
-    """A part's PUT that reads the staging file right behind its writer, ``aws-chunked``
-    with the CRC32C in the trailer."""
-
-    def __init__(
-        self,
-        uploader: PartUploader,
-        url: str,
-        headers: Mapping[str, str],
-        path: Path,
-        start: int,
-        size: int,
-        written: WrittenSoFar,
-    ) -> None:
-        super().__init__(uploader, url, headers, path, start, size)
-        self._written = written
-        self.crc32c = ""
-
-    def _content_length(self) -> int:
-        return aws_chunked_length(self._size)
-
-    def _send_body(self, connection: http.client.HTTPConnection, body: object) -> None:
-        sock = connection.sock
-        assert sock is not None
-        fd = body.fileno()  # type: ignore[attr-defined]
-        value = 0
-        position, end = self._start, self._start + self._size
-        while position < end:
-            size = min(FOLLOWING_CHUNK_SIZE, end - position)
-            self._wait_for(position + size)
-            block = os.pread(fd, size, position)
-            if len(block) != size:
-                raise OSError(f"the staging file ended inside a followed part at {position}")
-            value = google_crc32c.extend(value, block)
-            _send_pieces(sock, [f"{size:x}\r\n".encode("ascii"), block, b"\r\n"])
-            position += size
-        self.crc32c = crc32c_base64(value)
-        sock.sendall(f"0\r\n{CHECKSUM_TRAILER}:{self.crc32c}\r\n\r\n".encode("ascii"))
-
-    def _wait_for(self, target: int) -> None:
-        """Wait until the writer reached ``target`` (aborts and time-outs end the wait)."""
-        deadline = time.monotonic() + self._uploader.timeout
-        while not self._written.wait_until(target, _WAIT_SLICE):
-            if self._aborted:
-                raise ConnectionAbortedError("the part upload was cancelled")
-            if time.monotonic() > deadline:
-                limit = self._uploader.timeout
-                raise TimeoutError(f"no body bytes for a followed part in {limit} s")
-
-
-def _send_pieces(sock: socket.socket, pieces: list[bytes]) -> None:
-    """Send ``pieces`` in as few calls as the socket takes (one ``sendmsg`` usually)."""
-    if isinstance(sock, ssl.SSLSocket):
-        sock.sendall(b"".join(pieces))
-        return
-    views = [memoryview(piece) for piece in pieces]
-    while views:
-        sent = sock.sendmsg(views)
-        while views and sent >= len(views[0]):
-            sent -= len(views[0])
-            views.pop(0)
-        if views and sent:
-            views[0] = views[0][sent:]
 
 
 def _send_through_user_space(sock: ssl.SSLSocket, body: object, start: int, size: int) -> int:

@@ -36,14 +36,13 @@ from typing import TYPE_CHECKING
 import anyio
 
 from app.errors import PayloadTooLarge
-from app.storage.backend import BodyFollowing, Capabilities, StoredObject
+from app.storage.backend import Capabilities, StoredObject
 from app.storage.parts import PartTooLarge, check_upload_length
 from app.storage.s3_cleanup import ObjectCleaner
 from app.storage.s3_client import direct_part_uploader, s3_client, s3_session
 from app.storage.s3_collaborator import PARTIALS_FOLDER, TRANSIENT_ERRORS
 from app.storage.s3_completion import ObjectCompleter
 from app.storage.s3_concat import FinalAssembly
-from app.storage.s3_following import BodyFollower, PartFollower
 from app.storage.s3_reading import ObjectReader
 from app.storage.s3_shipping import PartShipper
 from app.storage.sniff import Category
@@ -79,7 +78,6 @@ class S3Backend:
         self._reader = ObjectReader(self)
         self._cleaner = ObjectCleaner(self)
         self._shipper = PartShipper(self)
-        self._follower = PartFollower(self, self._shipper)
         self._completer = ObjectCompleter(self, self._shipper, self._cleaner)
 
     # ------------------------------------------------------------------ life cycle
@@ -173,39 +171,12 @@ class S3Backend:
         *,
         partial: bool = False,
         fence: LeaseFence,
-        following: BodyFollowing | None = None,
     ) -> None:
         """Put ``[committed, durable)`` into S3 (parts, or a segment) before it is
         acknowledged, recording them only while ``fence`` holds; 503 when S3 does not take
-        them in bounded time. Parts the follower sent while the body arrived are recorded,
-        not sent again."""
-        sent = await following.sent() if isinstance(following, BodyFollower) else {}
+        them in bounded time."""
         await self._shipper.ship(
-            upload_id,
-            staged_path,
-            committed,
-            durable,
-            length,
-            partial=partial,
-            fence=fence,
-            sent=sent,
-        )
-
-    def follow_body(
-        self,
-        upload_id: uuid.UUID,
-        staged_path: Path,
-        offset: int,
-        body_end: int,
-        length: int | None,
-        *,
-        partial: bool = False,
-        fence: LeaseFence,
-    ) -> BodyFollower | None:
-        """Send the whole parts a body will complete while it arrives (see
-        :mod:`app.storage.s3_following`); ``None`` when it completes none."""
-        return self._follower.follow(
-            upload_id, staged_path, offset, body_end, length, partial=partial, fence=fence
+            upload_id, staged_path, committed, durable, length, partial=partial, fence=fence
         )
 
     async def store(

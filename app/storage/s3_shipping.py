@@ -274,16 +274,13 @@ class PartShipper(S3Collaborator):
         *,
         partial: bool,
         fence: LeaseFence,
-        sent: dict[int, PartRecord] | None = None,
     ) -> None:
         """Put ``[committed, durable)`` into S3 before it is acknowledged.
 
         Whole parts the new bytes complete are sent (the upload's last part too when they
-        complete it), but for those ``sent`` already holds (put while the body arrived:
-        :mod:`app.storage.s3_following`), which are only recorded; what lies past the last
-        whole part becomes a segment. An upload of one part is put whole by the body that
-        completes it. Raises 503 when S3 does not take them in bounded time: then nothing
-        is acknowledged.
+        complete it); what lies past the last whole part becomes a segment. An upload of
+        one part is put whole by the body that completes it. Raises 503 when S3 does not
+        take them in bounded time: then nothing is acknowledged.
         """
         self.staged_upto.pop(upload_id, None)
         ledger = await self._loaded(upload_id)
@@ -309,7 +306,6 @@ class PartShipper(S3Collaborator):
                     length,
                     partial=partial,
                     fence=fence,
-                    sent=sent or {},
                 )
                 if sent_upto < durable:
                     start = max(committed, sent_upto)
@@ -329,11 +325,14 @@ class PartShipper(S3Collaborator):
         *,
         partial: bool,
         fence: LeaseFence,
-        sent: dict[int, PartRecord],
     ) -> int:
         """Send the parts ``[0, durable)`` completes past the held ones; returns their end."""
         plan = self.plan_for(ledger, length)
-        spans = spans_completed(plan, len(held), durable, length)
+        wanted = plan.whole_parts_within(durable)
+        spans = [plan.span(n) for n in range(len(held) + 1, wanted + 1)]
+        if length is not None and durable == length and plan.start_of(wanted + 1) < length:
+            last = plan.start_of(wanted + 1)
+            spans.append(PartSpan(number=wanted + 1, start=last, size=length - last))
         if not spans:
             return _end_of(ledger, held)
         if ledger.multipart is None:
@@ -344,9 +343,7 @@ class PartShipper(S3Collaborator):
         slots = asyncio.Semaphore(self.settings.s3_part_concurrency)
         await asyncio.gather(
             *(
-                self._send_recorded(
-                    upload_id, staged_path, multipart, span, slots, fence, sent.get(span.number)
-                )
+                self._send_recorded(upload_id, staged_path, multipart, span, slots, fence)
                 for span in spans
             )
         )
@@ -360,20 +357,15 @@ class PartShipper(S3Collaborator):
         span: PartSpan,
         slots: asyncio.Semaphore,
         fence: LeaseFence,
-        sent: PartRecord | None,
     ) -> None:
-        """Send one part (unless it went to S3 while its bytes arrived: ``sent``), record
-        it, and give its staged bytes back."""
-        if sent is None or sent.size != span.size:
-            async with slots, self._backend.part_slots:
-                crc = await anyio.to_thread.run_sync(
-                    crc32c_of_range, staged_path, span.start, span.size
-                )
-                etag = await self._with_retries(
-                    lambda: self._send_part(staged_path, multipart, span, crc)
-                )
-            sent = PartRecord(span.number, span.size, etag, crc)
-        await self._record_part(upload_id, sent, fence)
+        async with slots, self._backend.part_slots:
+            crc = await anyio.to_thread.run_sync(
+                crc32c_of_range, staged_path, span.start, span.size
+            )
+            etag = await self._with_retries(
+                lambda: self._send_part(staged_path, multipart, span, crc)
+            )
+        await self._record_part(upload_id, PartRecord(span.number, span.size, etag, crc), fence)
         # The part is in S3: its staged bytes (but the head, kept for sniffing) are not
         # needed any more.
         await anyio.to_thread.run_sync(reclaim_range, staged_path, span.start, span.end)
@@ -637,17 +629,6 @@ class PartShipper(S3Collaborator):
                     await self.client.delete_object(Bucket=self.bucket, Key=item["Key"])
         except TRANSIENT_ERRORS as exc:
             logger.warning("deleting the segments of %s failed (%r)", upload_id, exc)
-
-
-def spans_completed(plan: PartPlan, held: int, durable: int, length: int | None) -> list[PartSpan]:
-    """The parts past the ``held`` first ones that ``[0, durable)`` holds whole (and the
-    upload's last, shorter part when ``durable`` is its length)."""
-    wanted = plan.whole_parts_within(durable)
-    spans = [plan.span(n) for n in range(held + 1, wanted + 1)]
-    if length is not None and durable == length and plan.start_of(wanted + 1) < length:
-        last = plan.start_of(wanted + 1)
-        spans.append(PartSpan(number=wanted + 1, start=last, size=length - last))
-    return spans
 
 
 async def unfenced(_session: AsyncSession) -> None:

@@ -17,7 +17,6 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import Protocol
 
 import anyio
 import anyio.to_thread
@@ -43,18 +42,6 @@ MAX_WRITE_BUFFER_SIZE = 1024 * 1024
 READ_BUFFER_SIZE = 1024 * 1024
 #: Most buffers one ``writev`` takes (Linux: 1024).
 _IOV_MAX = os.sysconf("SC_IOV_MAX")
-
-
-class WriteObserver(Protocol):
-    """Follows one writer's progress (a reader that sends staged bytes on while they are
-    still arriving); both calls must be cheap and thread-safe."""
-
-    def advanced(self, end: int) -> None:
-        """``[.., end)`` is written (in the page cache, not yet durable); called from the
-        writing thread."""
-
-    def finished(self) -> None:
-        """The writer is closed: nothing past the last :meth:`advanced` end will come."""
 
 
 class StagingArea:
@@ -120,13 +107,11 @@ class StagingArea:
         offset: int,
         digests: Sequence[ChunkDigest],
         head_size: int = 0,
-        observer: WriteObserver | None = None,
     ) -> StagingWriter:
         """Open (or create) the staging file for appending at ``offset``.
 
         Anything past ``offset`` is a leftover of a write that was never acknowledged, so it
-        is cut off first: the file then always ends at the committed offset. ``observer``
-        learns how far the file is written as the body arrives.
+        is cut off first: the file then always ends at the committed offset.
         """
         fd = await off_loop(self._open_for_append, self.path_for(upload_id), offset)
         self.open_writers += 1
@@ -142,7 +127,6 @@ class StagingArea:
             drops_written_pages=self.drops_written_pages,
             syncs=self.syncs,
             on_close=self._writer_closed,
-            observer=observer,
         )
 
     def _writer_closed(self) -> None:
@@ -285,10 +269,8 @@ class StagingWriter:
         drops_written_pages: bool = False,
         syncs: bool = True,
         on_close: Callable[[], None] | None = None,
-        observer: WriteObserver | None = None,
     ) -> None:
         self._fd = fd
-        self._observer = observer
         self._syncs = syncs
         self.buffer_size = buffer_size
         """Gathered bytes that trigger a write (from this writer's share of the budget)."""
@@ -349,8 +331,6 @@ class StagingWriter:
         if size and self._syncs:
             start_writeback(self._fd, self.start_offset + self.written, size)
         self.written += size
-        if size and self._observer is not None:
-            self._observer.advanced(self.start_offset + self.written)
         if full is not None:
             self.disk_full = True
             raise InsufficientStorage() from full
@@ -403,8 +383,6 @@ class StagingWriter:
             try:
                 os.close(self._fd)
             finally:
-                if self._observer is not None:
-                    self._observer.finished()
                 if on_close is not None:
                     on_close()
 

@@ -16,7 +16,7 @@ from app.core.checksums import ChunkDigest
 from app.db.uploads import Claim, UploadRepository
 from app.errors import ClientDisconnected, InsufficientStorage, is_disk_full
 from app.storage.sniff import SNIFF_SIZE
-from app.storage.staging import StagingArea, StagingWriter, WriteObserver
+from app.storage.staging import StagingArea, StagingWriter
 
 
 @dataclass(slots=True)
@@ -47,14 +47,10 @@ class BodyReceiver:
         body: AsyncIterator[bytes],
         room: int,
         digests: list[ChunkDigest],
-        observer: WriteObserver | None = None,
     ) -> Received:
-        """Write ``body`` at the claimed upload's offset, at most ``room`` bytes, and sync;
-        ``observer`` follows the writing (see :meth:`StagingArea.open_writer`)."""
+        """Write ``body`` at the claimed upload's offset, at most ``room`` bytes, and sync."""
         upload = claim.upload
-        writer = await self._staging.open_writer(
-            upload.id, upload.offset, digests, SNIFF_SIZE, observer
-        )
+        writer = await self._staging.open_writer(upload.id, upload.offset, digests, SNIFF_SIZE)
         outcome = Received(durable_end=upload.offset)
         try:
             async with self._repository.kept_alive(claim) as lease:

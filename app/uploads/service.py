@@ -43,7 +43,7 @@ from app.errors import (
     PayloadTooLarge,
     UploadLocked,
 )
-from app.storage.backend import BodyFollowing, StagedByteShipping, Storage
+from app.storage.backend import StagedByteShipping, Storage
 from app.storage.sniff import SNIFF_SIZE
 from app.storage.staging import StagingArea
 from app.uploads.concatenation import Concatenator
@@ -307,26 +307,23 @@ class UploadService:
         running = ResumableSha256.resume(upload.sha256_state, upload.offset)
         verifier = ChunkVerifier(request.checksum, request.checksum_trailer)
         digests: list[ChunkDigest] = [*verifier.digests, *([running] if running else [])]
-        following = None
-        if shipping is not None and request.content_length is not None:
-            # Whole parts this body completes go to S3 while it arrives.
-            body_end = upload.offset + min(request.content_length, bounds.room)
-            following = shipping.follow_body(
-                upload.id, staged_path, upload.offset, body_end, upload.length,
-                partial=upload.is_partial, fence=fence,
-            )  # fmt: skip
-        try:
-            received = await self._receiver.receive(
-                claim, body, bounds.room, digests, None if following is None else following.observer
-            )
-            await self._refuse_unverified(claim, received, verifier, bounds)
-            old_offset, new_offset = upload.offset, received.durable_end
-            completes = upload.length is not None and new_offset == upload.length
-            if shipping is not None and (new_offset > old_offset or completes):
-                await self._hold_in_storage(claim, shipping, old_offset, new_offset, following)
-        finally:
-            if following is not None:
-                await following.abandon()  # (a no-op once the shipper took its parts)
+        received = await self._receiver.receive(claim, body, bounds.room, digests)
+        await self._refuse_unverified(claim, received, verifier, bounds)
+        old_offset, new_offset = upload.offset, received.durable_end
+        completes = upload.length is not None and new_offset == upload.length
+        if shipping is not None and (new_offset > old_offset or completes):
+            # Acknowledged means in S3: the bytes are held there before the commit, and
+            # recorded only while this request still holds the lease.
+            async with self._repository.kept_alive(claim):
+                await shipping.ship_acknowledged(
+                    upload.id,
+                    staged_path,
+                    old_offset,
+                    new_offset,
+                    upload.length,
+                    partial=upload.is_partial,
+                    fence=fence,
+                )
         if completes and not received.disconnected and self._files_in_one_commit(upload):
             # The file row and the offset are committed together; a crash in between
             # leaves stored bytes that start-up reconciliation adopts (or discards).
@@ -367,29 +364,6 @@ class UploadService:
         if not release:
             await self._repository.release(claim)
         return upload
-
-    async def _hold_in_storage(
-        self,
-        claim: Claim,
-        shipping: StagedByteShipping,
-        old_offset: int,
-        new_offset: int,
-        following: BodyFollowing | None,
-    ) -> None:
-        """Acknowledged means in S3: the new bytes are held there before the commit, and
-        recorded only while this request still holds the lease."""
-        upload = claim.upload
-        async with self._repository.kept_alive(claim):
-            await shipping.ship_acknowledged(
-                upload.id,
-                self._staging.path_for(upload.id),
-                old_offset,
-                new_offset,
-                upload.length,
-                partial=upload.is_partial,
-                fence=self._repository.fence(claim),
-                following=following,
-            )
 
     async def _commit(
         self,
