@@ -308,9 +308,13 @@ class StagingWriter:
             raise InsufficientStorage()
         if len(self.head) < self._head_size:
             self.head += data[: self._head_size - len(self.head)]
+        if self.overlapped and self._buffered >= self.buffer_size:
+            # A full buffer goes out when the next piece comes: the one that ends the body
+            # is left to sync(), which hashes it while the fdatasync runs.
+            await self._flush_buffer()
         self._pieces.append(data)
         self._buffered += len(data)
-        if self._buffered >= self.buffer_size:
+        if not self.overlapped and self._buffered >= self.buffer_size:
             await self._flush_buffer()
 
     def _take_buffer(self) -> list[bytes]:

@@ -245,3 +245,31 @@ async def test_a_large_last_block_is_hashed_while_the_fdatasync_runs(
     assert digest.tail_hashed_while_syncing, "the last block was hashed before the fdatasync"
     assert digest.sha.hexdigest() == hashlib.sha256(body).hexdigest()
     assert area.path_for(upload_id).read_bytes() == body
+
+
+async def test_a_lone_writer_leaves_its_last_full_buffer_to_be_hashed_while_the_fdatasync_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    area = StagingArea(tmp_path)
+    area.prepare()
+    upload_id = uuid.uuid4()
+    await area.create(upload_id)
+    body = random.Random(6).randbytes(3 * MAX_WRITE_BUFFER_SIZE)  # ends with a full buffer
+    syncing = threading.Event()
+    digest = _DigestMeetingTheSync(2 * MAX_WRITE_BUFFER_SIZE, syncing)
+    real_fdatasync = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        syncing.set()
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    writer = await area.open_writer(upload_id, 0, [digest])
+    assert writer.overlapped
+    for start in range(0, len(body), 64 * 1024):
+        await writer.write(body[start : start + 64 * 1024])
+    assert await writer.sync() == len(body)
+    await writer.close()
+    assert digest.tail_hashed_while_syncing, "the last buffer was hashed before the fdatasync"
+    assert digest.sha.hexdigest() == hashlib.sha256(body).hexdigest()
+    assert area.path_for(upload_id).read_bytes() == body
