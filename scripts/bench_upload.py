@@ -4,14 +4,21 @@ Both servers run in the same session on loopback, each as its own process, and r
 same workloads from a threaded blocking client that sends bodies with ``sendfile`` (an
 asyncio client would spend more CPU than the servers; see shared/perf-notes.md):
 
-* 1 GiB in 8 MiB requests and in 64 MiB requests (one connection);
-* 16 x 256 MiB in parallel (16 connections, one request each);
-* 1000 x 64 KiB files over 16 connections (tus: POST + PATCH per file; naive: one PUT).
+* ``large8``, ``large64``: 1 GiB in 8 MiB requests and in 64 MiB requests (one connection);
+* ``single``: 1 GiB in one request;
+* ``parallel``: 16 x 256 MiB in parallel (16 connections, one request each);
+* ``small``: 1000 x 64 KiB files over 16 connections (tus: POST + PATCH per file; naive:
+  one PUT).
 
-It prints MiB/s (or files/s), the server's peak RSS (VmHWM) and Ferry's ratio to the
-baseline, and checks every Ferry upload's SHA-256 against the source.
+Every workload runs ``--rounds`` times on both servers, alternating: the order flips every
+round, and each round's ratio compares the two runs of that round. Per workload it prints
+the median and range (min-max) of each server's MiB/s (or files/s), of the ratio Ferry /
+naive and the median server CPU seconds, then each round's rates; at the end the servers'
+peak RSS (VmHWM). Every Ferry upload's SHA-256 is checked against the source. The naive
+endpoint never fsyncs: its bytes may still be in the page cache when its run ends.
 
-Run: ``make bench`` or ``.venv/bin/python scripts/bench_upload.py [--size-mib 1024]``.
+Run: ``make bench`` or ``.venv/bin/python scripts/bench_upload.py [--rounds 5]
+[--only large8,single] [--size-mib 1024]``.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import hashlib
 import http.client
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -196,22 +204,55 @@ def ferry_sha256(port: int, path: str) -> str:
     return str(response.headers["ETag"]).strip('"')
 
 
+@dataclass(frozen=True)
+class Workload:
+    """One workload, run on both servers."""
+
+    key: str
+    label: str
+    ferry: Callable[[], Any]
+    naive: Callable[[], Any]
+    amount: float
+    unit: str
+
+
+@dataclass
+class Side:
+    """What one server did over the rounds of one workload."""
+
+    rates: list[float]
+    cpu_seconds: list[float]
+
+    def shown(self) -> str:
+        """Median rate and its range over the rounds."""
+        return f"{statistics.median(self.rates):8.1f} ({min(self.rates):.1f}-{max(self.rates):.1f})"
+
+
 def main() -> None:
-    """Run every workload on both servers and print a table."""
+    """Run every workload on both servers, alternating, and print medians and ratios."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size-mib", type=int, default=1024, help="size of the large upload")
     parser.add_argument(
         "--parallel-mib", type=int, default=256, help="size of each parallel upload"
     )
     parser.add_argument("--small-files", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of every workload")
+    parser.add_argument(
+        "--only",
+        default="",
+        help=f"comma-separated workloads to run (of {','.join(WORKLOAD_KEYS)}; default all)",
+    )
     args = parser.parse_args()
+    chosen = [key for key in args.only.split(",") if key] or list(WORKLOAD_KEYS)
+    unknown = set(chosen) - set(WORKLOAD_KEYS)
+    if unknown:
+        parser.error(f"unknown workloads: {', '.join(sorted(unknown))}")
 
     work = Path(tempfile.mkdtemp(prefix="ferry-bench-"))
     size = args.size_mib * MiB
     source, source_sha = make_source(
         work, max(size, args.parallel_mib * MiB, args.small_files * 64 * 1024)
     )
-    rows: list[tuple[str, str, float, float, float]] = []
     try:
         ferry_dir = work / "ferry" / "data"
         ferry_dir.mkdir(parents=True)
@@ -221,35 +262,26 @@ def main() -> None:
         ferry_server = Server("ferry", ferry.port, ferry.process)
         naive = start_naive(work / "naive")
         try:
-            for label, run_ferry, run_naive, amount, unit in workloads(
-                ferry_server, naive, source, source_sha, size, args
-            ):
-                cpu_before = ferry_server.cpu_seconds()
-                seconds_ferry = timed(run_ferry)
-                cpu_ferry = ferry_server.cpu_seconds() - cpu_before
-                clear(ferry_dir / "files")
-                cpu_before = naive.cpu_seconds()
-                seconds_naive = timed(run_naive)
-                cpu_naive = naive.cpu_seconds() - cpu_before
-                clear(work / "naive")
-                rows.append(
-                    (
-                        label,
-                        unit,
-                        amount / seconds_ferry,
-                        amount / seconds_naive,
-                        (amount / seconds_ferry) / (amount / seconds_naive),
-                    )
-                )
-                print(
-                    f"{label:32} ferry {amount / seconds_ferry:8.1f} {unit}  "
-                    f"naive {amount / seconds_naive:8.1f} {unit}  "
-                    f"ratio {(seconds_naive / seconds_ferry):5.2f}  "
-                    f"server CPU s: ferry {cpu_ferry:6.2f} naive {cpu_naive:6.2f}",
-                    flush=True,
-                )
+            for workload in workloads(ferry_server, naive, source, source_sha, size, args):
+                if workload.key not in chosen:
+                    continue
+                sides = [
+                    (ferry_server, workload.ferry, ferry_dir / "files"),
+                    (naive, workload.naive, work / "naive"),
+                ]
+                results = {server.name: Side([], []) for server, _, _ in sides}
+                for number in range(args.rounds):
+                    # The order flips every round: neither server always runs after the
+                    # other's writeback or on a cache the other warmed.
+                    for server, run, directory in sides if number % 2 == 0 else sides[::-1]:
+                        cpu_before = server.cpu_seconds()
+                        seconds = timed(run)
+                        results[server.name].cpu_seconds.append(server.cpu_seconds() - cpu_before)
+                        results[server.name].rates.append(workload.amount / seconds)
+                        clear(directory)
+                report(workload, results["ferry"], results["naive"])
             print(
-                f"{'peak RSS (VmHWM)':32} ferry {ferry_server.peak_rss_mib():8.1f} MiB   "
+                f"{'peak RSS (VmHWM)':34} ferry {ferry_server.peak_rss_mib():8.1f} MiB   "
                 f"naive {naive.peak_rss_mib():8.1f} MiB"
             )
         finally:
@@ -260,6 +292,23 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def report(workload: Workload, ferry: Side, naive: Side) -> None:
+    """One line per workload: medians (and ranges) of both servers and of their ratio."""
+    ratios = [f / n for f, n in zip(ferry.rates, naive.rates, strict=True)]
+    print(
+        f"{workload.label:34} {workload.unit:8} ferry {ferry.shown()}  naive {naive.shown()}  "
+        f"ratio {statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})  "
+        f"server CPU s: ferry {statistics.median(ferry.cpu_seconds):.2f} "
+        f"naive {statistics.median(naive.cpu_seconds):.2f}",
+        flush=True,
+    )
+    print(
+        f"{'':34} rounds: ferry {' '.join(f'{r:.0f}' for r in ferry.rates)}  "
+        f"naive {' '.join(f'{r:.0f}' for r in naive.rates)}",
+        flush=True,
+    )
+
+
 def clear(directory: Path) -> None:
     """Delete stored files between workloads so the disk does not fill up."""
     for path in directory.rglob("*"):
@@ -267,10 +316,13 @@ def clear(directory: Path) -> None:
             path.unlink()
 
 
+WORKLOAD_KEYS = ("large8", "large64", "single", "parallel", "small")
+
+
 def workloads(
     ferry: Server, naive: Server, source: Path, source_sha: str, size: int, args: Any
-) -> list[tuple[str, Callable[[], Any], Callable[[], Any], float, str]]:
-    """(label, ferry run, naive run, amount, unit) for every workload."""
+) -> list[Workload]:
+    """Every workload, in :data:`WORKLOAD_KEYS` order."""
     mib = size / MiB
     each = args.parallel_mib * MiB
 
@@ -280,6 +332,9 @@ def workloads(
             assert ferry_sha256(ferry.port, path) == source_sha, "SHA-256 mismatch"
 
         return run
+
+    def large_naive(chunk: int, name: str) -> Callable[[], Any]:
+        return lambda: naive_upload(naive.port, source, 0, size, chunk, name)
 
     def many_parallel_ferry() -> None:
         parallel([lambda i=i: tus_upload(ferry.port, source, 0, each, each) for i in range(16)], 16)
@@ -315,28 +370,46 @@ def workloads(
         )
 
     return [
-        (
+        Workload(
+            "large8",
             f"{mib:.0f} MiB in 8 MiB requests",
             large(8 * MiB),
-            lambda: naive_upload(naive.port, source, 0, size, 8 * MiB, "big8"),
+            large_naive(8 * MiB, "big8"),
             mib,
             "MiB/s",
         ),
-        (
+        Workload(
+            "large64",
             f"{mib:.0f} MiB in 64 MiB requests",
             large(64 * MiB),
-            lambda: naive_upload(naive.port, source, 0, size, 64 * MiB, "big64"),
+            large_naive(64 * MiB, "big64"),
             mib,
             "MiB/s",
         ),
-        (
+        Workload(
+            "single",
+            f"{mib:.0f} MiB in one request",
+            large(size),
+            large_naive(size, "big1"),
+            mib,
+            "MiB/s",
+        ),
+        Workload(
+            "parallel",
             f"16 x {args.parallel_mib} MiB in parallel",
             many_parallel_ferry,
             many_parallel_naive,
             16 * args.parallel_mib,
             "MiB/s",
         ),
-        (f"{count} x 64 KiB, 16 connections", small_ferry, small_naive, count, "files/s"),
+        Workload(
+            "small",
+            f"{count} x 64 KiB, 16 connections",
+            small_ferry,
+            small_naive,
+            count,
+            "files/s",
+        ),
     ]
 
 

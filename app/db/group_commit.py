@@ -20,7 +20,12 @@ in one transaction of its own, like a database's group commit:
   therefore pure database work, safe to run twice after a rollback;
 * a caller cancelled while its piece is in a group waits for the group to end (a few
   milliseconds) before the cancellation goes on, so whether its write committed is never
-  unknown to it.
+  unknown to it;
+* a piece that need not survive a power loss (``durable=False``: taking or renewing a
+  lease, which start-up gives back anyway) does not wait for a log flush of its own: on
+  SQLite a group of such pieces commits with ``synchronous=NORMAL`` (WAL: no fsync), and
+  the next durable group's fsync covers it too, since the log is written in order. A group
+  with any durable piece commits durably.
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ MAX_GROUP = 64
 @dataclass(slots=True)
 class _Piece(Generic[Result]):
     work: Work[Result]
+    durable: bool = True
     done: asyncio.Future[Result] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -61,24 +67,42 @@ class ThreadedSqliteWriter:
     """SQLite's writer: its own connection, used from its own thread.
 
     A group runs there from ``BEGIN`` to ``COMMIT`` in one hand-off, instead of one trip
-    through the event loop per statement; and it commits with ``synchronous=FULL`` (an
-    fsync of the write-ahead log per group, taken by this thread), so a committed upload
-    survives a power loss too, not only a crash of the process.
+    through the event loop per statement; and a durable group commits with
+    ``synchronous=FULL`` (an fsync of the write-ahead log per group, taken by this thread),
+    so a committed upload survives a power loss too, not only a crash of the process. A
+    group that need not be durable commits with ``synchronous=NORMAL``: no fsync, still
+    safe across a crash of the process; the next durable commit's fsync covers it.
     """
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="ferry-sqlite-writer")
+        self._syncs_commits = True
+        """The connection's ``synchronous`` level: FULL (the engine's) or NORMAL."""
 
-    async def run(self, work: Work[Result]) -> Result:
-        """``work`` in one committed transaction on the writer's thread."""
+    async def run(self, work: Work[Result], *, durable: bool = True) -> Result:
+        """``work`` in one committed transaction on the writer's thread; ``durable``: the
+        commit is fsync'ed before the result comes back."""
         loop = asyncio.get_running_loop()
-        return await settled(loop.run_in_executor(self._thread, self._transaction, work))
+        return await settled(loop.run_in_executor(self._thread, self._transaction, work, durable))
 
-    def _transaction(self, work: Work[Result]) -> Result:
+    def _transaction(self, work: Work[Result], durable: bool) -> Result:
+        if durable != self._syncs_commits:
+            self._set_synchronous(durable)
         with self._sessions() as session, session.begin():
             return work(session)
+
+    def _set_synchronous(self, full: bool) -> None:
+        # Between transactions, on the pool's one connection (the session takes it next).
+        connection = self._engine.raw_connection()
+        try:
+            cursor = connection.cursor()
+            cursor.execute(f"PRAGMA synchronous={'FULL' if full else 'NORMAL'}")
+            cursor.close()
+        finally:
+            connection.close()
+        self._syncs_commits = full
 
     @property
     def engine(self) -> Engine:
@@ -97,8 +121,9 @@ class AsyncSessionWriter:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
 
-    async def run(self, work: Work[Result]) -> Result:
-        """``work`` in one committed transaction of a pooled connection."""
+    async def run(self, work: Work[Result], *, durable: bool = True) -> Result:
+        """``work`` in one committed transaction of a pooled connection (always durable:
+        PostgreSQL's ``synchronous_commit`` is the server's to choose)."""
         async with self._sessions() as session, session.begin():
             return await session.run_sync(work)
 
@@ -132,9 +157,13 @@ class GroupCommit:
         """Transactions committed (for tests and benchmarks: pieces per group)."""
         self.pieces = 0
 
-    async def run(self, work: Work[Result]) -> Result:
-        """Run ``work`` in a committed transaction (alone or in a group); its result."""
-        piece: _Piece[Result] = _Piece(work)
+    async def run(self, work: Work[Result], *, durable: bool = True) -> Result:
+        """Run ``work`` in a committed transaction (alone or in a group); its result.
+
+        ``durable=False``: the commit may be lost to a power loss (never to a crash of the
+        process) until a later durable commit; for writes that start-up undoes anyway.
+        """
+        piece: _Piece[Result] = _Piece(work, durable)
         self._waiting.append(piece)
         if len(self._committers) < self._parallel:
             self._committers.add(asyncio.create_task(self._commit_while_waiting()))
@@ -174,7 +203,8 @@ class GroupCommit:
             return
         try:
             results = await self._writer.run(
-                lambda session: [piece.work(session) for piece in group]
+                lambda session: [piece.work(session) for piece in group],
+                durable=any(piece.durable for piece in group),
             )
         except Exception:
             # Which piece failed is not known to the database; each runs again on its own.
@@ -189,7 +219,7 @@ class GroupCommit:
 
     async def _commit_alone(self, piece: _Piece[Any]) -> None:
         try:
-            result = await self._writer.run(piece.work)
+            result = await self._writer.run(piece.work, durable=piece.durable)
         except Exception as failure:
             piece.done.set_exception(failure)
             return

@@ -338,7 +338,8 @@ class UploadRepository:
         holds; ``None`` when the lease is held or a condition failed."""
         await self.unreleased.retry(upload.id)
         token = unique_token()
-        if await self._execute(self._claim_statement(upload.id, token, conditions)) != 1:
+        claimed = self._claim_statement(upload.id, token, conditions)
+        if await self._execute(claimed, durable=False) != 1:
             return None
         self._hold(upload, token)
         return Claim(upload=upload, token=token)
@@ -353,12 +354,12 @@ class UploadRepository:
         def claim(session: Session) -> Upload | None:
             return session.scalars(statement).one_or_none()
 
-        row = await self._writes.run(claim)
+        row = await self._writes.run(claim, durable=False)
         return None if row is None else Claim(upload=row, token=token)
 
     async def renew(self, claim: Claim) -> bool:
         """Extend a held lease; ``False`` means it was lost."""
-        return await self._execute(self._renewal(claim)) == 1
+        return await self._execute(self._renewal(claim), durable=False) == 1
 
     def _renewal(self, claim: Claim) -> Any:
         """The UPDATE that extends ``claim``'s lease (no row when it was lost)."""
@@ -629,13 +630,19 @@ class UploadRepository:
         )
         upload.offset = offset
 
-    async def _execute(self, statement: Any, *, reserve: Reservation | None = None) -> int:
+    async def _execute(
+        self, statement: Any, *, reserve: Reservation | None = None, durable: bool = True
+    ) -> int:
+        """``statement``'s row count, committed. ``durable=False`` for lease writes only:
+        a lease that a power loss takes back is given back at start-up anyway
+        (:meth:`release_stale_of_this_node`), and every offset commit is durable."""
+
         def execute(session: Session) -> int:
             if reserve is not None:
                 reserve(session)
             return _rowcount(session.execute(statement))
 
-        return await self._writes.run(execute)
+        return await self._writes.run(execute, durable=durable)
 
 
 def _rowcount(result: Any) -> int:

@@ -33,6 +33,7 @@ import http
 import logging
 from typing import Any, ClassVar
 
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from app.settings import Settings
@@ -140,8 +141,28 @@ class FerryHttpProtocol(HttpToolsProtocol):
         self._head_bytes = 0
 
     def on_body(self, body: bytes) -> None:
-        """Body bytes: not a trailer section."""
+        """Body bytes: not a trailer section.
+
+        A piece that finds the request's buffer empty becomes the buffer as it is: uvicorn
+        appends every piece to a ``bytearray`` and copies that into the ASGI message, two
+        copies of each body byte on the event loop (~0.3 CPU-s per GiB here), where
+        ``bytes()`` of a ``bytes`` object is the object itself. Pieces that arrive while
+        the application has not taken the last one are gathered as uvicorn does.
+        """
         self._in_trailer = False
+        cycle = self.cycle
+        if cycle is None or not body or cycle.response_complete or self.parser.should_upgrade():
+            super().on_body(body)
+            return
+        if not cycle.body:
+            # uvicorn's receive() sends ``bytes(cycle.body)`` and starts a new bytearray.
+            cycle.body = body  # type: ignore[assignment]
+            if len(body) > HIGH_WATER_LIMIT:
+                self.flow.pause_reading()
+            cycle.message_event.set()
+            return
+        if isinstance(cycle.body, bytes):
+            cycle.body = bytearray(cycle.body)  # appending to bytes would copy it each time
         super().on_body(body)
 
     def on_message_complete(self) -> None:

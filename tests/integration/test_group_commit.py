@@ -107,6 +107,32 @@ async def test_a_write_arriving_at_an_idle_committer_runs_alone_at_once(
     assert (writes.groups, writes.pieces) == (3, 3)
 
 
+def synchronous_level(session: Session) -> int:
+    """SQLite's ``PRAGMA synchronous`` inside the transaction: 1 NORMAL, 2 FULL."""
+    return int(session.execute(text("PRAGMA synchronous")).scalar_one())
+
+
+async def test_sqlite_fsyncs_a_group_only_when_one_of_its_writes_must_be_durable(
+    engine: AsyncEngine,
+) -> None:
+    writes = GroupCommit(ThreadedSqliteWriter(create_sqlite_writer_engine(str(engine.url))))
+    try:
+        assert await writes.run(synchronous_level, durable=False) == 1
+        assert await writes.run(synchronous_level) == 2
+        assert await writes.run(synchronous_level, durable=False) == 1
+        # Submitted together, they commit as one group: one durable write makes it durable.
+        levels = await asyncio.gather(
+            writes.run(synchronous_level, durable=False),
+            writes.run(synchronous_level, durable=False),
+            writes.run(synchronous_level),
+            writes.run(synchronous_level, durable=False),
+        )
+        assert levels == [2, 2, 2, 2]
+        assert writes.groups == 4
+    finally:
+        writes.close()
+
+
 class _WriterCallingBackOnce:
     """A real writer that, once, calls ``then`` as its group returns: whatever ``then``
     wakes runs right after the committer's last step, before anything queued later."""
@@ -115,8 +141,8 @@ class _WriterCallingBackOnce:
         self.inner = inner
         self.then: Callable[[], None] | None = None
 
-    async def run(self, work: Callable[[Session], str]) -> str:
-        result = await self.inner.run(work)
+    async def run(self, work: Callable[[Session], str], *, durable: bool = True) -> str:
+        result = await self.inner.run(work, durable=durable)
         if self.then is not None:
             self.then()
             self.then = None

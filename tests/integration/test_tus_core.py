@@ -8,6 +8,7 @@ import uuid
 import anyio.to_thread
 import pytest
 from litestar.testing import AsyncTestClient
+from sqlalchemy import Connection, event
 
 from app.db.engine import migrate
 from app.main import create_app
@@ -122,6 +123,28 @@ async def test_patches_append_in_order_and_an_empty_patch_changes_nothing(client
     assert second.status_code == 204
     assert second.headers["upload-offset"] == "6"
     assert (await client.get(path)).content == b"abcdef"
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_a_patch_flushes_the_sqlite_log_for_its_offset_but_not_for_taking_the_lease(
+    client: Client,
+) -> None:
+    """Only the offset must survive a power loss: a lost lease is given back at start-up."""
+    path = await create(client, 10)
+    levels: list[int] = []  # PRAGMA synchronous of each upload-write commit: 1 NORMAL, 2 FULL
+
+    def record(connection: Connection) -> None:
+        levels.append(connection.exec_driver_sql("PRAGMA synchronous").scalar_one())
+
+    writes = client.app.state.ferry.repository.writes.engine  # type: ignore[attr-defined]
+    event.listen(writes, "commit", record)
+    try:
+        assert (await patch(client, path, 0, b"0123456789")).status_code == 204
+    finally:
+        event.remove(writes, "commit", record)
+    assert levels[0] == 1, "the claim commits without an fsync of the log"
+    assert levels[-1] == 2, "the completion (offset and file row) is fsync'ed"
+    assert (await head(client, path)).headers["upload-offset"] == "10"
 
 
 async def test_patch_with_wrong_offset_returns_409_and_keeps_bytes(

@@ -7,6 +7,7 @@ import hashlib
 import os
 import random
 import subprocess
+import threading
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +18,7 @@ from app.errors import InsufficientStorage
 from app.storage.staging import (
     MAX_WRITE_BUFFER_SIZE,
     MIN_WRITE_BUFFER_SIZE,
+    TAIL_HASHED_BESIDE_SYNC,
     WRITE_BUFFER_BUDGET,
     StagingArea,
     StagingWriter,
@@ -195,3 +197,79 @@ async def test_a_disk_that_fills_up_with_the_last_block_still_syncs_what_fitted(
     assert writer.disk_full
     await writer.close()
     assert area.path_for(upload_id).stat().st_size == 1000
+
+
+class _DigestMeetingTheSync:
+    """SHA-256 that, once ``meet_at`` bytes are in, takes the rest only while an fdatasync
+    is under way (waiting at most 5 s for one): it records whether the body's last block
+    was hashed beside the sync or before it."""
+
+    def __init__(self, meet_at: int, syncing: threading.Event) -> None:
+        self.sha = hashlib.sha256()
+        self.size = 0
+        self.meet_at = meet_at
+        self.syncing = syncing
+        self.tail_hashed_while_syncing: bool | None = None
+
+    def update(self, data: bytes) -> None:
+        if self.size >= self.meet_at and self.tail_hashed_while_syncing is None:
+            self.tail_hashed_while_syncing = self.syncing.wait(timeout=5)
+        self.sha.update(data)
+        self.size += len(data)
+
+
+async def test_a_large_last_block_is_hashed_while_the_fdatasync_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    area = StagingArea(tmp_path)
+    area.prepare()
+    upload_id = uuid.uuid4()
+    await area.create(upload_id)
+    whole_buffers = 3 * MAX_WRITE_BUFFER_SIZE
+    body = random.Random(5).randbytes(whole_buffers + TAIL_HASHED_BESIDE_SYNC + 7)
+    syncing = threading.Event()
+    digest = _DigestMeetingTheSync(whole_buffers, syncing)
+    real_fdatasync = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        syncing.set()
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    writer = await area.open_writer(upload_id, 0, [digest])
+    assert writer.buffer_size == MAX_WRITE_BUFFER_SIZE
+    for start in range(0, len(body), 64 * 1024):
+        await writer.write(body[start : start + 64 * 1024])
+    assert await writer.sync() == len(body)
+    await writer.close()
+    assert digest.tail_hashed_while_syncing, "the last block was hashed before the fdatasync"
+    assert digest.sha.hexdigest() == hashlib.sha256(body).hexdigest()
+    assert area.path_for(upload_id).read_bytes() == body
+
+
+async def test_a_lone_writer_leaves_its_last_full_buffer_to_be_hashed_while_the_fdatasync_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    area = StagingArea(tmp_path)
+    area.prepare()
+    upload_id = uuid.uuid4()
+    await area.create(upload_id)
+    body = random.Random(6).randbytes(3 * MAX_WRITE_BUFFER_SIZE)  # ends with a full buffer
+    syncing = threading.Event()
+    digest = _DigestMeetingTheSync(2 * MAX_WRITE_BUFFER_SIZE, syncing)
+    real_fdatasync = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        syncing.set()
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    writer = await area.open_writer(upload_id, 0, [digest])
+    assert writer.overlapped
+    for start in range(0, len(body), 64 * 1024):
+        await writer.write(body[start : start + 64 * 1024])
+    assert await writer.sync() == len(body)
+    await writer.close()
+    assert digest.tail_hashed_while_syncing, "the last buffer was hashed before the fdatasync"
+    assert digest.sha.hexdigest() == hashlib.sha256(body).hexdigest()
+    assert area.path_for(upload_id).read_bytes() == body
