@@ -60,8 +60,10 @@ async def _serve_and_post(app: _BodyRecorder, body: bytes, piece: int) -> bytes:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+    # No log_config, no log_level: uvicorn would reconfigure the process's logging for
+    # every later test (its "uvicorn" logger stops propagating, "uvicorn.error" drops INFO).
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, http=FerryHttpProtocol, log_level="warning"
+        app, host="127.0.0.1", port=port, http=FerryHttpProtocol, log_config=None
     )
     server = uvicorn.Server(config)
     serving = asyncio.create_task(server.serve())
