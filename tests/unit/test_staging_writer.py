@@ -218,17 +218,18 @@ class _DigestMeetingTheSync:
         self.size += len(data)
 
 
-async def test_a_large_last_block_is_hashed_while_the_fdatasync_runs(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def _write_watching_the_sync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, body: bytes, meet_at: int
+) -> tuple[StagingWriter, _DigestMeetingTheSync, Path]:
+    """``body`` written in 64 KiB pieces and synced by a writer of its own, the digest
+    taking the bytes past ``meet_at`` only while an fdatasync runs; the (closed) writer,
+    the digest and the staging file."""
     area = StagingArea(tmp_path)
     area.prepare()
     upload_id = uuid.uuid4()
     await area.create(upload_id)
-    whole_buffers = 3 * MAX_WRITE_BUFFER_SIZE
-    body = random.Random(5).randbytes(whole_buffers + TAIL_HASHED_BESIDE_SYNC + 7)
     syncing = threading.Event()
-    digest = _DigestMeetingTheSync(whole_buffers, syncing)
+    digest = _DigestMeetingTheSync(meet_at, syncing)
     real_fdatasync = os.fdatasync
 
     def fdatasync(fd: int) -> None:
@@ -237,39 +238,35 @@ async def test_a_large_last_block_is_hashed_while_the_fdatasync_runs(
 
     monkeypatch.setattr(os, "fdatasync", fdatasync)
     writer = await area.open_writer(upload_id, 0, [digest])
-    assert writer.buffer_size == MAX_WRITE_BUFFER_SIZE
     for start in range(0, len(body), 64 * 1024):
         await writer.write(body[start : start + 64 * 1024])
     assert await writer.sync() == len(body)
     await writer.close()
+    return writer, digest, area.path_for(upload_id)
+
+
+async def test_a_large_last_block_is_hashed_while_the_fdatasync_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    whole_buffers = 3 * MAX_WRITE_BUFFER_SIZE
+    body = random.Random(5).randbytes(whole_buffers + TAIL_HASHED_BESIDE_SYNC + 7)
+    writer, digest, staged = await _write_watching_the_sync(
+        tmp_path, monkeypatch, body, whole_buffers
+    )
+    assert writer.buffer_size == MAX_WRITE_BUFFER_SIZE
     assert digest.tail_hashed_while_syncing, "the last block was hashed before the fdatasync"
     assert digest.sha.hexdigest() == hashlib.sha256(body).hexdigest()
-    assert area.path_for(upload_id).read_bytes() == body
+    assert staged.read_bytes() == body
 
 
 async def test_a_lone_writer_leaves_its_last_full_buffer_to_be_hashed_while_the_fdatasync_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    area = StagingArea(tmp_path)
-    area.prepare()
-    upload_id = uuid.uuid4()
-    await area.create(upload_id)
     body = random.Random(6).randbytes(3 * MAX_WRITE_BUFFER_SIZE)  # ends with a full buffer
-    syncing = threading.Event()
-    digest = _DigestMeetingTheSync(2 * MAX_WRITE_BUFFER_SIZE, syncing)
-    real_fdatasync = os.fdatasync
-
-    def fdatasync(fd: int) -> None:
-        syncing.set()
-        real_fdatasync(fd)
-
-    monkeypatch.setattr(os, "fdatasync", fdatasync)
-    writer = await area.open_writer(upload_id, 0, [digest])
+    writer, digest, staged = await _write_watching_the_sync(
+        tmp_path, monkeypatch, body, 2 * MAX_WRITE_BUFFER_SIZE
+    )
     assert writer.overlapped
-    for start in range(0, len(body), 64 * 1024):
-        await writer.write(body[start : start + 64 * 1024])
-    assert await writer.sync() == len(body)
-    await writer.close()
     assert digest.tail_hashed_while_syncing, "the last buffer was hashed before the fdatasync"
     assert digest.sha.hexdigest() == hashlib.sha256(body).hexdigest()
-    assert area.path_for(upload_id).read_bytes() == body
+    assert staged.read_bytes() == body
