@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import time
 import zlib
+from collections.abc import Callable
 
 from advanced_alchemy.base import orm_registry
 from sqlalchemy import Column, Float, String, Table, case, func, select, text
@@ -42,9 +43,14 @@ class CreationRateLimiter:
     """A token bucket per owner: ``burst`` at once, refilled at ``per_minute``."""
 
     def __init__(
-        self, sessions: async_sessionmaker[AsyncSession], per_minute: int, burst: int
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        per_minute: int,
+        burst: int,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._sessions = sessions
+        self._clock = clock  # this node's wall clock: other nodes' may differ
         self._rate = per_minute / 60.0
         self._burst = float(burst)
 
@@ -52,9 +58,13 @@ class CreationRateLimiter:
         """Spend one token or raise 429 with the seconds until the next one."""
         if self._rate <= 0:
             return
-        now = time.time()
+        now = self._clock()
         table = creation_rates
-        refilled = table.c.tokens + (now - table.c.updated) * self._rate
+        # A request that read the clock before another one committed (or a node whose clock
+        # is behind) must not move the bucket's time back: that would take tokens away.
+        elapsed = case((table.c.updated < now, now - table.c.updated), else_=0.0)
+        latest = case((table.c.updated < now, now), else_=table.c.updated)
+        refilled = table.c.tokens + elapsed * self._rate
         available = case((refilled > self._burst, self._burst), else_=refilled)
         async with self._sessions() as session, session.begin():
             dialect = postgresql if session.bind.dialect.name == "postgresql" else sqlite
@@ -63,7 +73,7 @@ class CreationRateLimiter:
                 .values(owner=owner, tokens=self._burst - 1, updated=now)
                 .on_conflict_do_update(
                     index_elements=[table.c.owner],
-                    set_={"tokens": available - 1, "updated": now},
+                    set_={"tokens": available - 1, "updated": latest},
                     where=available >= 1,
                 )
                 .returning(table.c.tokens)

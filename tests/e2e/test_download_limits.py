@@ -44,12 +44,32 @@ def _stalled_reader(server: FerryProcess, path: str) -> socket.socket:
     return sock
 
 
-def _holding_a_slot(sock: socket.socket) -> socket.socket:
-    """Wait until the server answers a stalled reader (its download holds a slot now):
-    on a loaded machine that can take longer than any fixed pause."""
-    sock.settimeout(20)
-    assert sock.recv(12) == b"HTTP/1.1 200"
-    return sock
+def _readers_holding_every_slot(server: FerryProcess, path: str, count: int) -> list[socket.socket]:
+    """``count`` stalled readers, each answered 200 (its download holds a slot now).
+
+    Waits for the answers rather than pausing: on a loaded machine that can take longer
+    than any fixed pause. A reader answered 503 is replaced by a new one (for up to 10 s):
+    the slot of a download an earlier test walked away from comes back only once the server
+    sees that client gone.
+    """
+    readers: list[socket.socket] = []
+    deadline = time.monotonic() + 10
+    try:
+        while len(readers) < count:
+            sock = _stalled_reader(server, path)
+            sock.settimeout(20)
+            status = sock.recv(12)
+            if status == b"HTTP/1.1 200":
+                readers.append(sock)
+                continue
+            sock.close()
+            assert status == b"HTTP/1.1 503" and time.monotonic() < deadline, status
+            time.sleep(0.2)
+    except BaseException:
+        for sock in readers:
+            sock.close()
+        raise
+    return readers
 
 
 def _rss_mib(server: FerryProcess) -> float:
@@ -103,10 +123,8 @@ def test_downloads_beyond_the_cap_are_answered_503_with_retry_after(
     capped: tuple[FerryProcess, str],
 ) -> None:
     server, path = capped
-    readers = [_stalled_reader(server, path) for _ in range(2)]
+    readers = _readers_holding_every_slot(server, path, 2)
     try:
-        for sock in readers:
-            _holding_a_slot(sock)
         refused = httpx.get(f"{server.url}{path}", timeout=30)
         assert refused.status_code == 503, refused.status_code
         assert int(refused.headers["retry-after"]) > 0
@@ -124,10 +142,8 @@ def test_download_whose_client_stops_reading_is_cut_after_the_write_timeout(
     capped: tuple[FerryProcess, str],
 ) -> None:
     server, path = capped
-    readers = [_stalled_reader(server, path) for _ in range(2)]
+    readers = _readers_holding_every_slot(server, path, 2)
     try:
-        for sock in readers:
-            _holding_a_slot(sock)
         assert httpx.get(f"{server.url}{path}", timeout=30).status_code == 503
         # Nobody closes the stalled readers: the server cuts them off and frees the slots.
         assert _get_status(f"{server.url}{path}", deadline_seconds=8) == 200

@@ -4,6 +4,7 @@ every process and node."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -62,6 +63,19 @@ async def test_concurrent_creations_never_spend_more_than_the_burst(
 
     outcomes = await asyncio.gather(*(take(number) for number in range(20)))
     assert sum(outcomes) == 5
+
+
+async def test_a_node_whose_clock_lags_takes_no_tokens_away(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    """A request that read the clock before another committed, or a node a second behind,
+    spends one token like any other (the bucket's time never moves back)."""
+    node_a = CreationRateLimiter(sessions, per_minute=1, burst=2)
+    node_b = CreationRateLimiter(sessions, per_minute=1, burst=2, clock=lambda: time.time() - 1)
+    await node_a.take("frank")
+    await node_b.take("frank")
+    with pytest.raises(TooManyRequests):
+        await node_a.take("frank")
 
 
 async def test_an_empty_bucket_refills_with_time(
