@@ -54,12 +54,16 @@ class StorageBackend(Protocol):
         content_type: str,
         *,
         keep_staged: bool = False,
+        fresh: bool = False,
     ) -> StoredObject:
         """Move a complete staged file into permanent storage; idempotent after a crash.
 
         ``keep_staged``: leave the staging file too; the caller removes it once the file's
         row is committed. Until then it is the trace by which start-up reconciliation finds
         (and discards) a stored copy that no row names.
+
+        ``fresh``: one request carried the whole upload and its row does not exist yet, so
+        nothing of it was stored or recorded before: the staged file is all there is.
         """
 
     async def find_stored(self, upload_id: uuid.UUID, category: str) -> StoredObject | None:
@@ -116,6 +120,11 @@ class StagedByteShipping(Protocol):
 
     def check_length(self, length: int) -> None:
         """413 for a length the backend cannot hold (S3: more than max parts x 5 GiB)."""
+
+    def is_one_object(self, length: int) -> bool:
+        """Whether an upload of ``length`` bytes is stored as one object, put whole by the
+        body that completes it (S3: at most one part; never a multipart upload)."""
+        ...
 
 
 class PartialStore(Protocol):

@@ -64,9 +64,11 @@ class LocalBackend:
         content_type: str,
         *,
         keep_staged: bool = False,
+        fresh: bool = False,
     ) -> StoredObject:
         """Rename (or, ``keep_staged``, hard-link) the staging file into its category folder
-        and make the new name durable."""
+        and make the new name durable (``fresh`` changes nothing: the staged file is always
+        the whole upload here)."""
         key = self._key_for(upload_id, category)
         target = self.path_for(key)
         place = _durable_link if keep_staged else _durable_rename

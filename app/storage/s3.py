@@ -44,7 +44,7 @@ from app.storage.s3_collaborator import PARTIALS_FOLDER, TRANSIENT_ERRORS
 from app.storage.s3_completion import ObjectCompleter
 from app.storage.s3_concat import FinalAssembly
 from app.storage.s3_reading import ObjectReader
-from app.storage.s3_shipping import PartShipper
+from app.storage.s3_shipping import Ledger, PartShipper
 from app.storage.sniff import Category
 
 if TYPE_CHECKING:
@@ -138,6 +138,10 @@ class S3Backend:
         except PartTooLarge as exc:
             raise PayloadTooLarge(str(exc)) from None
 
+    def is_one_object(self, length: int) -> bool:
+        """At most one part: put whole by the body that completes it."""
+        return self._shipper.is_single(Ledger(), length)
+
     # ------------------------------------------------------------------ keys
 
     def key_for(self, upload_id: uuid.UUID, category: str) -> str:
@@ -188,11 +192,20 @@ class S3Backend:
         content_type: str,
         *,
         keep_staged: bool = False,
+        fresh: bool = False,
     ) -> StoredObject:
         """Complete the object and verify it against the ledger; drop the staging file
-        (unless ``keep_staged``)."""
+        (unless ``keep_staged``).
+
+        ``fresh``: the upload was carried whole by the request finishing it and its row does
+        not exist yet; nothing was acknowledged before, so there is no ledger to read or
+        forget: one PutObject (CRC32C-checked by S3) from staging is the whole completion.
+        """
         key = self.key_for(upload_id, category)
-        stored = await self._completer.store(upload_id, staged_path, size, key, content_type)
+        if fresh:
+            stored = await self._shipper.put_whole(key, staged_path, size, content_type)
+        else:
+            stored = await self._completer.store(upload_id, staged_path, size, key, content_type)
         if not keep_staged:
             await anyio.Path(staged_path).unlink(missing_ok=True)
         return stored
@@ -246,9 +259,10 @@ class S3Backend:
     # ------------------------------------------------------------------ cleanup
 
     async def discard_upload(self, upload_id: uuid.UUID) -> None:
-        """Abort the upload's multipart upload (if any), delete its segments, forget it."""
+        """Abort the upload's multipart upload (if any), delete its segments (and the object
+        of a one-part upload that was put but never filed), forget it."""
         self._shipper.staged_upto.pop(upload_id, None)
-        await self._shipper.drop_segments(upload_id, unrecorded=True)
+        await self._shipper.drop_segments(upload_id, unrecorded=True, unfiled=True)
         await self._cleaner.discard_upload(upload_id)
 
     async def discard_partial(self, upload_id: uuid.UUID) -> None:

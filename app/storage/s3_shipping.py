@@ -40,6 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.uploads import LeaseFence
 from app.errors import FerryError, ServiceUnavailable
+from app.storage.backend import StoredObject
 from app.storage.parts import PartPlan, PartSpan, PartTooLarge, plan_for_deferred, plan_for_length
 from app.storage.s3_collaborator import (
     TRANSIENT_ERRORS,
@@ -478,10 +479,7 @@ class PartShipper(S3Collaborator):
         head = await anyio.to_thread.run_sync(_read_head, staged_path)
         content_type = sniff_content_type(head)
         key = self._final_key(upload_id, category_for(content_type).value, partial=partial)
-        crc = await anyio.to_thread.run_sync(crc32c_of_range, staged_path, 0, size)
-        await self._with_retries(
-            lambda: self.put_range(key, staged_path, 0, size, content_type, crc)
-        )
+        crc = await self._put_with_retries(key, staged_path, size, content_type)
         if ledger.segments:
             await self.drop_segments(upload_id)
         async with self.sessions() as session, session.begin():
@@ -498,6 +496,28 @@ class PartShipper(S3Collaborator):
                     created_at=datetime.now(UTC),
                 )
             )
+
+    async def put_whole(
+        self, key: str, staged_path: Path, size: int, content_type: str
+    ) -> StoredObject:
+        """One PutObject of a whole staged upload at its final key, recorded nowhere: the
+        caller files it in the transaction that first inserts its row (503 when S3 does not
+        take it in bounded time)."""
+        try:
+            await self._put_with_retries(key, staged_path, size, content_type)
+        except TRANSIENT_ERRORS as exc:
+            raise _unavailable(f"storing {key}", exc) from exc
+        return StoredObject(key=key, size=size)
+
+    async def _put_with_retries(
+        self, key: str, staged_path: Path, size: int, content_type: str
+    ) -> str:
+        """PutObject of the first ``size`` staged bytes, CRC32C-checked by S3; the CRC."""
+        crc = await anyio.to_thread.run_sync(crc32c_of_range, staged_path, 0, size)
+        await self._with_retries(
+            lambda: self.put_range(key, staged_path, 0, size, content_type, crc)
+        )
+        return crc
 
     def _final_key(self, upload_id: uuid.UUID, category: str, *, partial: bool) -> str:
         if partial:
@@ -585,31 +605,42 @@ class PartShipper(S3Collaborator):
             )
 
     async def drop_segments(
-        self, upload_id: uuid.UUID, *, below: int | None = None, unrecorded: bool = False
+        self,
+        upload_id: uuid.UUID,
+        *,
+        below: int | None = None,
+        unrecorded: bool = False,
+        unfiled: bool = False,
     ) -> None:
         """Delete segment objects and rows (all, or those ending at or before ``below``).
 
         ``unrecorded``: the upload is done with segments for good (completed or discarded),
         so every object under its segment folder goes too, listed: also those no row names,
-        put by a writer that died before recording them.
+        put by a writer that died before recording them. ``unfiled``: the upload is
+        discarded, never filed, so the object a row names at its final key (a one-part
+        upload put whole by the body that completed it, then refused or abandoned) goes too.
         """
         condition = segments.c.upload_id == upload_id
         if below is not None:
             condition = and_(condition, segments.c.end_offset <= below)
         async with self.sessions() as session:
             rows = (await session.execute(select(segments.c.object_key).where(condition))).all()
-        if not await self._delete_segment_objects(row.object_key for row in rows):
+        keys = (row.object_key for row in rows)
+        if not await self._delete_segment_objects(keys, final_objects_too=unfiled):
             return  # the rows stay, so a later pass (or the sweep) retries
         async with self.sessions() as session, session.begin():
             await session.execute(delete(segments).where(condition))
         if unrecorded:
             await self._drop_unrecorded_segments(upload_id)
 
-    async def _delete_segment_objects(self, keys: Iterable[str]) -> bool:
+    async def _delete_segment_objects(
+        self, keys: Iterable[str], *, final_objects_too: bool = False
+    ) -> bool:
         """Delete segment objects (a one-part upload's final object, which a segment row
-        may name too, stays); ``False`` at the first that S3 refuses."""
+        may name too, stays unless ``final_objects_too``); ``False`` at the first that S3
+        refuses."""
         for key in keys:
-            if not key.startswith(f"{self.prefix}{SEGMENTS_FOLDER}/"):
+            if not final_objects_too and not key.startswith(f"{self.prefix}{SEGMENTS_FOLDER}/"):
                 continue
             try:
                 await self.client.delete_object(Bucket=self.bucket, Key=key)

@@ -139,7 +139,9 @@ class UploadFinisher:
                 filed = await self._filer.adopt_stored(upload)
             else:
                 await self._gate.admit(claim, content, upload.length or 0)
-                filed = await self._filer.store_staged(upload, content, keep_staged=first_row)
+                filed = await self._filer.store_staged(
+                    upload, content, keep_staged=first_row, fresh=first_row
+                )
         backend_name = self._storage.backend.name
         await self._repository.complete_and_file(claim, file_row(upload, filed, backend_name))
         if first_row:

@@ -232,13 +232,18 @@ class UploadService:
         Nobody knows the id before the response, so no other request can touch the upload
         meanwhile: the row is inserted with the body's outcome (its durable offset, or the
         completed upload together with its file row), one transaction instead of two for a
-        small file. Not for storage that ships committed offsets (S3), concatenation or a
-        deferred length. Until the row exists, the staging file is the only trace; start-up
-        reconciliation removes it (and any stored copy) if a crash comes first.
+        small file. Not for concatenation or a deferred length, nor, on storage that ships
+        committed offsets (S3), for an upload of more than one object: its parts are recorded
+        as they go, under a lease other nodes must see. A first body that stops short of a
+        one-object upload records its segment, then inserts the row with its offset (a crash
+        in between leaves a segment the orphan sweep deletes). Until the row exists, the
+        staging file is the only trace; start-up reconciliation removes it (and any stored
+        copy) if a crash comes first.
         """
-        return (
-            upload.length is not None and not upload.is_partial and self._storage.shipping is None
-        )
+        if upload.length is None or upload.is_partial:
+            return False
+        shipping = self._storage.shipping
+        return shipping is None or shipping.is_one_object(upload.length)
 
     def _check_length_admitted(self, length: int) -> None:
         """413 above ``FERRY_MAX_SIZE`` or what the storage can hold."""
@@ -311,6 +316,18 @@ class UploadService:
         await self._refuse_unverified(claim, received, verifier, bounds)
         old_offset, new_offset = upload.offset, received.durable_end
         completes = upload.length is not None and new_offset == upload.length
+        if completes and not received.disconnected and self._files_in_one_commit(claim):
+            # The file row and the offset are committed together. Local storage: a crash in
+            # between leaves stored bytes that start-up reconciliation adopts (or discards).
+            # S3 (a body that carried the whole upload): nothing was acknowledged before, so
+            # a failed filing commits nothing new and the client sends the body again.
+            upload.offset = new_offset
+            upload.sha256_state = None if running is None else running.state()
+            return await self._finisher.finish(
+                claim,
+                head=received.head,
+                uncommitted_from=old_offset if shipping is None else None,
+            )
         if shipping is not None and (new_offset > old_offset or completes):
             # Acknowledged means in S3: the bytes are held there before the commit, and
             # recorded only while this request still holds the lease.
@@ -324,14 +341,6 @@ class UploadService:
                     partial=upload.is_partial,
                     fence=fence,
                 )
-        if completes and not received.disconnected and self._files_in_one_commit(upload):
-            # The file row and the offset are committed together; a crash in between
-            # leaves stored bytes that start-up reconciliation adopts (or discards).
-            upload.offset = new_offset
-            upload.sha256_state = None if running is None else running.state()
-            return await self._finisher.finish(
-                claim, head=received.head, uncommitted_from=old_offset
-            )
         content = None
         if old_offset < SNIFF_SIZE <= new_offset:
             # The first bytes are all here: what they are is recorded with the offset, so
@@ -449,13 +458,16 @@ class UploadService:
             return None
         return self._storage.shipping
 
-    def _files_in_one_commit(self, upload: Upload) -> bool:
-        """Whether completing ``upload`` may commit its offset with its file row.
+    def _files_in_one_commit(self, claim: Claim) -> bool:
+        """Whether completing the claimed upload may commit its offset with its file row.
 
-        Not for partial uploads (they are not filed) nor for storage that ships staged
-        bytes as they become durable (S3 must see each committed offset first).
+        Not for partial uploads (they are not filed). On storage that ships staged bytes as
+        they become durable (S3 must hold each committed offset first), only for an upload
+        whose row does not exist yet: one body carried all of it, and the filing puts it.
         """
-        return not upload.is_partial and self._storage.shipping is None
+        if claim.upload.is_partial:
+            return False
+        return self._storage.shipping is None or not claim.saved
 
     async def _give_up(self, claim: Claim, failure: BaseException) -> None:
         """Give the lease back after a failure.

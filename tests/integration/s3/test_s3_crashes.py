@@ -185,6 +185,28 @@ def test_kill_after_a_segment_is_put_before_it_is_recorded_leaves_no_segment_beh
     assert segments == [], "the segment no row names went with the completion"
 
 
+def test_kill_after_a_file_sent_whole_at_creation_is_put_leaves_nothing_on_restart(
+    server: FerryProcess, proxy: FaultyProxy, s3_view: S3View
+) -> None:
+    """A one-part creation-with-upload is put at its final key before its row exists: a
+    crash in between acknowledged nothing, and start-up deletes the object no row names."""
+    data = payload(300_000)
+
+    def post_whole() -> httpx.Response:
+        headers = {**TUS, **OCTETS, "Upload-Length": str(len(data))}
+        return httpx.post(f"{server.url}/files/", content=data, headers=headers, timeout=60)
+
+    proxy.hold_response("PUT ", "/other/", times=1)
+    sender = threading.Thread(target=lambda: _ignore_errors(post_whole))
+    sender.start()
+    assert proxy.held.wait(30), "S3 has the object; its answer is held"
+    server.kill()
+    sender.join(30)
+    assert len(s3_view.object_keys()) == 1, "S3 holds an object no row names"
+    server.start()  # start-up reconciliation finds the staging file without a row
+    assert s3_view.object_keys() == []
+
+
 def test_kill_during_complete_multipart_upload_finishes_on_restart(
     server: FerryProcess, proxy: FaultyProxy, s3_view: S3View
 ) -> None:

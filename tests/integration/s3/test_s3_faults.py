@@ -18,7 +18,7 @@ from app.main import FerryApp, create_app
 from app.settings import Settings
 from tests.conftest import MakeSettings
 from tests.integration.s3.conftest import MIB, PART, S3View
-from tests.integration.tus_helpers import create, patch, upload_id_of
+from tests.integration.tus_helpers import OCTETS, TUS, create, head, patch, path_of, upload_id_of
 from tests.support.faulty_proxy import ERROR_IN_200, FaultyProxy, faulty_proxy
 from tests.support.seaweed import S3Endpoint
 
@@ -132,4 +132,24 @@ async def test_while_s3_is_down_patches_get_503_and_acknowledge_nothing_then_res
     assert status.headers["upload-offset"] == str(PART), "nothing past S3 was acknowledged"
     proxy.up()
     assert (await patch(client, path, PART, data[PART:])).status_code == 204
+    assert_stored_exactly(s3_view, path, data)
+
+
+async def test_a_file_sent_whole_at_creation_while_s3_is_down_gets_503_and_is_sent_again(
+    client: AsyncTestClient[FerryApp], proxy: FaultyProxy, s3_view: S3View
+) -> None:
+    """A one-part creation-with-upload acknowledges nothing S3 does not hold: the upload is
+    left at offset 0 (its Location in the 503) and the client sends the body again."""
+    data = payload(200_000)
+    proxy.down()
+    refused = await client.post(
+        "/files/",
+        content=data,
+        headers={**TUS, "Upload-Length": str(len(data)), "Content-Type": OCTETS},
+    )
+    assert refused.status_code == 503, refused.text
+    path = path_of(refused.headers["location"])
+    proxy.up()
+    assert (await head(client, path)).headers["upload-offset"] == "0"
+    assert (await patch(client, path, 0, data)).status_code == 204
     assert_stored_exactly(s3_view, path, data)

@@ -15,6 +15,7 @@ from app.db.engine import migrate
 from app.main import FerryApp, create_app
 from app.settings import Settings
 from tests.integration.s3.conftest import MIB, TEST_PART_SIZE, S3View
+from tests.integration.tus_helpers import create, patch
 from tests.support.seaweed import MakeS3Settings, S3Endpoint
 from tests.support.services import postgres_database, running_ferry, zero_stream
 
@@ -94,3 +95,19 @@ def test_multi_gib_put_streams_into_s3_with_flat_rss(
     assert len(s3_view.object_keys()) == 2
     assert s3_view.open_multipart_uploads() == []
     assert peaks[1] - peaks[0] < 16, f"peak RSS grew from {peaks[0]:.0f} to {peaks[1]:.0f} MiB"
+
+
+@pytest.mark.parametrize("how", ["simple upload", "tus POST then PATCH"])
+async def test_a_refused_type_smaller_than_a_part_leaves_no_object(
+    refusing_s3_client: AsyncTestClient[FerryApp], s3_view: S3View, how: str
+) -> None:
+    """A file of one part is put whole by the body that completes it: a refused type must
+    not be left behind in the bucket either."""
+    pdf = b"%PDF-1.4\n" + os.urandom(100_000)
+    if how == "simple upload":
+        response = await refusing_s3_client.put("/api/files/paper.pdf", content=pdf)
+    else:
+        path = await create(refusing_s3_client, len(pdf))
+        response = await patch(refusing_s3_client, path, 0, pdf)
+    assert response.status_code == 415, response.text
+    assert s3_view.object_keys() == []

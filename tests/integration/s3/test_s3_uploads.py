@@ -3,20 +3,35 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import anyio.to_thread
 import pytest
 from litestar.testing import AsyncTestClient
-from sqlalchemy import func, select
+from sqlalchemy import Engine, event, func, select
 
 from app.db.engine import create_engine, migrate
+from app.errors import ClientDisconnected
 from app.main import create_app
 from app.settings import Settings
 from app.storage.s3_ledger import multipart_uploads, parts, segments
+from app.uploads.service import AppendRequest, NewUpload
 from tests.integration.s3.conftest import MIB, PART, S3View
-from tests.integration.tus_helpers import Client, create, head, patch, staging_file, upload_id_of
+from tests.integration.tus_helpers import (
+    OCTETS,
+    Client,
+    create,
+    head,
+    patch,
+    path_of,
+    staging_file,
+    upload_id_of,
+)
 from tests.support.seaweed import MakeS3Settings
 
 TUS = {"Tus-Resumable": "1.0.0"}
@@ -246,3 +261,76 @@ async def test_an_upload_an_earlier_version_acknowledged_from_staging_is_kept_as
     async with AsyncTestClient(app=create_app(s3_settings), base_url="http://ferry.local") as b:
         await send_in_pieces_from(b, path, data, 2 * MIB, 2 * MIB)
         assert (await b.get(path)).content == data
+
+
+@contextlib.contextmanager
+def ledger_statements() -> Iterator[list[str]]:
+    """Every SQL statement any engine runs meanwhile that names an S3 ledger table."""
+    seen: list[str] = []
+
+    def record(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if "s3_" in statement:
+            seen.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(Engine, "before_cursor_execute", record)
+
+
+async def test_a_file_sent_whole_at_creation_is_put_once_and_never_touches_the_ledger(
+    s3_client: Client, s3_settings: Settings, s3_view: S3View
+) -> None:
+    """A creation-with-upload that carries a one-part upload: one PutObject at its final key,
+    filed with the row's first insert; no part, segment or multipart row is read or written."""
+    data = payload(300_000, seed=31)
+    with ledger_statements() as statements:
+        response = await s3_client.post(
+            "/files/",
+            content=data,
+            headers={**TUS, "Upload-Length": str(len(data)), "Content-Type": OCTETS},
+        )
+    assert response.status_code == 201, response.text
+    assert response.headers["upload-offset"] == str(len(data))
+    assert statements == []
+    path = path_of(response.headers["location"])
+    keys = s3_view.object_keys()
+    assert keys == [f"{s3_view.prefix}other/{upload_id_of(path)}"]
+    etag = s3_view.client.head_object(Bucket=s3_view.endpoint.bucket, Key=keys[0])["ETag"]
+    assert "-" not in etag, "a PutObject ETag, not a multipart one"
+    assert s3_view.sha256_of(keys[0]) == hashlib.sha256(data).hexdigest()
+    assert (await s3_client.get(path)).content == data
+    assert not staging_file(s3_settings.data_dir, path).exists()
+
+
+async def test_a_first_body_cut_short_is_kept_in_s3_and_any_process_finishes_it(
+    s3_client: Client, s3_settings: Settings, s3_view: S3View
+) -> None:
+    """A creation-with-upload whose client goes away midway: its row is inserted before its
+    bytes are recorded in S3, so a node without this one's staging goes on from them."""
+    data = payload(3 * MIB, seed=32)
+    ferry = s3_client.app.state.ferry
+
+    async def cut_off() -> AsyncIterator[bytes]:
+        yield data[: MIB + 5]
+        raise ClientDisconnected("client disconnected")
+
+    async def begin_and_go_away() -> uuid.UUID:
+        created = await ferry.uploads.create(NewUpload(length=len(data)), with_data=True)
+        assert created.body_claim is not None and not created.body_claim.saved
+        append = AppendRequest(upload_id=created.upload.id, offset=0)
+        with pytest.raises(ClientDisconnected):
+            await ferry.uploads.append(append, cut_off(), fresh=created.body_claim)
+        return created.upload.id
+
+    # On the app's own event loop (its S3 client lives there), as a request would run.
+    upload = await anyio.to_thread.run_sync(s3_client.blocking_portal.call, begin_and_go_away)
+    path = f"/files/{upload}"
+    assert (await head(s3_client, path)).headers["upload-offset"] == str(MIB + 5)
+    assert any("/segments/" in key for key in s3_view.object_keys())
+    staging_file(s3_settings.data_dir, path).unlink()  # what another node would see
+    ferry.backend._shipper.staged_upto.clear()
+    assert (await patch(s3_client, path, MIB + 5, data[MIB + 5 :])).status_code == 204
+    assert (await s3_client.get(path)).content == data
+    assert [key for key in s3_view.object_keys() if "/segments/" in key] == []
