@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -55,6 +56,8 @@ if TYPE_CHECKING:
     from app.settings import Settings
     from app.storage.part_upload import PartUploader
     from app.storage.s3_ledger import Multipart, PartRecord
+
+logger = logging.getLogger(__name__)
 
 
 class S3Backend:
@@ -259,11 +262,22 @@ class S3Backend:
     # ------------------------------------------------------------------ cleanup
 
     async def discard_upload(self, upload_id: uuid.UUID) -> None:
-        """Abort the upload's multipart upload (if any), delete its segments (and the object
-        of a one-part upload that was put but never filed), forget it."""
+        """Abort the upload's multipart upload (if any), delete its segments, forget it.
+
+        A one-part upload is put at its final key by the body that completes it, before
+        its file row exists: refused by the content rules, or cut off by a crash before
+        the row, that object is named by nothing. It is deleted too (the upload is never
+        filed when it is discarded), under every category's key, since what was sniffed is
+        not recorded; the orphan sweep cannot find it.
+        """
         self._shipper.staged_upto.pop(upload_id, None)
-        await self._shipper.drop_segments(upload_id, unrecorded=True, unfiled=True)
+        await self._shipper.drop_segments(upload_id, unrecorded=True)
         await self._cleaner.discard_upload(upload_id)
+        try:
+            for category in Category:
+                await self._cleaner.delete(self.key_for(upload_id, category.value))
+        except TRANSIENT_ERRORS as exc:
+            logger.warning("upload %s: its unfiled object may be left (%r)", upload_id, exc)
 
     async def discard_partial(self, upload_id: uuid.UUID) -> None:
         """Delete a partial upload's object (the orphan sweep retries if S3 is down)."""

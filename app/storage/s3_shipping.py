@@ -605,42 +605,31 @@ class PartShipper(S3Collaborator):
             )
 
     async def drop_segments(
-        self,
-        upload_id: uuid.UUID,
-        *,
-        below: int | None = None,
-        unrecorded: bool = False,
-        unfiled: bool = False,
+        self, upload_id: uuid.UUID, *, below: int | None = None, unrecorded: bool = False
     ) -> None:
         """Delete segment objects and rows (all, or those ending at or before ``below``).
 
         ``unrecorded``: the upload is done with segments for good (completed or discarded),
         so every object under its segment folder goes too, listed: also those no row names,
-        put by a writer that died before recording them. ``unfiled``: the upload is
-        discarded, never filed, so the object a row names at its final key (a one-part
-        upload put whole by the body that completed it, then refused or abandoned) goes too.
+        put by a writer that died before recording them.
         """
         condition = segments.c.upload_id == upload_id
         if below is not None:
             condition = and_(condition, segments.c.end_offset <= below)
         async with self.sessions() as session:
             rows = (await session.execute(select(segments.c.object_key).where(condition))).all()
-        keys = (row.object_key for row in rows)
-        if not await self._delete_segment_objects(keys, final_objects_too=unfiled):
+        if not await self._delete_segment_objects(row.object_key for row in rows):
             return  # the rows stay, so a later pass (or the sweep) retries
         async with self.sessions() as session, session.begin():
             await session.execute(delete(segments).where(condition))
         if unrecorded:
             await self._drop_unrecorded_segments(upload_id)
 
-    async def _delete_segment_objects(
-        self, keys: Iterable[str], *, final_objects_too: bool = False
-    ) -> bool:
+    async def _delete_segment_objects(self, keys: Iterable[str]) -> bool:
         """Delete segment objects (a one-part upload's final object, which a segment row
-        may name too, stays unless ``final_objects_too``); ``False`` at the first that S3
-        refuses."""
+        may name too, stays); ``False`` at the first that S3 refuses."""
         for key in keys:
-            if not final_objects_too and not key.startswith(f"{self.prefix}{SEGMENTS_FOLDER}/"):
+            if not key.startswith(f"{self.prefix}{SEGMENTS_FOLDER}/"):
                 continue
             try:
                 await self.client.delete_object(Bucket=self.bucket, Key=key)

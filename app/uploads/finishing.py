@@ -97,19 +97,26 @@ class UploadFinisher:
         return True
 
     async def finish(
-        self, claim: Claim, *, head: bytes | None = None, uncommitted_from: int | None = None
+        self,
+        claim: Claim,
+        *,
+        head: bytes | None = None,
+        uncommitted_from: int | None = None,
+        carried_whole: bool = False,
     ) -> Upload:
         """Complete a claimed upload whose bytes are all there.
 
         ``head``: its first bytes as the completing body saw them. ``uncommitted_from``:
         the body that completed it left its offset to the filing transaction; the database
         still holds this value, and a failed filing commits the durable offset instead (a
-        HEAD then retries the completion).
+        HEAD then retries the completion). ``carried_whole``: that body carried the whole
+        upload, and nothing of it was acknowledged before (storage puts it from staging in
+        one go, see :meth:`~app.storage.backend.StorageBackend.store`).
         """
         upload = claim.upload
         try:
             async with self._repository.kept_alive(claim):
-                await self._complete(claim, head)
+                await self._complete(claim, head, carried_whole)
         except BaseException:
             if uncommitted_from is not None:
                 await self._keep_durable_offset(claim, uncommitted_from)
@@ -119,7 +126,7 @@ class UploadFinisher:
             await self._finish_finals_waiting_for(upload)
         return upload
 
-    async def _complete(self, claim: Claim, head: bytes | None) -> None:
+    async def _complete(self, claim: Claim, head: bytes | None, carried_whole: bool) -> None:
         upload = claim.upload
         if upload.is_partial:
             # concatenation: a partial is not processed on its own; its bytes stay (staged,
@@ -140,7 +147,7 @@ class UploadFinisher:
             else:
                 await self._gate.admit(claim, content, upload.length or 0)
                 filed = await self._filer.store_staged(
-                    upload, content, keep_staged=first_row, fresh=first_row
+                    upload, content, keep_staged=first_row, fresh=carried_whole
                 )
         backend_name = self._storage.backend.name
         await self._repository.complete_and_file(claim, file_row(upload, filed, backend_name))

@@ -20,7 +20,6 @@ from app.core.clock import utcnow
 from app.db.models import Upload, UploadState
 from app.db.uploads import UploadRepository
 from app.storage.backend import Storage
-from app.storage.sniff import Category
 from app.storage.staging import StagingArea
 from app.uploads.concatenation import Concatenator
 from app.uploads.finishing import UploadFinisher
@@ -151,20 +150,12 @@ class UploadMaintenance:
         """Remove staging files that no live upload owns.
 
         One whose upload never got a row (a creation-with-upload cut short by a crash) may
-        have a stored copy already (S3: put whole by the body that carried it): without a
-        file row, that copy is discarded too.
+        have a stored copy already: without a file row, that copy is discarded too.
         """
         filed = await self._repository.filed_ids(staged_ids)
-        backend = self._storage.backend
         for orphan in staged_ids:
             if orphan not in filed:
-                await backend.discard_upload(orphan)
-                try:
-                    stored = await backend.find_stored(orphan, Category.OTHER.value)
-                    if stored is not None:
-                        await backend.delete(stored.key)
-                except Exception:
-                    logger.warning("upload %s: its unfiled copy may be left", orphan, exc_info=True)
+                await self._storage.backend.discard_upload(orphan)
             await self._staging.remove(orphan)
 
     async def _adopt_stored_bytes(self, upload: Upload) -> bool:

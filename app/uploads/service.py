@@ -316,7 +316,7 @@ class UploadService:
         await self._refuse_unverified(claim, received, verifier, bounds)
         old_offset, new_offset = upload.offset, received.durable_end
         completes = upload.length is not None and new_offset == upload.length
-        if completes and not received.disconnected and self._files_in_one_commit(claim):
+        if completes and not received.disconnected and self._files_with_offset(upload, old_offset):
             # The file row and the offset are committed together. Local storage: a crash in
             # between leaves stored bytes that start-up reconciliation adopts (or discards).
             # S3 (a body that carried the whole upload): nothing was acknowledged before, so
@@ -327,6 +327,7 @@ class UploadService:
                 claim,
                 head=received.head,
                 uncommitted_from=old_offset if shipping is None else None,
+                carried_whole=shipping is not None,
             )
         if shipping is not None and (new_offset > old_offset or completes):
             # Acknowledged means in S3: the bytes are held there before the commit, and
@@ -458,16 +459,24 @@ class UploadService:
             return None
         return self._storage.shipping
 
-    def _files_in_one_commit(self, claim: Claim) -> bool:
-        """Whether completing the claimed upload may commit its offset with its file row.
+    def _files_with_offset(self, upload: Upload, old_offset: int) -> bool:
+        """Whether the body that completes ``upload`` may leave its offset to the file row's
+        transaction.
 
         Not for partial uploads (they are not filed). On storage that ships staged bytes as
-        they become durable (S3 must hold each committed offset first), only for an upload
-        whose row does not exist yet: one body carried all of it, and the filing puts it.
+        they become durable (S3 must hold each committed offset first), only for a body
+        that carried the whole upload (from offset 0) of one object: nothing of it was
+        acknowledged before, and the filing puts it in one go. (A crash before the file row
+        leaves that object unnamed; discarding the upload deletes it.)
         """
-        if claim.upload.is_partial:
+        if upload.is_partial:
             return False
-        return self._storage.shipping is None or not claim.saved
+        shipping = self._storage.shipping
+        if shipping is None:
+            return True
+        return (
+            old_offset == 0 and upload.length is not None and shipping.is_one_object(upload.length)
+        )
 
     async def _give_up(self, claim: Claim, failure: BaseException) -> None:
         """Give the lease back after a failure.

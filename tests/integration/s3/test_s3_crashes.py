@@ -207,6 +207,34 @@ def test_kill_after_a_file_sent_whole_at_creation_is_put_leaves_nothing_on_resta
     assert s3_view.object_keys() == []
 
 
+@pytest.mark.parametrize("then", ["sent again", "terminated"])
+def test_kill_after_a_one_part_patch_is_put_acknowledged_nothing(
+    server: FerryProcess, proxy: FaultyProxy, s3_view: S3View, then: str
+) -> None:
+    """A PATCH that carries a whole one-part upload is put at the final key, then filed with
+    its offset: killed in between, the upload is still at 0. Sent again, it is stored once;
+    terminated, the object no row names goes with it."""
+    data = payload(300_000)
+    url = create(server, len(data))
+    proxy.hold_response("PUT ", "/other/", times=1)
+    sender = threading.Thread(target=lambda: _ignore_errors(send, url, 0, data))
+    sender.start()
+    assert proxy.held.wait(30), "S3 has the object; its answer is held"
+    server.kill()
+    sender.join(30)
+    server.start()
+    assert offset_of(url) == 0, "nothing was acknowledged"
+    if then == "sent again":
+        assert send(url, 0, data).status_code == 204
+        keys = s3_view.object_keys()
+        assert len(keys) == 1
+        assert s3_view.sha256_of(keys[0]) == hashlib.sha256(data).hexdigest()
+    else:
+        assert len(s3_view.object_keys()) == 1, "S3 holds an object no row names"
+        assert httpx.delete(url, headers=TUS, timeout=30).status_code == 204
+        assert s3_view.object_keys() == []
+
+
 def test_kill_during_complete_multipart_upload_finishes_on_restart(
     server: FerryProcess, proxy: FaultyProxy, s3_view: S3View
 ) -> None:

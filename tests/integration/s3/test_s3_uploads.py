@@ -279,22 +279,28 @@ def ledger_statements() -> Iterator[list[str]]:
         event.remove(Engine, "before_cursor_execute", record)
 
 
-async def test_a_file_sent_whole_at_creation_is_put_once_and_never_touches_the_ledger(
-    s3_client: Client, s3_settings: Settings, s3_view: S3View
+@pytest.mark.parametrize("how", ["creation-with-upload", "POST then PATCH"])
+async def test_a_file_sent_in_one_body_is_put_once_and_never_touches_the_ledger(
+    s3_client: Client, s3_settings: Settings, s3_view: S3View, how: str
 ) -> None:
-    """A creation-with-upload that carries a one-part upload: one PutObject at its final key,
-    filed with the row's first insert; no part, segment or multipart row is read or written."""
+    """A body that carries a whole one-part upload: one PutObject at its final key, filed in
+    the transaction that commits its offset; no part, segment or multipart row is read or
+    written."""
     data = payload(300_000, seed=31)
     with ledger_statements() as statements:
-        response = await s3_client.post(
-            "/files/",
-            content=data,
-            headers={**TUS, "Upload-Length": str(len(data)), "Content-Type": OCTETS},
-        )
-    assert response.status_code == 201, response.text
-    assert response.headers["upload-offset"] == str(len(data))
+        if how == "creation-with-upload":
+            response = await s3_client.post(
+                "/files/",
+                content=data,
+                headers={**TUS, "Upload-Length": str(len(data)), "Content-Type": OCTETS},
+            )
+            assert response.status_code == 201, response.text
+            assert response.headers["upload-offset"] == str(len(data))
+            path = path_of(response.headers["location"])
+        else:
+            path = await create(s3_client, len(data))
+            assert (await patch(s3_client, path, 0, data)).status_code == 204
     assert statements == []
-    path = path_of(response.headers["location"])
     keys = s3_view.object_keys()
     assert keys == [f"{s3_view.prefix}other/{upload_id_of(path)}"]
     etag = s3_view.client.head_object(Bucket=s3_view.endpoint.bucket, Key=keys[0])["ETag"]
