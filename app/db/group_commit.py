@@ -37,9 +37,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from app.core.threads import settled
 
@@ -76,8 +76,11 @@ class ThreadedSqliteWriter:
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self._sessions = sessionmaker(engine, expire_on_commit=False)
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="ferry-sqlite-writer")
+        self._connection: Connection | None = None
+        """Held from the first group to :meth:`close`, used by the writer's thread alone:
+        taking it from the pool and giving it back cost more than a small group's
+        statements."""
         self._syncs_commits = True
         """The connection's ``synchronous`` level: FULL (the engine's) or NORMAL."""
 
@@ -88,21 +91,29 @@ class ThreadedSqliteWriter:
         return await settled(loop.run_in_executor(self._thread, self._transaction, work, durable))
 
     def _transaction(self, work: Work[Result], durable: bool) -> Result:
+        connection = self._connection
+        if connection is None or connection.closed or connection.invalidated:
+            if connection is not None:
+                connection.close()
+            self._connection = connection = self._engine.connect()
+            self._syncs_commits = True  # a new connection starts as the engine sets it
         if durable != self._syncs_commits:
-            self._set_synchronous(durable)
-        with self._sessions() as session, session.begin():
-            return work(session)
-
-    def _set_synchronous(self, full: bool) -> None:
-        # Between transactions, on the pool's one connection (the session takes it next).
-        connection = self._engine.raw_connection()
-        try:
-            cursor = connection.cursor()
-            cursor.execute(f"PRAGMA synchronous={'FULL' if full else 'NORMAL'}")
+            # Between transactions (SQLite refuses to change it inside one), on the driver's
+            # connection: SQLAlchemy's would begin one first.
+            cursor = connection.connection.cursor()
+            cursor.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             cursor.close()
-        finally:
-            connection.close()
-        self._syncs_commits = full
+            self._syncs_commits = durable
+        # The session joins the connection's transaction ("rollback_only": its commit
+        # flushes, the connection's commits).
+        with connection.begin():
+            session = Session(
+                bind=connection, join_transaction_mode="rollback_only", expire_on_commit=False
+            )
+            with session:
+                result = work(session)
+                session.commit()
+            return result
 
     @property
     def engine(self) -> Engine:
@@ -111,8 +122,14 @@ class ThreadedSqliteWriter:
 
     def close(self) -> None:
         """Let the thread go and close the connection (at shutdown)."""
+        self._thread.submit(self._close_connection).result()
         self._thread.shutdown(wait=True)
         self._engine.dispose()
+
+    def _close_connection(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
 
 
 class AsyncSessionWriter:

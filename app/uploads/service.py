@@ -317,18 +317,7 @@ class UploadService:
         old_offset, new_offset = upload.offset, received.durable_end
         completes = upload.length is not None and new_offset == upload.length
         if completes and not received.disconnected and self._files_with_offset(upload, old_offset):
-            # The file row and the offset are committed together. Local storage: a crash in
-            # between leaves stored bytes that start-up reconciliation adopts (or discards).
-            # S3 (a body that carried the whole upload): nothing was acknowledged before, so
-            # a failed filing commits nothing new and the client sends the body again.
-            upload.offset = new_offset
-            upload.sha256_state = None if running is None else running.state()
-            return await self._finisher.finish(
-                claim,
-                head=received.head,
-                uncommitted_from=old_offset if shipping is None else None,
-                carried_whole=shipping is not None,
-            )
+            return await self._file_with_offset(claim, received, running, shipping is not None)
         if shipping is not None and (new_offset > old_offset or completes):
             # Acknowledged means in S3: the bytes are held there before the commit, and
             # recorded only while this request still holds the lease.
@@ -374,6 +363,27 @@ class UploadService:
         if not release:
             await self._repository.release(claim)
         return upload
+
+    async def _file_with_offset(
+        self, claim: Claim, received: Received, running: ResumableSha256 | None, shipped: bool
+    ) -> Upload:
+        """File the upload this body completed, its offset committed with the file row.
+
+        Local storage: a crash in between leaves stored bytes that start-up reconciliation
+        adopts (or discards); a failed filing commits the durable offset. S3 (``shipped``:
+        a body that carried the whole upload): nothing was acknowledged before, so a failed
+        filing commits nothing new and the client sends the body again.
+        """
+        upload = claim.upload
+        old_offset = upload.offset
+        upload.offset = received.durable_end
+        upload.sha256_state = None if running is None else running.state()
+        return await self._finisher.finish(
+            claim,
+            head=received.head,
+            uncommitted_from=None if shipped else old_offset,
+            carried_whole=shipped,
+        )
 
     async def _commit(
         self,
