@@ -7,8 +7,13 @@ again. :class:`ResumableSha256` is OpenSSL's own SHA-256 (``SHA256_Init/Update/F
 the libcrypto that Python's ``hashlib`` already loads, through ctypes), whose context is a
 plain 112-byte struct (``SHA256_CTX``: eight state words, the bit count, one partial
 block): :meth:`ResumableSha256.state` saves it with each acknowledged offset, and any
-process resumes from it. The ctypes calls release the GIL, like hashlib's, so hashing in a
-worker thread does not stall the event loop.
+process resumes from it.
+
+Hashing a large block releases the GIL, like hashlib does above 2 KiB, so hashing in a
+worker thread does not stall the event loop. The calls of a few microseconds (starting,
+finishing, hashing a small block) keep it: the event loop makes them, and a thread that
+gives the GIL up must win it back, which can take a whole switch interval (5 ms) while the
+database writer or a staging writer holds it.
 
 The saved state carries the number of bytes it has hashed, which :meth:`resume` checks
 against the offset it is resumed at: a state from another offset is refused, never used.
@@ -25,17 +30,30 @@ _CTX_SIZE = 112
 """``sizeof(SHA256_CTX)``: h[8], Nl, Nh, data[16], num, md_len (4-byte words)."""
 _STATE_VERSION = b"S2561"
 """Prefix of a saved state, so a future layout is never misread."""
+GIL_RELEASE_SIZE = 64 * 1024
+"""Blocks from this size are hashed with the GIL released (~25 us of work and more)."""
 
 
 @cache
 def _libcrypto() -> ctypes.CDLL:
+    """libcrypto's functions called with the GIL released (for large blocks)."""
+    return _load(ctypes.CDLL)
+
+
+@cache
+def _libcrypto_holding_the_gil() -> ctypes.CDLL:
+    """The same functions, called with the GIL held (for calls of a few microseconds)."""
+    return _load(ctypes.PyDLL)
+
+
+def _load(kind: type[ctypes.CDLL]) -> ctypes.CDLL:
     names = [ctypes.util.find_library("crypto"), "libcrypto.so.3", "libcrypto.so"]
     errors: list[str] = []
     for name in names:
         if not name:
             continue
         try:
-            library = ctypes.CDLL(name)
+            library = kind(name)
         except OSError as exc:
             errors.append(str(exc))
             continue
@@ -56,12 +74,12 @@ class ResumableSha256:
 
     def __init__(self, data: bytes = b"") -> None:
         self._ctx = ctypes.create_string_buffer(_CTX_SIZE)
-        _libcrypto().SHA256_Init(self._ctx)
+        _libcrypto_holding_the_gil().SHA256_Init(self._ctx)
         if data:
             self.update(data)
 
     def update(self, data: bytes | bytearray | memoryview, /) -> None:
-        """Hash more bytes (the GIL is released while OpenSSL works)."""
+        """Hash more bytes (the GIL is released while OpenSSL works on a large block)."""
         if not data:
             return
         if isinstance(data, bytearray):
@@ -70,7 +88,8 @@ class ResumableSha256:
             pointer = data  # ctypes passes a pointer to the bytes' own buffer
         else:
             data = pointer = bytes(data)
-        _libcrypto().SHA256_Update(self._ctx, pointer, len(data))
+        library = _libcrypto() if len(data) >= GIL_RELEASE_SIZE else _libcrypto_holding_the_gil()
+        library.SHA256_Update(self._ctx, pointer, len(data))
 
     def copy(self) -> ResumableSha256:
         """An independent hash of the same bytes."""
@@ -81,7 +100,7 @@ class ResumableSha256:
     def digest(self) -> bytes:
         """The SHA-256 of the bytes so far (the hash can go on afterwards)."""
         out = ctypes.create_string_buffer(32)
-        _libcrypto().SHA256_Final(out, self.copy()._ctx)
+        _libcrypto_holding_the_gil().SHA256_Final(out, self.copy()._ctx)
         return out.raw
 
     def hexdigest(self) -> str:
