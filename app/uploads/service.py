@@ -218,8 +218,10 @@ class UploadService:
         if body_follows and reserve is None and self._inserts_with_its_body(upload):
             # (With a quota, the row must exist at once: others count it.)
             return Created(upload, self._repository.claim_unsaved(upload))
-        if not upload.is_final and not body_follows:
-            # (A body that follows creates the file when it opens it for writing.)
+        if upload.length == 0 and not upload.is_final:
+            # An empty upload is finished at once, from an empty staging file. Any other is
+            # given one by the first body that opens it for writing: a POST then costs no
+            # trip to a worker thread.
             await self._staging.create(upload.id)
         claim = await self._repository.create(upload, claimed=body_follows, reserve=reserve)
         if upload.is_final or upload.length == 0:

@@ -17,6 +17,7 @@ from tests.integration.tus_helpers import (  # noqa: F401 - fixtures for this mo
     head,
     patch,
     path_of,
+    staged_bytes,
     staging_file,
     tus_postgres_database,
 )
@@ -58,7 +59,7 @@ async def test_checksum_mismatch_is_460_and_discards_the_chunk(
         assert response.status_code == 460, algorithm
         assert response.headers["tus-resumable"] == "1.0.0"
         assert (await head(client, path)).headers["upload-offset"] == "10"
-        assert staging_file(settings.data_dir, path).read_bytes() == b"0123456789"
+        assert staged_bytes(settings.data_dir, path) == b"0123456789"
     good = checksum_header("sha256", b"abcdefghij")
     assert (await patch(client, path, 10, b"abcdefghij", Upload_Checksum=good)).status_code == 204
     assert (await client.get(path)).content == b"0123456789abcdefghij"
@@ -77,7 +78,7 @@ async def test_unknown_or_malformed_checksum_is_400_and_stores_nothing(
         response = await patch(client, path, 0, b"hello", Upload_Checksum=header)
         assert response.status_code == 400, header
     assert (await head(client, path)).headers["upload-offset"] == "0"
-    assert staging_file(settings.data_dir, path).read_bytes() == b""
+    assert staged_bytes(settings.data_dir, path) == b""
 
 
 async def test_creation_with_upload_checks_the_checksum_of_the_body(client: Client) -> None:

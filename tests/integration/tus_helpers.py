@@ -121,6 +121,14 @@ def staging_file(data_dir: Path, path: str) -> Path:
     return data_dir / "staging" / upload_id_of(path)
 
 
+def staged_bytes(data_dir: Path, path: str) -> bytes:
+    """What staging holds of an upload (nothing before its first body opened the file)."""
+    try:
+        return staging_file(data_dir, path).read_bytes()
+    except FileNotFoundError:
+        return b""
+
+
 @pytest.fixture(scope="module")
 def tus_postgres_database() -> Iterator[str]:
     """One migrated PostgreSQL database for a test module; dropped afterwards."""
