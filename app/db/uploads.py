@@ -69,14 +69,9 @@ def _insert_row(session: Session, instance: Upload | File) -> None:
     now = utcnow()
     instance.created_at = instance.created_at or now
     instance.updated_at = instance.updated_at or now
-    mapper = type(instance).__mapper__
     session.execute(
         _INSERTS[type(instance)],
-        {
-            attribute.columns[0].key: getattr(instance, attribute.key)
-            for attribute in mapper.column_attrs
-            if attribute.key != "_sentinel"
-        },
+        {column.key: getattr(instance, key) for key, column in _COLUMNS[type(instance)]},
     )
 
 
@@ -87,17 +82,21 @@ _INSERTS: dict[type[Upload | File], Any] = {
 """One statement object each, built once: SQLAlchemy memoizes a statement's cache key on
 the object, so a new one per row would be walked again every time."""
 
-_UPLOAD_ATTRIBUTES = [
-    (attribute.key, attribute.columns[0])
-    for attribute in Upload.__mapper__.column_attrs
-    if attribute.key != "_sentinel"
-]
+_COLUMNS: dict[type[Upload | File], list[tuple[str, Any]]] = {
+    model: [
+        (attribute.key, attribute.columns[0])
+        for attribute in model.__mapper__.column_attrs
+        if attribute.key != "_sentinel"
+    ]
+    for model in (Upload, File)
+}
+"""Each model's (attribute, column) pairs, read once from its mapper."""
 
 
 def _detached_upload(row: Any) -> Upload:
     """An ``Upload`` built from a Core row, as a session would have loaded and let go of
     it (detached), without the ORM's loading machinery (a third of a claim's cost)."""
-    upload = Upload(**{key: row[column] for key, column in _UPLOAD_ATTRIBUTES})
+    upload = Upload(**{key: row[column] for key, column in _COLUMNS[Upload]})
     make_transient_to_detached(upload)
     return upload
 

@@ -54,7 +54,7 @@ class StorageBackend(Protocol):
         content_type: str,
         *,
         keep_staged: bool = False,
-        fresh: bool = False,
+        carried_whole: bool = False,
     ) -> StoredObject:
         """Move a complete staged file into permanent storage; idempotent after a crash.
 
@@ -62,8 +62,9 @@ class StorageBackend(Protocol):
         row is committed. Until then it is the trace by which start-up reconciliation finds
         (and discards) a stored copy that no row names.
 
-        ``fresh``: one request carried the whole upload and its row does not exist yet, so
-        nothing of it was stored or recorded before: the staged file is all there is.
+        ``carried_whole``: the request finishing it carried the whole upload from offset 0,
+        so nothing of it was acknowledged, stored or recorded before: the staged file is all
+        there is.
         """
 
     async def find_stored(self, upload_id: uuid.UUID, category: str) -> StoredObject | None:

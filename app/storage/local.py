@@ -64,10 +64,10 @@ class LocalBackend:
         content_type: str,
         *,
         keep_staged: bool = False,
-        fresh: bool = False,
+        carried_whole: bool = False,
     ) -> StoredObject:
         """Rename (or, ``keep_staged``, hard-link) the staging file into its category folder
-        and make the new name durable (``fresh`` changes nothing: the staged file is always
+        and make the new name durable (``carried_whole`` changes nothing: the staged file is always
         the whole upload here)."""
         key = self._key_for(upload_id, category)
         target = self.path_for(key)

@@ -195,17 +195,17 @@ class S3Backend:
         content_type: str,
         *,
         keep_staged: bool = False,
-        fresh: bool = False,
+        carried_whole: bool = False,
     ) -> StoredObject:
         """Complete the object and verify it against the ledger; drop the staging file
         (unless ``keep_staged``).
 
-        ``fresh``: the upload was carried whole by the request finishing it and its row does
-        not exist yet; nothing was acknowledged before, so there is no ledger to read or
-        forget: one PutObject (CRC32C-checked by S3) from staging is the whole completion.
+        ``carried_whole``: the request finishing it carried the whole upload from offset 0;
+        nothing was acknowledged before, so there is no ledger to read or forget: one
+        PutObject (CRC32C-checked by S3) from staging is the whole completion.
         """
         key = self.key_for(upload_id, category)
-        if fresh:
+        if carried_whole:
             stored = await self._shipper.put_whole(key, staged_path, size, content_type)
         else:
             stored = await self._completer.store(upload_id, staged_path, size, key, content_type)

@@ -83,18 +83,18 @@ class UploadFiler:
         return await read_head(self._staging.read_range(upload.id, 0, SNIFF_SIZE))
 
     async def store_staged(
-        self, upload: Upload, content: Content, *, keep_staged: bool, fresh: bool = False
+        self, upload: Upload, content: Content, *, keep_staged: bool, carried_whole: bool = False
     ) -> Filed:
         """Store a fully staged upload and hash it; 503 when storage refuses.
 
-        ``fresh``: the request finishing it carried it whole, its row not inserted yet (see
+        ``carried_whole``: the request finishing it carried all of it from offset 0 (see
         :meth:`~app.storage.backend.StorageBackend.store`).
 
         The staged bytes must be exactly what was acknowledged: a staging file of another
         length refuses the completion (invariant 4), and the upload stays resumable.
         """
         size = upload.length or 0
-        if self._storage.shipping is None or fresh:
+        if self._storage.shipping is None or carried_whole:
             staged = await self._staging.size(upload.id)
             if staged != size:
                 logger.error(
@@ -117,7 +117,7 @@ class UploadFiler:
                 content.category,
                 content.content_type,
                 keep_staged=keep_staged,
-                fresh=fresh,
+                carried_whole=carried_whole,
             )
         except OSError as exc:
             logger.exception("storing upload %s failed", upload.id)

@@ -147,7 +147,7 @@ class UploadFinisher:
             else:
                 await self._gate.admit(claim, content, upload.length or 0)
                 filed = await self._filer.store_staged(
-                    upload, content, keep_staged=first_row, fresh=carried_whole
+                    upload, content, keep_staged=first_row, carried_whole=carried_whole
                 )
         backend_name = self._storage.backend.name
         await self._repository.complete_and_file(claim, file_row(upload, filed, backend_name))
