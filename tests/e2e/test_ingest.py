@@ -326,14 +326,16 @@ def _uploads_created(server: FerryProcess) -> float:
 def _random_tree(root: Path, count: int) -> dict[str, str]:
     """``count`` files of random bytes, some nested, unicode names; relative path → SHA-256.
 
-    Never empty, so no file matches another test's on the shared server.
+    At least 32 random bytes each, so no file matches another test's on the shared server
+    (the server skips a file with the same name, size and SHA-256; with one random byte,
+    ``f 0.bin`` of two tests matched one time in 256).
     """
     expected = {}
     for index in range(count):
         relative = f"dossier {index % 3}/fichier é {index}.bin" if index % 2 else f"f {index}.bin"
         path = root / relative
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(os.urandom(1 + (index * 7919) % 65536))
+        path.write_bytes(os.urandom(32 + (index * 7919) % 65536))
         expected[relative] = sha256_file(path)
     return expected
 
