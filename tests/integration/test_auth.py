@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -25,7 +23,7 @@ from app.main import FerryApp, create_app
 from app.settings import Settings, load_settings
 from tests.conftest import MakeSettings
 from tests.integration.tus_helpers import TUS, b64, path_of
-from tests.support.services import PROJECT_ROOT
+from tests.support.services import python_snippet_output
 
 JWT_SECRET = "a-test-secret-that-is-long-enough-0123456789"
 JWT_AUDIENCE = "ferry-tests"
@@ -352,17 +350,8 @@ def test_pyjwt_and_cryptography_are_loaded_only_when_jwt_auth_is_on(
     tmp_path: Path, auth: str, loaded: str
 ) -> None:
     """About 8.5 MiB per serving process that a server without JWT auth does not carry."""
-    done = subprocess.run(
-        [sys.executable, "-c", APP_LOADS_JWT, str(tmp_path), auth],
-        env={"PATH": "/usr/bin"},
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == loaded
+    printed = python_snippet_output(APP_LOADS_JWT, str(tmp_path), auth, env={})
+    assert printed.strip() == loaded
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)

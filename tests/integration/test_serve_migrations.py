@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
-from tests.support.services import FERRY, PROJECT_ROOT, free_port
+from tests.support.services import FERRY, free_port, python_snippet_output
 
 MIGRATE_APART = """
 import sqlite3, sys
@@ -25,17 +24,12 @@ def test_migrations_run_apart_leave_the_database_current_and_alembic_unloaded(
     tmp_path: Path,
 ) -> None:
     database = tmp_path / "ferry.db"
-    done = subprocess.run(
-        [sys.executable, "-c", MIGRATE_APART, str(database)],
-        env={"FERRY_DATABASE_URL": f"sqlite+aiosqlite:///{database}", "PATH": "/usr/bin"},
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    printed = python_snippet_output(
+        MIGRATE_APART,
+        str(database),
+        env={"FERRY_DATABASE_URL": f"sqlite+aiosqlite:///{database}"},
     )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["False", "True"]
+    assert printed.split() == ["False", "True"]
 
 
 def test_serve_stops_with_a_clear_message_when_migrations_fail(tmp_path: Path) -> None:

@@ -34,6 +34,22 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
+def python_snippet_output(script: str, *args: str, env: Mapping[str, str]) -> str:
+    """What ``script`` prints when run by a fresh interpreter from the project's root: what a
+    test of a process's import-time state needs (this one's modules are long loaded)."""
+    done = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        env={"PATH": "/usr/bin", **env},
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 def require_service(available: bool, reason: str) -> None:
     """Skip (locally) or fail (in CI) when a needed service is missing."""
     if available:
