@@ -483,6 +483,7 @@ class UploadRepository:
         sha256_state: bytes | None = None,
         content_type: str | None = None,
         reserve: Reservation | None = None,
+        recording: Reservation | None = None,
     ) -> bool:
         """Record a durable offset; one statement also gives the lease back when asked.
 
@@ -492,8 +493,13 @@ class UploadRepository:
         (``None`` keeps none: completion then hashes the stored bytes). ``content_type``:
         sniffed from the first bytes, recorded when given. ``reserve`` runs first in the
         same transaction (the owner's quota, for bytes of an upload whose length is not
-        known) and raises to refuse. Returns ``False`` when the lease was lost meanwhile.
+        known) and raises to refuse. ``recording`` writes what storage keeps of the new
+        bytes (S3's parts ledger) in the same transaction, so they are recorded exactly
+        when they are acknowledged: if the lease was lost meanwhile, nothing of it stays.
+        Returns ``False`` when the lease was lost meanwhile.
         """
+        if recording is not None:
+            reserve = _both(reserve, recording)
         upload = claim.upload
         expires_at = utcnow() + self.ttl
         if not claim.saved:
@@ -525,6 +531,7 @@ class UploadRepository:
                 **({"content_type": content_type} if content_type else {}),
             ),
             reserve=reserve,
+            all_or_nothing=recording is not None,
         )
         if result != 1:
             return False
@@ -652,18 +659,46 @@ class UploadRepository:
         upload.offset = offset
 
     async def _execute(
-        self, statement: Any, *, reserve: Reservation | None = None, durable: bool = True
+        self,
+        statement: Any,
+        *,
+        reserve: Reservation | None = None,
+        durable: bool = True,
+        all_or_nothing: bool = False,
     ) -> int:
         """``statement``'s row count, committed. ``durable=False`` for lease writes only:
         a lease that a power loss takes back is given back at start-up anyway
-        (:meth:`release_stale_of_this_node`), and every offset commit is durable."""
+        (:meth:`release_stale_of_this_node`), and every offset commit is durable.
+        ``all_or_nothing``: a statement that changes no row rolls back what ``reserve``
+        wrote (and 0 is returned)."""
 
         def execute(session: Session) -> int:
             if reserve is not None:
                 reserve(session)
-            return _rowcount(session.execute(statement))
+            count = _rowcount(session.execute(statement))
+            if all_or_nothing and count == 0:
+                raise _NothingChanged
+            return count
 
-        return await self._writes.run(execute, durable=durable)
+        try:
+            return await self._writes.run(execute, durable=durable)
+        except _NothingChanged:
+            return 0
+
+
+class _NothingChanged(Exception):
+    """Rolls back an all-or-nothing transaction whose statement matched no row."""
+
+
+def _both(first: Reservation | None, second: Reservation) -> Reservation:
+    """One transaction hook running ``first`` (if any), then ``second``."""
+
+    def run(session: Session) -> None:
+        if first is not None:
+            first(session)
+        second(session)
+
+    return run
 
 
 def _rowcount(result: Any) -> int:

@@ -20,7 +20,7 @@ from typing import Protocol
 
 import msgspec
 
-from app.db.uploads import LeaseFence
+from app.db.uploads import LeaseFence, Reservation
 
 
 class StoredObject(msgspec.Struct, frozen=True):
@@ -110,13 +110,15 @@ class StagedByteShipping(Protocol):
         *,
         partial: bool = False,
         fence: LeaseFence,
-    ) -> None:
+    ) -> Reservation | None:
         """Hold ``[committed, durable)`` of the staged bytes before they are acknowledged.
 
         ``partial``: the bytes belong to a partial upload (tus concatenation), which only a
         :class:`PartialStore` is ever told about; it keeps them in the partial's own place.
         ``fence`` runs in every transaction that records them, so a writer whose lease
-        lapsed meanwhile records (and undoes) nothing.
+        lapsed meanwhile records (and undoes) nothing. What is returned records the rest
+        and must run in the transaction that commits ``durable`` (the same guarantee: the
+        lease holds, or nothing of it stays).
         """
 
     def check_length(self, length: int) -> None:

@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
     from types_aiobotocore_s3 import S3Client
 
-    from app.db.uploads import LeaseFence
+    from app.db.uploads import LeaseFence, Reservation
     from app.settings import Settings
     from app.storage.part_upload import PartUploader
     from app.storage.s3_ledger import Multipart, PartRecord
@@ -178,11 +178,12 @@ class S3Backend:
         *,
         partial: bool = False,
         fence: LeaseFence,
-    ) -> None:
+    ) -> Reservation | None:
         """Put ``[committed, durable)`` into S3 (parts, or a segment) before it is
-        acknowledged, recording them only while ``fence`` holds; 503 when S3 does not take
-        them in bounded time."""
-        await self._shipper.ship(
+        acknowledged, recording them only while ``fence`` holds (parts: by what is
+        returned, in the committing transaction); 503 when S3 does not take them in
+        bounded time."""
+        return await self._shipper.ship(
             upload_id, staged_path, committed, durable, length, partial=partial, fence=fence
         )
 
@@ -270,7 +271,7 @@ class S3Backend:
         filed when it is discarded), under every category's key, since what was sniffed is
         not recorded; the orphan sweep cannot find it.
         """
-        self._shipper.staged_upto.pop(upload_id, None)
+        self._shipper.forget_staged(upload_id)
         await self._shipper.drop_segments(upload_id, unrecorded=True)
         await self._cleaner.discard_upload(upload_id)
         try:

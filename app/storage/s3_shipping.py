@@ -4,9 +4,11 @@ Local staging is a buffer, never the only copy of an acknowledged byte. After a 
 staged, :meth:`PartShipper.ship` sends every whole part (as cut by :mod:`app.storage.parts`)
 that the new bytes complete, and keeps what lies past the last whole part as a *segment*:
 an object of its own holding just this request's share (tusd keeps an "incomplete part"
-the same way). Each part and segment is recorded in the ledger once S3 has it; only then
-does the upload service commit the offset and answer. A body that completes the upload
-sends its last part (or, below one part, the whole object) the same way.
+the same way). A segment is recorded in the ledger once S3 has it; the parts are recorded
+by the very transaction in which the upload service then commits the offset (one
+transaction per request, and a part is in the ledger exactly when it is acknowledged).
+Only then does the service answer. A body that completes the upload sends its last part
+(or, below one part, the whole object) the same way.
 
 Any process can continue any upload: :meth:`PartShipper.restore` makes the staging file
 hold the acknowledged bytes past the last whole part again, from this process's own staging
@@ -37,6 +39,7 @@ import anyio.to_thread
 from botocore.exceptions import ClientError
 from sqlalchemy import and_, delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from app.db.uploads import LeaseFence
 from app.errors import FerryError, ServiceUnavailable
@@ -135,6 +138,25 @@ class PartShipper(S3Collaborator):
         self.staged_upto: dict[uuid.UUID, int] = {}
         """Uploads whose staging file this process knows to hold the acknowledged bytes
         past the last whole part, up to the offset it committed itself."""
+        self._ledger_reads: dict[uuid.UUID, asyncio.Task[Ledger]] = {}
+        """Ledgers read while a request's body streams, for its :meth:`ship` (started by
+        :meth:`restore` when staging needs nothing): three SELECTs (~4 ms on PostgreSQL)
+        that no longer delay the answer. The lease the request holds keeps them current:
+        no other writer records anything meanwhile."""
+
+    def forget_staged(self, upload_id: uuid.UUID) -> None:
+        """Drop what this process keeps of an upload between its requests."""
+        self.staged_upto.pop(upload_id, None)
+        if (read := self._ledger_reads.pop(upload_id, None)) is not None:
+            read.cancel()
+
+    def _read_ledger_ahead(self, upload_id: uuid.UUID) -> None:
+        if (earlier := self._ledger_reads.pop(upload_id, None)) is not None:
+            earlier.cancel()
+        read = asyncio.get_running_loop().create_task(self.load(upload_id))
+        # A request that fails before shipping never collects it: its error is not news.
+        read.add_done_callback(lambda done: done.cancelled() or done.exception())
+        self._ledger_reads[upload_id] = read
 
     # ------------------------------------------------------------------ the ledger
 
@@ -203,8 +225,9 @@ class PartShipper(S3Collaborator):
         acknowledged them).
         """
         if self.staged_upto.get(upload_id) == offset and await _size_of(staged_path) == offset:
+            self._read_ledger_ahead(upload_id)
             return
-        self.staged_upto.pop(upload_id, None)
+        self.forget_staged(upload_id)
         ledger = await self._loaded(upload_id)
         try:
             held, chain = ledger.acknowledged(offset)
@@ -258,8 +281,11 @@ class PartShipper(S3Collaborator):
             raise ServiceUnavailable(f"segment {segment.key} is short in S3")
 
     async def _loaded(self, upload_id: uuid.UUID) -> Ledger:
+        """The ledger as the database has it (read ahead while the body streamed, if it
+        was)."""
+        read = self._ledger_reads.pop(upload_id, None)
         try:
-            return await self.load(upload_id)
+            return await (read if read is not None else self.load(upload_id))
         except TRANSIENT_ERRORS as exc:
             raise _unavailable(f"loading the ledger of {upload_id}", exc) from exc
 
@@ -275,20 +301,25 @@ class PartShipper(S3Collaborator):
         *,
         partial: bool,
         fence: LeaseFence,
-    ) -> None:
+    ) -> PartRecording | None:
         """Put ``[committed, durable)`` into S3 before it is acknowledged.
 
         Whole parts the new bytes complete are sent (the upload's last part too when they
         complete it); what lies past the last whole part becomes a segment. An upload of
         one part is put whole by the body that completes it. Raises 503 when S3 does not
         take them in bounded time: then nothing is acknowledged.
+
+        Returns the parts' ledger rows, for the transaction that commits the offset to
+        write: a part is recorded when it is acknowledged, one transaction instead of two
+        per request (a part never recorded is sent again by whoever goes on).
         """
-        self.staged_upto.pop(upload_id, None)
         ledger = await self._loaded(upload_id)
+        self.forget_staged(upload_id)
         held, _chain = ledger.acknowledged(committed)
         if any(segment.end <= _end_of(ledger, held) for segment in ledger.segments):
             # Whole parts hold these bytes now (since an earlier, acknowledged request).
             await self.drop_segments(upload_id, below=_end_of(ledger, held))
+        sent: list[PartRecord] = []
         try:
             if self.is_single(ledger, length):
                 if durable == length:
@@ -307,6 +338,7 @@ class PartShipper(S3Collaborator):
                     length,
                     partial=partial,
                     fence=fence,
+                    sent=sent,
                 )
                 if sent_upto < durable:
                     start = max(committed, sent_upto)
@@ -314,6 +346,7 @@ class PartShipper(S3Collaborator):
         except TRANSIENT_ERRORS as exc:
             raise _unavailable(f"shipping upload {upload_id}", exc) from exc
         self.staged_upto[upload_id] = durable
+        return PartRecording(upload_id, sent) if sent else None
 
     async def _send_parts(
         self,
@@ -326,8 +359,10 @@ class PartShipper(S3Collaborator):
         *,
         partial: bool,
         fence: LeaseFence,
+        sent: list[PartRecord],
     ) -> int:
-        """Send the parts ``[0, durable)`` completes past the held ones; returns their end."""
+        """Send the parts ``[0, durable)`` completes past the held ones, adding their
+        records to ``sent``; returns their end."""
         plan = self.plan_for(ledger, length)
         wanted = plan.whole_parts_within(durable)
         spans = [plan.span(n) for n in range(len(held) + 1, wanted + 1)]
@@ -343,21 +378,17 @@ class PartShipper(S3Collaborator):
         multipart = ledger.multipart
         slots = asyncio.Semaphore(self.settings.s3_part_concurrency)
         await asyncio.gather(
-            *(
-                self._send_recorded(upload_id, staged_path, multipart, span, slots, fence)
-                for span in spans
-            )
+            *(self._send_one(staged_path, multipart, span, slots, sent) for span in spans)
         )
         return spans[-1].end
 
-    async def _send_recorded(
+    async def _send_one(
         self,
-        upload_id: uuid.UUID,
         staged_path: Path,
         multipart: Multipart,
         span: PartSpan,
         slots: asyncio.Semaphore,
-        fence: LeaseFence,
+        sent: list[PartRecord],
     ) -> None:
         async with slots, self._backend.part_slots:
             crc = await anyio.to_thread.run_sync(
@@ -366,9 +397,10 @@ class PartShipper(S3Collaborator):
             etag = await self._with_retries(
                 lambda: self._send_part(staged_path, multipart, span, crc)
             )
-        await self._record_part(upload_id, PartRecord(span.number, span.size, etag, crc), fence)
+        sent.append(PartRecord(span.number, span.size, etag, crc))
         # The part is in S3: its staged bytes (but the head, kept for sniffing) are not
-        # needed any more.
+        # needed any more. (Should the offset not be committed, a later request restores
+        # what it needs from the segments, since staged_upto is not this request's end.)
         await anyio.to_thread.run_sync(reclaim_range, staged_path, span.start, span.end)
 
     async def _with_retries(self, attempt: Any) -> Any:
@@ -414,27 +446,6 @@ class PartShipper(S3Collaborator):
         with StagedPartBody(staged_path, span.start, span.size) as body:
             response = await self.client.upload_part(Body=body, **params)  # type: ignore[arg-type]
         return response["ETag"]
-
-    async def _record_part(
-        self, upload_id: uuid.UUID, record: PartRecord, fence: LeaseFence
-    ) -> None:
-        async with self.sessions() as session, session.begin():
-            await fence(session)  # a writer whose lease lapsed records nothing
-            await session.execute(
-                delete(parts).where(
-                    parts.c.upload_id == upload_id, parts.c.part_number == record.number
-                )
-            )
-            await session.execute(
-                insert(parts).values(
-                    upload_id=upload_id,
-                    part_number=record.number,
-                    size=record.size,
-                    etag=record.etag,
-                    checksum_crc32c=record.crc32c,
-                    created_at=datetime.now(UTC),
-                )
-            )
 
     async def _put_segment(
         self, upload_id: uuid.UUID, staged_path: Path, start: int, end: int, fence: LeaseFence
@@ -592,7 +603,7 @@ class PartShipper(S3Collaborator):
     async def forget(self, upload_id: uuid.UUID, ledger: Ledger) -> None:
         """After completion: delete the segment objects and every ledger row in one
         transaction (the completed object stays)."""
-        self.staged_upto.pop(upload_id, None)
+        self.forget_staged(upload_id)
         # (What fails to go now, the orphan sweep deletes once the upload is not live.)
         await self._delete_segment_objects(segment.key for segment in ledger.segments)
         if ledger.multipart is None and not ledger.segments:
@@ -649,6 +660,39 @@ class PartShipper(S3Collaborator):
                     await self.client.delete_object(Bucket=self.bucket, Key=item["Key"])
         except TRANSIENT_ERRORS as exc:
             logger.warning("deleting the segments of %s failed (%r)", upload_id, exc)
+
+
+@dataclass(frozen=True, slots=True)
+class PartRecording:
+    """Ledger rows of parts just put into S3, written by the transaction that acknowledges
+    them (:meth:`PartShipper.ship`). Run again by a retried group commit, it writes the
+    same rows: a part sent again replaces the row of its number."""
+
+    upload_id: uuid.UUID
+    records: list[PartRecord]
+
+    def __call__(self, session: Session) -> None:
+        numbers = [record.number for record in self.records]
+        session.execute(
+            delete(parts).where(
+                parts.c.upload_id == self.upload_id, parts.c.part_number.in_(numbers)
+            )
+        )
+        now = datetime.now(UTC)
+        session.execute(
+            insert(parts),
+            [
+                {
+                    "upload_id": self.upload_id,
+                    "part_number": record.number,
+                    "size": record.size,
+                    "etag": record.etag,
+                    "checksum_crc32c": record.crc32c,
+                    "created_at": now,
+                }
+                for record in self.records
+            ],
+        )
 
 
 async def unfenced(_session: AsyncSession) -> None:

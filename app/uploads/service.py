@@ -320,11 +320,12 @@ class UploadService:
         completes = upload.length is not None and new_offset == upload.length
         if completes and not received.disconnected and self._files_with_offset(upload, old_offset):
             return await self._file_with_offset(claim, received, running, shipping is not None)
+        recording = None
         if shipping is not None and (new_offset > old_offset or completes):
             # Acknowledged means in S3: the bytes are held there before the commit, and
             # recorded only while this request still holds the lease.
             async with self._repository.kept_alive(claim):
-                await shipping.ship_acknowledged(
+                recording = await shipping.ship_acknowledged(
                     upload.id,
                     staged_path,
                     old_offset,
@@ -346,6 +347,7 @@ class UploadService:
             release=release,
             sha256_state=None if running is None else running.state(),
             content_type=None if content is None else content.content_type,
+            recording=recording,
         )
         if checks_content and content is not None:
             # Validation as early as the magic bytes allow: a refused 50 GB upload stops
@@ -395,9 +397,11 @@ class UploadService:
         release: bool,
         sha256_state: bytes | None,
         content_type: str | None,
+        recording: Reservation | None = None,
     ) -> None:
         """Commit the durable offset; bytes of an upload whose length is not known are
-        counted against its owner's quota in the same transaction (413: none are kept)."""
+        counted against its owner's quota in the same transaction (413: none are kept), and
+        storage's ``recording`` of them is written there too."""
         upload = claim.upload
         old_offset = upload.offset
         growth = None
@@ -411,6 +415,7 @@ class UploadService:
                 sha256_state=sha256_state,
                 content_type=content_type,
                 reserve=growth,
+                recording=recording,
             )
         except PayloadTooLarge:
             # Others took the room while this body streamed: none of it is acknowledged.
