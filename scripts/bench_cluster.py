@@ -11,6 +11,13 @@ the median, the spread and the median ratio printed:
   side: 16 multipart uploads at once). Every Ferry PATCH is answered only once its bytes
   are in S3, so this is the price of node-loss safety.
 
+Beside each side's rate it prints how many of the machine's cores were busy (all
+processes: Ferry, SeaweedFS, PostgreSQL, the client; from ``/proc/stat``) and how many
+Ferry's own processes used: on a machine whose cores are all busy with one Ferry process,
+a second worker can only take CPU from the others. The 8 MiB PATCHes are also compared with
+a raw multipart upload that keeps one part in flight: a tus client sends one PATCH at a
+time and each is answered only once its part is in S3, so that is the same shape of work.
+
 Peak RSS (VmHWM) is printed per Ferry process (workers: the largest worker). Needs
 PostgreSQL on 127.0.0.1:5432. Run: ``.venv/bin/python scripts/bench_cluster.py
 [--rounds 3] [--size-mib 1024] [--small-files 1000]``. Not part of ``make test``.
@@ -20,6 +27,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
 import shutil
 import statistics
 import subprocess
@@ -27,6 +36,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,43 +71,89 @@ def start_ferry(
     return ferry
 
 
-def peak_rss_mib(ferry: FerryProcess) -> float:
-    """The largest VmHWM among the server process and its children (workers)."""
+def _server_pids(ferry: FerryProcess) -> list[int]:
+    """The server process and its children (workers)."""
     assert ferry.process is not None
-    pids = [ferry.process.pid]
     children = subprocess.run(
         ["pgrep", "-P", str(ferry.process.pid)], capture_output=True, text=True, check=False
     ).stdout.split()
-    pids += [int(pid) for pid in children]
+    return [ferry.process.pid, *(int(pid) for pid in children)]
+
+
+def peak_rss_mib(ferry: FerryProcess) -> float:
+    """The largest VmHWM among the server process and its children (workers)."""
     peaks = []
-    for pid in pids:
+    for pid in _server_pids(ferry):
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
                 peaks.append(int(line.split()[1]) / 1024)
     return max(peaks)
 
 
-def alternate(
-    label: str, unit: str, amount: float, sides: list[tuple[str, Callable[[], None]]], rounds: int
-) -> None:
-    """Run both sides ``rounds`` times, alternating who goes first; print medians, ratio."""
-    rates: dict[str, list[float]] = {name: [] for name, _ in sides}
+def ferry_cpu_seconds(ferry: FerryProcess) -> float:
+    """utime + stime of the server process and its children (workers), in seconds."""
+    total = 0
+    for pid in _server_pids(ferry):
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds every core of the machine spent busy since boot (not idle or iowait)."""
+    values = [int(field) for field in Path("/proc/stat").read_text().split("\n")[0].split()[1:9]]
+    return (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Side:
+    """One side of a comparison: its runs' rates and the cores busy while they ran."""
+
+    name: str
+    run: Callable[[], None]
+    ferry: FerryProcess | None = None
+    rates: list[float] = field(default_factory=list)
+    machine_cores: list[float] = field(default_factory=list)
+    ferry_cores: list[float] = field(default_factory=list)
+
+    def measure(self, amount: float) -> None:
+        busy = machine_busy_seconds()
+        own = ferry_cpu_seconds(self.ferry) if self.ferry else 0.0
+        started = time.perf_counter()
+        self.run()
+        seconds = time.perf_counter() - started
+        self.rates.append(amount / seconds)
+        self.machine_cores.append((machine_busy_seconds() - busy) / seconds)
+        if self.ferry:
+            self.ferry_cores.append((ferry_cpu_seconds(self.ferry) - own) / seconds)
+
+    def shown(self) -> str:
+        values = self.rates
+        cores = f"cores busy {statistics.median(self.machine_cores):.2f}"
+        if self.ferry_cores:
+            cores += f", Ferry's {statistics.median(self.ferry_cores):.2f}"
+        return (
+            f"{self.name} {statistics.median(values):8.1f} ({min(values):.1f}-{max(values):.1f};"
+            f" {cores})"
+        )
+
+
+def alternate(label: str, unit: str, amount: float, sides: list[Side], rounds: int) -> None:
+    """Run every side ``rounds`` times, alternating the order; print medians and the ratio
+    of the first side to each other one (per round, then the median and range)."""
     for number in range(rounds):
-        for name, run in sides if number % 2 == 0 else list(reversed(sides)):
-            started = time.perf_counter()
-            run()
-            rates[name].append(amount / (time.perf_counter() - started))
-    (first, _), (second, _) = sides
-    ratios = [a / b for a, b in zip(rates[first], rates[second], strict=True)]
-    shown = "  ".join(
-        f"{name} {statistics.median(values):8.1f} ({min(values):.1f}-{max(values):.1f})"
-        for name, values in rates.items()
-    )
-    print(
-        f"{label:38} {unit:8} {shown}  ratio {statistics.median(ratios):.2f} "
-        f"({min(ratios):.2f}-{max(ratios):.2f})",
-        flush=True,
-    )
+        for side in sides if number % 2 == 0 else list(reversed(sides)):
+            side.measure(amount)
+    first, *others = sides
+    ratios = []
+    for other in others:
+        each = [a / b for a, b in zip(first.rates, other.rates, strict=True)]
+        ratios.append(
+            f"ratio to {other.name} {statistics.median(each):.2f} ({min(each):.2f}-{max(each):.2f})"
+        )
+    shown = "  ".join(side.shown() for side in sides)
+    print(f"{label:38} {unit:8} {shown}  {'  '.join(ratios)}", flush=True)
 
 
 def main() -> None:
@@ -148,6 +204,9 @@ def main() -> None:
                 def raw_large() -> None:
                     asyncio.run(raw_multipart(endpoint, source, size))
 
+                def raw_large_one_in_flight() -> None:
+                    asyncio.run(raw_multipart(endpoint, source, size, concurrency=1))
+
                 async def raw_many() -> None:
                     await asyncio.gather(
                         *(raw_multipart(endpoint, source, each) for _ in range(16))
@@ -158,7 +217,7 @@ def main() -> None:
                         f"{args.small_files} x 64 KiB creation-with-upload",
                         "files/s",
                         args.small_files,
-                        [("workers=2", small(two)), ("workers=1", small(one))],
+                        [Side("workers=2", small(two), two), Side("workers=1", small(one), one)],
                         args.rounds,
                     )
                 if "large" in chosen:
@@ -166,7 +225,11 @@ def main() -> None:
                         f"{args.size_mib} MiB in 8 MiB PATCHes",
                         "MiB/s",
                         args.size_mib,
-                        [("ferry", large), ("raw", raw_large)],
+                        [
+                            Side("ferry", large, one),
+                            Side("raw", raw_large),
+                            Side("raw-1", raw_large_one_in_flight),
+                        ],
                         args.rounds,
                     )
                 if "parallel" in chosen:
@@ -174,7 +237,10 @@ def main() -> None:
                         f"16 x {args.parallel_mib} MiB in parallel",
                         "MiB/s",
                         16 * args.parallel_mib,
-                        [("ferry", ferry_parallel), ("raw", lambda: asyncio.run(raw_many()))],
+                        [
+                            Side("ferry", ferry_parallel, one),
+                            Side("raw", lambda: asyncio.run(raw_many())),
+                        ],
                         args.rounds,
                     )
                 print(

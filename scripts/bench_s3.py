@@ -58,11 +58,14 @@ RAW_PART = 8 * MiB
 RAW_CONCURRENCY = 4
 
 
-async def raw_multipart(endpoint: S3Endpoint, source: Path, size: int) -> float:
-    """Seconds for a plain aiobotocore multipart upload of ``size`` bytes of ``source``."""
+async def raw_multipart(
+    endpoint: S3Endpoint, source: Path, size: int, concurrency: int = RAW_CONCURRENCY
+) -> float:
+    """Seconds for a plain aiobotocore multipart upload of ``size`` bytes of ``source``,
+    ``concurrency`` parts in flight."""
     config = AioConfig(
         s3={"addressing_style": "path"},
-        max_pool_connections=RAW_CONCURRENCY * 2,
+        max_pool_connections=concurrency * 2,
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
     )
@@ -78,7 +81,7 @@ async def raw_multipart(endpoint: S3Endpoint, source: Path, size: int) -> float:
         key = f"bench-raw/{uuid.uuid4()}"
         started = time.perf_counter()
         upload = await client.create_multipart_upload(Bucket=endpoint.bucket, Key=key)
-        slots = asyncio.Semaphore(RAW_CONCURRENCY)
+        slots = asyncio.Semaphore(concurrency)
 
         async def part(number: int) -> dict[str, Any]:
             start = (number - 1) * RAW_PART
