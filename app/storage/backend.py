@@ -85,6 +85,18 @@ class StorageBackend(Protocol):
         ...
 
 
+class ShipmentAhead(Protocol):
+    """What a :class:`StagedByteShipping` backend sends while one body still streams."""
+
+    async def staged(self, end: int) -> None:
+        """The staging file holds the body up to ``end``. May wait, while the backend has
+        too much staged and not yet sent: the caller stops reading the body meanwhile."""
+
+    async def settle(self) -> None:
+        """Send nothing more and wait for what is in flight; never raises for a failed
+        send (:meth:`StagedByteShipping.ship_acknowledged` sends it again)."""
+
+
 class StagedByteShipping(Protocol):
     """A backend that must hold bytes before they are acknowledged (S3: parts and
     segments), so that staging is only a buffer and any process can continue an upload.
@@ -110,6 +122,7 @@ class StagedByteShipping(Protocol):
         *,
         partial: bool = False,
         fence: LeaseFence,
+        ahead: ShipmentAhead | None = None,
     ) -> Reservation | None:
         """Hold ``[committed, durable)`` of the staged bytes before they are acknowledged.
 
@@ -118,8 +131,23 @@ class StagedByteShipping(Protocol):
         ``fence`` runs in every transaction that records them, so a writer whose lease
         lapsed meanwhile records (and undoes) nothing. What is returned records the rest
         and must run in the transaction that commits ``durable`` (the same guarantee: the
-        lease holds, or nothing of it stays).
+        lease holds, or nothing of it stays). ``ahead``: what :meth:`ship_ahead` sent of
+        this body (settled).
         """
+
+    def ship_ahead(
+        self,
+        upload_id: uuid.UUID,
+        staged_path: Path,
+        committed: int,
+        length: int | None,
+        *,
+        partial: bool = False,
+        fence: LeaseFence,
+    ) -> ShipmentAhead:
+        """Start holding the body appended at ``committed`` while it streams, so that the
+        answer does not wait for all of it to be sent after its last byte."""
+        ...
 
     def check_length(self, length: int) -> None:
         """413 for a length the backend cannot hold (S3: more than max parts x 5 GiB)."""

@@ -37,8 +37,9 @@ from typing import TYPE_CHECKING
 import anyio
 
 from app.errors import PayloadTooLarge
-from app.storage.backend import Capabilities, StoredObject
+from app.storage.backend import Capabilities, ShipmentAhead, StoredObject
 from app.storage.parts import PartTooLarge, check_upload_length
+from app.storage.s3_ahead import PartsAhead
 from app.storage.s3_cleanup import ObjectCleaner
 from app.storage.s3_client import direct_part_uploader, s3_client, s3_session
 from app.storage.s3_collaborator import PARTIALS_FOLDER, TRANSIENT_ERRORS
@@ -178,13 +179,37 @@ class S3Backend:
         *,
         partial: bool = False,
         fence: LeaseFence,
+        ahead: ShipmentAhead | None = None,
     ) -> Reservation | None:
         """Put ``[committed, durable)`` into S3 (parts, or a segment) before it is
         acknowledged, recording them only while ``fence`` holds (parts: by what is
         returned, in the committing transaction); 503 when S3 does not take them in
         bounded time."""
+        assert ahead is None or isinstance(ahead, PartsAhead)
         return await self._shipper.ship(
-            upload_id, staged_path, committed, durable, length, partial=partial, fence=fence
+            upload_id,
+            staged_path,
+            committed,
+            durable,
+            length,
+            partial=partial,
+            fence=fence,
+            ahead=ahead,
+        )
+
+    def ship_ahead(
+        self,
+        upload_id: uuid.UUID,
+        staged_path: Path,
+        committed: int,
+        length: int | None,
+        *,
+        partial: bool = False,
+        fence: LeaseFence,
+    ) -> PartsAhead:
+        """Send whole parts as soon as they are staged (:mod:`app.storage.s3_ahead`)."""
+        return PartsAhead(
+            self._shipper, upload_id, staged_path, committed, length, partial=partial, fence=fence
         )
 
     async def store(

@@ -45,6 +45,7 @@ from app.db.uploads import LeaseFence
 from app.errors import FerryError, ServiceUnavailable
 from app.storage.backend import StoredObject
 from app.storage.parts import PartPlan, PartSpan, PartTooLarge, plan_for_deferred, plan_for_length
+from app.storage.s3_ahead import PartsAhead
 from app.storage.s3_collaborator import (
     TRANSIENT_ERRORS,
     S3Collaborator,
@@ -280,6 +281,10 @@ class PartShipper(S3Collaborator):
         if position != segment.end:
             raise ServiceUnavailable(f"segment {segment.key} is short in S3")
 
+    async def read_ledger(self, upload_id: uuid.UUID) -> Ledger:
+        """The ledger as the database has it; 503 when it cannot be read."""
+        return await self._loaded(upload_id)
+
     async def _loaded(self, upload_id: uuid.UUID) -> Ledger:
         """The ledger as the database has it (read ahead while the body streamed, if it
         was)."""
@@ -301,6 +306,7 @@ class PartShipper(S3Collaborator):
         *,
         partial: bool,
         fence: LeaseFence,
+        ahead: PartsAhead | None = None,
     ) -> PartRecording | None:
         """Put ``[committed, durable)`` into S3 before it is acknowledged.
 
@@ -311,15 +317,20 @@ class PartShipper(S3Collaborator):
 
         Returns the parts' ledger rows, for the transaction that commits the offset to
         write: a part is recorded when it is acknowledged, one transaction instead of two
-        per request (a part never recorded is sent again by whoever goes on).
+        per request (a part never recorded is sent again by whoever goes on). ``ahead``:
+        the parts this request sent while its body streamed (settled), which are not sent
+        again.
         """
-        ledger = await self._loaded(upload_id)
+        if ahead is not None and ahead.ledger is not None:
+            ledger = ahead.ledger
+        else:
+            ledger = await self._loaded(upload_id)
         self.forget_staged(upload_id)
         held, _chain = ledger.acknowledged(committed)
         if any(segment.end <= _end_of(ledger, held) for segment in ledger.segments):
             # Whole parts hold these bytes now (since an earlier, acknowledged request).
             await self.drop_segments(upload_id, below=_end_of(ledger, held))
-        sent: list[PartRecord] = []
+        sent = list(ahead.sent) if ahead is not None else []
         try:
             if self.is_single(ledger, length):
                 if durable == length:
@@ -361,16 +372,23 @@ class PartShipper(S3Collaborator):
         fence: LeaseFence,
         sent: list[PartRecord],
     ) -> int:
-        """Send the parts ``[0, durable)`` completes past the held ones, adding their
-        records to ``sent``; returns their end."""
+        """Send the parts ``[0, durable)`` completes past the held ones and those in
+        ``sent`` already (which keeps only parts of these), adding their records to
+        ``sent``; returns their end."""
         plan = self.plan_for(ledger, length)
         wanted = plan.whole_parts_within(durable)
         spans = [plan.span(n) for n in range(len(held) + 1, wanted + 1)]
         if length is not None and durable == length and plan.start_of(wanted + 1) < length:
             last = plan.start_of(wanted + 1)
             spans.append(PartSpan(number=wanted + 1, start=last, size=length - last))
-        if not spans:
+        wanted_spans = {span.number: span for span in spans}
+        sent[:] = [r for r in sent if (w := wanted_spans.get(r.number)) and w.size == r.size]
+        spans = [span for span in spans if span.number not in {r.number for r in sent}]
+        if not wanted_spans:
             return _end_of(ledger, held)
+        end = max(span.end for span in wanted_spans.values())
+        if not spans:
+            return end
         if ledger.multipart is None:
             ledger.multipart = await self.begin_multipart(
                 upload_id, staged_path, plan, partial, fence
@@ -380,7 +398,7 @@ class PartShipper(S3Collaborator):
         await asyncio.gather(
             *(self._send_one(staged_path, multipart, span, slots, sent) for span in spans)
         )
-        return spans[-1].end
+        return end
 
     async def _send_one(
         self,
@@ -390,18 +408,25 @@ class PartShipper(S3Collaborator):
         slots: asyncio.Semaphore,
         sent: list[PartRecord],
     ) -> None:
-        async with slots, self._backend.part_slots:
+        async with slots:
+            sent.append(await self.send_part(staged_path, multipart, span))
+
+    async def send_part(
+        self, staged_path: Path, multipart: Multipart, span: PartSpan
+    ) -> PartRecord:
+        """UploadPart of one span of the staging file (retried); its record, unwritten."""
+        async with self._backend.part_slots:
             crc = await anyio.to_thread.run_sync(
                 crc32c_of_range, staged_path, span.start, span.size
             )
             etag = await self._with_retries(
                 lambda: self._send_part(staged_path, multipart, span, crc)
             )
-        sent.append(PartRecord(span.number, span.size, etag, crc))
         # The part is in S3: its staged bytes (but the head, kept for sniffing) are not
         # needed any more. (Should the offset not be committed, a later request restores
         # what it needs from the segments, since staged_upto is not this request's end.)
         await anyio.to_thread.run_sync(reclaim_range, staged_path, span.start, span.end)
+        return PartRecord(span.number, span.size, etag, crc)
 
     async def _with_retries(self, attempt: Any) -> Any:
         """Attempts with jittered backoff until S3 answers, for at most twice

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from app.core.checksums import ChunkDigest
 from app.db.uploads import Claim, UploadRepository
 from app.errors import ClientDisconnected, InsufficientStorage, is_disk_full
+from app.storage.backend import ShipmentAhead
 from app.storage.sniff import SNIFF_SIZE
 from app.storage.staging import StagingArea, StagingWriter
 
@@ -32,6 +33,9 @@ class Received:
     """The disk filled up: ``durable_end`` is what was written and synced before that."""
     head: bytes = b""
     """The upload's first bytes, when this body started at offset 0."""
+    ahead: ShipmentAhead | None = None
+    """What storage sent of the body while it streamed (settled), for the shipping of
+    the rest."""
 
 
 class BodyReceiver:
@@ -47,14 +51,18 @@ class BodyReceiver:
         body: AsyncIterator[bytes],
         room: int,
         digests: list[ChunkDigest],
+        ahead: ShipmentAhead | None = None,
     ) -> Received:
-        """Write ``body`` at the claimed upload's offset, at most ``room`` bytes, and sync."""
+        """Write ``body`` at the claimed upload's offset, at most ``room`` bytes, and sync.
+
+        ``ahead`` learns how far the staging file holds the body as it grows (each time a
+        buffer is written), and may hold the reading back while it sends."""
         upload = claim.upload
         writer = await self._staging.open_writer(upload.id, upload.offset, digests, SNIFF_SIZE)
         outcome = Received(durable_end=upload.offset)
         try:
             async with self._repository.kept_alive(claim) as lease:
-                taken = 0
+                taken = told = 0
                 try:
                     async for piece in body:
                         if lease.lost:
@@ -65,6 +73,9 @@ class BodyReceiver:
                             outcome.too_large = True
                             break
                         await writer.write(piece)
+                        if ahead is not None and writer.written != told:
+                            told = writer.written
+                            await ahead.staged(writer.start_offset + told)
                 except ClientDisconnected:
                     outcome.disconnected = True
                 except InsufficientStorage:

@@ -61,6 +61,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+SHIPPED_AHEAD_FROM = 4 * 1024 * 1024
+"""Bodies at least this large (or of unknown size) have storage that holds acknowledged
+bytes (S3) send whole parts while they stream; a smaller one completes at most a part
+that its last buffers finish, which is sent when it ends anyway."""
+
 
 @dataclass(frozen=True, slots=True)
 class NewUpload:
@@ -314,7 +319,7 @@ class UploadService:
         running = ResumableSha256.resume(upload.sha256_state, upload.offset)
         verifier = ChunkVerifier(request.checksum, request.checksum_trailer)
         digests: list[ChunkDigest] = [*verifier.digests, *([running] if running else [])]
-        received = await self._receiver.receive(claim, body, bounds.room, digests)
+        received = await self._received(claim, request, body, bounds, digests, shipping)
         await self._refuse_unverified(claim, received, verifier, bounds)
         old_offset, new_offset = upload.offset, received.durable_end
         completes = upload.length is not None and new_offset == upload.length
@@ -333,6 +338,7 @@ class UploadService:
                     upload.length,
                     partial=upload.is_partial,
                     fence=fence,
+                    ahead=received.ahead,
                 )
         content = None
         if old_offset < SNIFF_SIZE <= new_offset:
@@ -367,6 +373,40 @@ class UploadService:
         if not release:
             await self._repository.release(claim)
         return upload
+
+    async def _received(
+        self,
+        claim: Claim,
+        request: AppendRequest,
+        body: AsyncIterator[bytes],
+        bounds: _Bounds,
+        digests: list[ChunkDigest],
+        shipping: StagedByteShipping | None,
+    ) -> Received:
+        """The body staged; with S3, whole parts of a large one are sent as it streams."""
+        upload = claim.upload
+        ahead = None
+        large = request.content_length is None or request.content_length >= SHIPPED_AHEAD_FROM
+        if (
+            shipping is not None
+            and large
+            and not (upload.length is not None and shipping.is_one_object(upload.length))
+        ):
+            ahead = shipping.ship_ahead(
+                upload.id,
+                self._staging.path_for(upload.id),
+                upload.offset,
+                upload.length,
+                partial=upload.is_partial,
+                fence=self._repository.fence(claim),
+            )
+        try:
+            received = await self._receiver.receive(claim, body, bounds.room, digests, ahead)
+        finally:
+            if ahead is not None:
+                await ahead.settle()
+        received.ahead = ahead
+        return received
 
     async def _file_with_offset(
         self, claim: Claim, received: Received, running: ResumableSha256 | None, shipped: bool

@@ -6,7 +6,9 @@ SeaweedFS enforces S3's 5 MiB minimum part size on completion, like AWS, so the 
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from litestar.testing import AsyncTestClient
 from app.db.engine import migrate
 from app.main import FerryApp, create_app
 from app.settings import Settings
+from app.uploads.service import AppendRequest
 from tests.conftest import MakeSettings
 from tests.support.seaweed import MakeS3Settings, S3Endpoint
 
@@ -100,3 +103,18 @@ class S3View:
 def s3_view(seaweed: S3Endpoint, s3_prefix: str) -> S3View:
     """Assertions against the session's SeaweedFS under this test's prefix."""
     return S3View(seaweed, s3_prefix)
+
+
+def start_streamed_patch(
+    client: AsyncTestClient[FerryApp], upload_id: str, length: int, body: AsyncIterator[bytes]
+) -> concurrent.futures.Future[object]:
+    """One PATCH from offset 0 whose body a test paces (the test client reads a request's
+    whole body before the app sees it), run on the app's own loop as a request would be."""
+    ferry = client.app.state.ferry
+    request = AppendRequest(upload_id=uuid.UUID(upload_id), offset=0, content_length=length)
+
+    async def append() -> object:
+        return await ferry.uploads.append(request, body)
+
+    assert client.blocking_portal is not None
+    return client.blocking_portal.start_task_soon(append)

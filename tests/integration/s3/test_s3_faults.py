@@ -17,7 +17,7 @@ from app.db.engine import migrate
 from app.main import FerryApp, create_app
 from app.settings import Settings
 from tests.conftest import MakeSettings
-from tests.integration.s3.conftest import MIB, PART, S3View
+from tests.integration.s3.conftest import MIB, PART, S3View, start_streamed_patch
 from tests.integration.tus_helpers import OCTETS, TUS, create, head, patch, path_of, upload_id_of
 from tests.support.faulty_proxy import ERROR_IN_200, FaultyProxy, faulty_proxy
 from tests.support.seaweed import S3Endpoint
@@ -152,4 +152,40 @@ async def test_a_file_sent_whole_at_creation_while_s3_is_down_gets_503_and_is_se
     proxy.up()
     assert (await head(client, path)).headers["upload-offset"] == "0"
     assert (await patch(client, path, 0, data)).status_code == 204
+    assert_stored_exactly(s3_view, path, data)
+
+
+async def test_a_large_body_is_read_no_faster_than_s3_takes_its_parts(
+    client: AsyncTestClient[FerryApp],
+    proxied_settings: Settings,
+    proxy: FaultyProxy,
+    s3_view: S3View,
+) -> None:
+    """Staging is a bounded buffer: while S3 holds every part in flight, the body's reading
+    pauses a couple of whole parts later (TCP then slows the client), and goes on once S3
+    answers."""
+    data = payload(10 * PART)
+    path = await create(client, len(data))
+    in_flight = proxied_settings.s3_part_concurrency
+    release = proxy.pause(UPLOAD_PART, times=in_flight)
+    consumed = 0
+    piece = 256 * 1024
+
+    async def body() -> AsyncIterator[bytes]:
+        nonlocal consumed
+        for start in range(0, len(data), piece):
+            consumed = start + piece
+            yield data[start : start + piece]
+
+    patching = start_streamed_patch(client, upload_id_of(path), len(data), body())
+    try:
+        deadline = asyncio.get_running_loop().time() + 20
+        while proxy.count(UPLOAD_PART) < in_flight:
+            assert asyncio.get_running_loop().time() < deadline, "the parts never left"
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.5)  # (S3 answers none of them for 2 s)
+        assert consumed <= (in_flight + 2) * PART + 4 * MIB < len(data)
+    finally:
+        release.set()
+    await asyncio.to_thread(patching.result, 60)
     assert_stored_exactly(s3_view, path, data)

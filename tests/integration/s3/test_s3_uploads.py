@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -21,7 +22,7 @@ from app.main import create_app
 from app.settings import Settings
 from app.storage.s3_ledger import multipart_uploads, parts, segments
 from app.uploads.service import AppendRequest, NewUpload
-from tests.integration.s3.conftest import MIB, PART, S3View
+from tests.integration.s3.conftest import MIB, PART, S3View, start_streamed_patch
 from tests.integration.tus_helpers import (
     OCTETS,
     Client,
@@ -340,3 +341,62 @@ async def test_a_first_body_cut_short_is_kept_in_s3_and_any_process_finishes_it(
     assert (await patch(s3_client, path, MIB + 5, data[MIB + 5 :])).status_code == 204
     assert (await s3_client.get(path)).content == data
     assert [key for key in s3_view.object_keys() if "/segments/" in key] == []
+
+
+async def test_a_large_body_sends_its_whole_parts_to_s3_while_it_streams(
+    s3_client: Client, s3_view: S3View
+) -> None:
+    """A whole file in one PATCH (tus-js-client's and Uppy's default): each part leaves as
+    soon as its bytes are staged, so the answer does not wait for all of them after the
+    last byte; they are recorded only with the offset."""
+    data = payload(4 * PART + 7, seed=51)
+    path = await create(s3_client, len(data))
+    paused, go_on = threading.Event(), threading.Event()
+    piece = 256 * 1024
+
+    async def body() -> AsyncIterator[bytes]:
+        for start in range(0, len(data), piece):
+            if start == 2 * PART + 3 * MIB:  # (the last MiB or two may still be buffered)
+                paused.set()
+                await anyio.to_thread.run_sync(go_on.wait)
+            yield data[start : start + piece]
+
+    def two_parts_in_s3() -> bool:
+        uploads = s3_view.open_multipart_uploads()
+        if len(uploads) != 1:
+            return False
+        return len(s3_view.parts_of(uploads[0]["Key"], uploads[0]["UploadId"])) == 2
+
+    patching = start_streamed_patch(s3_client, upload_id_of(path), len(data), body())
+    try:
+        assert await anyio.to_thread.run_sync(paused.wait, 30)
+        await wait_for(two_parts_in_s3)
+        assert (await head(s3_client, path)).headers["upload-offset"] == "0"
+    finally:
+        go_on.set()
+    await anyio.to_thread.run_sync(patching.result, 60)
+    assert (await s3_client.get(path)).content == data
+    assert s3_view.open_multipart_uploads() == []
+
+
+async def test_a_large_body_cut_off_keeps_the_parts_it_sent_ahead_and_resumes_after_them(
+    s3_client: Client, s3_view: S3View
+) -> None:
+    data = payload(4 * PART + 7, seed=52)
+    path = await create(s3_client, len(data))
+    cut_at = 2 * PART + 3 * MIB
+
+    async def cut_off() -> AsyncIterator[bytes]:
+        for start in range(0, cut_at, 256 * 1024):
+            yield data[start : start + 256 * 1024]
+        raise ClientDisconnected("client disconnected")
+
+    patching = start_streamed_patch(s3_client, upload_id_of(path), len(data), cut_off())
+    with pytest.raises(ClientDisconnected):
+        await anyio.to_thread.run_sync(patching.result, 60)
+    assert (await head(s3_client, path)).headers["upload-offset"] == str(cut_at)
+    (upload,) = s3_view.open_multipart_uploads()
+    assert len(s3_view.parts_of(upload["Key"], upload["UploadId"])) == 2
+    assert (await patch(s3_client, path, cut_at, data[cut_at:])).status_code == 204
+    assert (await s3_client.get(path)).content == data
+    assert s3_view.open_multipart_uploads() == []
