@@ -7,8 +7,9 @@ the median, the spread and the median ratio printed:
   file carrying the whole body) over 16 connections: small files are bound by one event
   loop, so a second worker should nearly double them;
 * one Ferry process against a raw aiobotocore multipart upload (8 MiB parts, 4 in flight)
-  to the same SeaweedFS: 1 GiB in 8 MiB PATCHes, and 16 x 256 MiB in parallel (the raw
-  side: 16 multipart uploads at once). Every Ferry PATCH is answered only once its bytes
+  to the same SeaweedFS: 1 GiB in 8 MiB PATCHes, 1 GiB in one PATCH (the default of
+  tus-js-client and Uppy), and 16 x 256 MiB in parallel (the raw side: 16 multipart
+  uploads at once). Every Ferry PATCH is answered only once its bytes
   are in S3, so this is the price of node-loss safety.
 
 Beside each side's rate it prints how many of the machine's cores were busy (all
@@ -165,8 +166,8 @@ def main() -> None:
     parser.add_argument("--small-files", type=int, default=1000)
     parser.add_argument(
         "--workloads",
-        default="small,large,parallel",
-        help="comma-separated subset of small, large, parallel (default: all three)",
+        default="small,large,single,parallel",
+        help="comma-separated subset of small, large, single, parallel (default: all)",
     )
     args = parser.parse_args()
     chosen = set(args.workloads.split(","))
@@ -196,6 +197,10 @@ def main() -> None:
 
                 def large() -> None:
                     path = tus_upload(one.port, source, 0, size, 8 * MiB)
+                    assert ferry_sha256(one.port, path) == source_sha, "SHA-256 mismatch"
+
+                def single() -> None:
+                    path = tus_upload(one.port, source, 0, size, size)
                     assert ferry_sha256(one.port, path) == source_sha, "SHA-256 mismatch"
 
                 def ferry_parallel() -> None:
@@ -230,6 +235,14 @@ def main() -> None:
                             Side("raw", raw_large),
                             Side("raw-1", raw_large_one_in_flight),
                         ],
+                        args.rounds,
+                    )
+                if "single" in chosen:
+                    alternate(
+                        f"{args.size_mib} MiB in one PATCH",
+                        "MiB/s",
+                        args.size_mib,
+                        [Side("ferry", single, one), Side("raw", raw_large)],
                         args.rounds,
                     )
                 if "parallel" in chosen:
