@@ -130,9 +130,11 @@ class PartsAhead:
         in_flight: set[asyncio.Task[None]] = set()
         try:
             while (span := await self._next_whole_part(plan, number)) is not None:
+                # A sent part's staged range is punched out, and it may begin before this
+                # body (acknowledged bytes of earlier requests): should this body not be
+                # acknowledged, the next request must restore staging from S3.
+                shipper.forget_staged(self._upload_id)
                 if ledger.multipart is None:
-                    # Staging changes under this request now: a later one must not trust it.
-                    shipper.forget_staged(self._upload_id)
                     ledger.multipart = await shipper.begin_multipart(
                         self._upload_id, self._staged_path, plan, self._partial, self._fence
                     )

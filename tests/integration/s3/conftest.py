@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from litestar.testing import AsyncTestClient
 
+from app.core.checksums import ChecksumSpec
 from app.db.engine import migrate
 from app.main import FerryApp, create_app
 from app.settings import Settings
@@ -106,12 +107,20 @@ def s3_view(seaweed: S3Endpoint, s3_prefix: str) -> S3View:
 
 
 def start_streamed_patch(
-    client: AsyncTestClient[FerryApp], upload_id: str, length: int, body: AsyncIterator[bytes]
+    client: AsyncTestClient[FerryApp],
+    upload_id: str,
+    length: int,
+    body: AsyncIterator[bytes],
+    *,
+    offset: int = 0,
+    checksum: ChecksumSpec | None = None,
 ) -> concurrent.futures.Future[object]:
-    """One PATCH from offset 0 whose body a test paces (the test client reads a request's
-    whole body before the app sees it), run on the app's own loop as a request would be."""
+    """One PATCH whose body a test paces (the test client reads a request's whole body
+    before the app sees it), run on the app's own loop as a request would be."""
     ferry = client.app.state.ferry
-    request = AppendRequest(upload_id=uuid.UUID(upload_id), offset=0, content_length=length)
+    request = AppendRequest(
+        upload_id=uuid.UUID(upload_id), offset=offset, content_length=length, checksum=checksum
+    )
 
     async def append() -> object:
         return await ferry.uploads.append(request, body)

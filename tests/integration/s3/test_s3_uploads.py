@@ -16,8 +16,9 @@ import pytest
 from litestar.testing import AsyncTestClient
 from sqlalchemy import Engine, event, func, select
 
+from app.core.checksums import ChecksumSpec
 from app.db.engine import create_engine, migrate
-from app.errors import ClientDisconnected
+from app.errors import ChecksumMismatch, ClientDisconnected
 from app.main import create_app
 from app.settings import Settings
 from app.storage.s3_ledger import multipart_uploads, parts, segments
@@ -398,5 +399,33 @@ async def test_a_large_body_cut_off_keeps_the_parts_it_sent_ahead_and_resumes_af
     (upload,) = s3_view.open_multipart_uploads()
     assert len(s3_view.parts_of(upload["Key"], upload["UploadId"])) == 2
     assert (await patch(s3_client, path, cut_at, data[cut_at:])).status_code == 204
+    assert (await s3_client.get(path)).content == data
+    assert s3_view.open_multipart_uploads() == []
+
+
+async def test_a_refused_body_that_sent_parts_ahead_leaves_the_next_one_restoring_from_s3(
+    s3_client: Client, s3_view: S3View
+) -> None:
+    """Parts sent ahead punch their staged range out, acknowledged bytes of earlier requests
+    included: when the body is then refused, the next request must read those bytes back
+    from S3, never send the hole as a part."""
+    data = payload(4 * PART + 7, seed=53)
+    path = await create(s3_client, len(data))
+    first = PART + 3 * MIB  # part 1, and a segment of 3 MiB staged here too
+    assert (await patch(s3_client, path, 0, data[:first])).status_code == 204
+    refused = data[first : 3 * PART + 4 * MIB]  # completes parts 2 and 3 as it streams
+    not_its_digest = ChecksumSpec("sha1", hashlib.sha1(b"other bytes").digest())
+
+    async def body() -> AsyncIterator[bytes]:
+        for start in range(0, len(refused), 256 * 1024):
+            yield refused[start : start + 256 * 1024]
+
+    patching = start_streamed_patch(
+        s3_client, upload_id_of(path), len(refused), body(), offset=first, checksum=not_its_digest
+    )
+    with pytest.raises(ChecksumMismatch):
+        await anyio.to_thread.run_sync(patching.result, 60)
+    assert (await head(s3_client, path)).headers["upload-offset"] == str(first)
+    assert (await patch(s3_client, path, first, data[first:])).status_code == 204
     assert (await s3_client.get(path)).content == data
     assert s3_view.open_multipart_uploads() == []
