@@ -20,6 +20,7 @@ from typing import Protocol
 
 import msgspec
 
+from app.core.received_crc import ReceivedCrc32c
 from app.db.uploads import LeaseFence, Reservation
 
 
@@ -123,6 +124,7 @@ class StagedByteShipping(Protocol):
         partial: bool = False,
         fence: LeaseFence,
         ahead: ShipmentAhead | None = None,
+        received: ReceivedCrc32c | None = None,
     ) -> Reservation | None:
         """Hold ``[committed, durable)`` of the staged bytes before they are acknowledged.
 
@@ -132,7 +134,8 @@ class StagedByteShipping(Protocol):
         lapsed meanwhile records (and undoes) nothing. What is returned records the rest
         and must run in the transaction that commits ``durable`` (the same guarantee: the
         lease holds, or nothing of it stays). ``ahead``: what :meth:`ship_ahead` sent of
-        this body (settled).
+        this body (settled). ``received``: the body's CRC32Cs as it arrived (fed while it
+        was staged), so that bytes changed in staging since are refused, not stored.
         """
 
     def ship_ahead(
@@ -144,6 +147,7 @@ class StagedByteShipping(Protocol):
         *,
         partial: bool = False,
         fence: LeaseFence,
+        received: ReceivedCrc32c | None = None,
     ) -> ShipmentAhead:
         """Start holding the body appended at ``committed`` while it streams, so that the
         answer does not wait for all of it to be sent after its last byte."""

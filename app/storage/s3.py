@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
     from types_aiobotocore_s3 import S3Client
 
+    from app.core.received_crc import ReceivedCrc32c
     from app.db.uploads import LeaseFence, Reservation
     from app.settings import Settings
     from app.storage.part_upload import PartUploader
@@ -180,6 +181,7 @@ class S3Backend:
         partial: bool = False,
         fence: LeaseFence,
         ahead: ShipmentAhead | None = None,
+        received: ReceivedCrc32c | None = None,
     ) -> Reservation | None:
         """Put ``[committed, durable)`` into S3 (parts, or a segment) before it is
         acknowledged, recording them only while ``fence`` holds (parts: by what is
@@ -195,6 +197,7 @@ class S3Backend:
             partial=partial,
             fence=fence,
             ahead=ahead,
+            received=received,
         )
 
     def ship_ahead(
@@ -206,10 +209,18 @@ class S3Backend:
         *,
         partial: bool = False,
         fence: LeaseFence,
+        received: ReceivedCrc32c | None = None,
     ) -> PartsAhead:
         """Send whole parts as soon as they are staged (:mod:`app.storage.s3_ahead`)."""
         return PartsAhead(
-            self._shipper, upload_id, staged_path, committed, length, partial=partial, fence=fence
+            self._shipper,
+            upload_id,
+            staged_path,
+            committed,
+            length,
+            partial=partial,
+            fence=fence,
+            received=received,
         )
 
     async def store(

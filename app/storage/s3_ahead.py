@@ -25,9 +25,10 @@ from typing import TYPE_CHECKING
 from app.db.uploads import LeaseFence
 from app.errors import FerryError
 from app.storage.s3_collaborator import RETRYABLE_ERRORS
-from app.storage.s3_ledger import PartRecord
+from app.storage.s3_ledger import PartRecord, ReceivedRanges
 
 if TYPE_CHECKING:
+    from app.core.received_crc import ReceivedCrc32c
     from app.storage.parts import PartPlan, PartSpan
     from app.storage.s3_shipping import Ledger, PartShipper
 
@@ -55,8 +56,10 @@ class PartsAhead:
         *,
         partial: bool,
         fence: LeaseFence,
+        received: ReceivedCrc32c | None = None,
     ) -> None:
         self._shipper = shipper
+        self._received = received
         self._upload_id = upload_id
         self._staged_path = staged_path
         self._committed = committed
@@ -121,7 +124,8 @@ class PartsAhead:
         self.ledger = ledger = await shipper.read_ledger(self._upload_id)
         if shipper.is_single(ledger, self._length):
             return
-        held, _chain = ledger.acknowledged(self._committed)
+        held, chain = ledger.acknowledged(self._committed)
+        crcs = ReceivedRanges(chain, self._received)
         plan = shipper.plan_for(ledger, self._length)
         number = len(held) + 1
         self._next_start = plan.start_of(number)
@@ -139,7 +143,10 @@ class PartsAhead:
                         self._upload_id, self._staged_path, plan, self._partial, self._fence
                     )
                 await slots.acquire()
-                sending = asyncio.get_running_loop().create_task(self._send(ledger, span, slots))
+                crc = crcs.crc_of(span.start, span.end)
+                sending = asyncio.get_running_loop().create_task(
+                    self._send(ledger, span, crc, slots)
+                )
                 in_flight.add(sending)
                 sending.add_done_callback(in_flight.discard)
                 number += 1
@@ -156,18 +163,24 @@ class PartsAhead:
         span = plan.span(number)
         if self._length is not None and span.end > self._length:
             return None
-        while self._staged_end < span.end:
+        while self._staged_end < span.end or (
+            self._received is not None and self._received.end < span.end
+        ):
+            # (A part goes with the CRC32C of its bytes as received: it waits for them to
+            # be hashed, which follows their writing.)
             if self._done:
                 return None
             self._staged_more.clear()
             await self._staged_more.wait()
         return None if self._done else span
 
-    async def _send(self, ledger: Ledger, span: PartSpan, slots: asyncio.Semaphore) -> None:
+    async def _send(
+        self, ledger: Ledger, span: PartSpan, crc: str | None, slots: asyncio.Semaphore
+    ) -> None:
         assert ledger.multipart is not None
         try:
             self.sent.append(
-                await self._shipper.send_part(self._staged_path, ledger.multipart, span)
+                await self._shipper.send_part(self._staged_path, ledger.multipart, span, crc)
             )
         except RETRYABLE_ERRORS as exc:
             logger.info(

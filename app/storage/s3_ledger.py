@@ -25,13 +25,16 @@ assembly).
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 
 from advanced_alchemy.base import orm_registry
 from advanced_alchemy.types import GUID, DateTimeUTC
 from sqlalchemy import BigInteger, Column, Integer, PrimaryKeyConstraint, String, Table
 
+from app.core.received_crc import ReceivedCrc32c, crc32c_combine
 from app.storage.parts import PartPlan
+from app.storage.staged_parts import crc32c_base64
 
 multipart_uploads = Table(
     "s3_multipart_uploads",
@@ -99,3 +102,35 @@ class PartRecord:
     etag: str
     crc32c: str | None
     """``None`` for a copied part whose server did not report a checksum."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedRanges:
+    """CRC32Cs of acknowledged bytes as they were received, for the checksum S3 checks a
+    part or segment against: the recorded segments' for what earlier requests carried, the
+    body's own (:class:`~app.core.received_crc.ReceivedCrc32c`) for the rest. A staged
+    byte that changed since it arrived then makes S3 refuse it, instead of storing it."""
+
+    chain: list[Segment]
+    """The segments holding the acknowledged bytes past the last whole part."""
+    body: ReceivedCrc32c | None
+
+    def crc_of(self, start: int, end: int) -> str | None:
+        """Base64 CRC32C of ``[start, end)``; ``None`` when it cannot be told (read it
+        from staging then)."""
+        if self.body is None:
+            return None
+        crc, at = 0, start
+        for segment in self.chain:
+            if segment.end <= at:
+                continue
+            if segment.start != at or segment.end > end:
+                break
+            value = int.from_bytes(base64.b64decode(segment.crc32c), "big")
+            crc, at = crc32c_combine(crc, value, segment.end - at), segment.end
+        if at < end:
+            body = self.body.crc_of(at, end)
+            if body is None:
+                return None
+            crc = crc32c_combine(crc, body, end - at)
+        return crc32c_base64(crc)

@@ -41,6 +41,7 @@ from sqlalchemy import and_, delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
+from app.core.received_crc import ReceivedCrc32c
 from app.db.uploads import LeaseFence
 from app.errors import FerryError, ServiceUnavailable
 from app.storage.backend import StoredObject
@@ -56,6 +57,7 @@ from app.storage.s3_collaborator import (
 from app.storage.s3_ledger import (
     Multipart,
     PartRecord,
+    ReceivedRanges,
     Segment,
     multipart_uploads,
     parts,
@@ -74,6 +76,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+CHANGED_SINCE_RECEIVED = frozenset({"BadDigest", "InvalidDigest", "XAmzContentChecksumMismatch"})
+"""S3's refusals of a body whose CRC32C (taken from the bytes as received) does not match
+the staged bytes sent."""
 PRESIGNED_PART_SECONDS = 15 * 60
 """Lifetime of the presigned URL of one UploadPart (used at once, retried at most once)."""
 SEGMENTS_FOLDER = "segments"
@@ -307,6 +312,7 @@ class PartShipper(S3Collaborator):
         partial: bool,
         fence: LeaseFence,
         ahead: PartsAhead | None = None,
+        received: ReceivedCrc32c | None = None,
     ) -> PartRecording | None:
         """Put ``[committed, durable)`` into S3 before it is acknowledged.
 
@@ -319,14 +325,16 @@ class PartShipper(S3Collaborator):
         write: a part is recorded when it is acknowledged, one transaction instead of two
         per request (a part never recorded is sent again by whoever goes on). ``ahead``:
         the parts this request sent while its body streamed (settled), which are not sent
-        again.
+        again. ``received``: the body's CRC32Cs as it arrived, which the parts and segment
+        are sent with where they cover them.
         """
         if ahead is not None and ahead.ledger is not None:
             ledger = ahead.ledger
         else:
             ledger = await self._loaded(upload_id)
         self.forget_staged(upload_id)
-        held, _chain = ledger.acknowledged(committed)
+        held, chain = ledger.acknowledged(committed)
+        crcs = ReceivedRanges(chain, received)
         if any(segment.end <= _end_of(ledger, held) for segment in ledger.segments):
             # Whole parts hold these bytes now (since an earlier, acknowledged request).
             await self.drop_segments(upload_id, below=_end_of(ledger, held))
@@ -335,10 +343,10 @@ class PartShipper(S3Collaborator):
             if self.is_single(ledger, length):
                 if durable == length:
                     await self._put_whole(
-                        upload_id, staged_path, durable, ledger, fence, partial=partial
+                        upload_id, staged_path, durable, ledger, fence, partial, crcs
                     )
                 else:
-                    await self._put_segment(upload_id, staged_path, committed, durable, fence)
+                    await self._put_segment(upload_id, staged_path, committed, durable, fence, crcs)
             else:
                 sent_upto = await self._send_parts(
                     upload_id,
@@ -350,10 +358,11 @@ class PartShipper(S3Collaborator):
                     partial=partial,
                     fence=fence,
                     sent=sent,
+                    crcs=crcs,
                 )
                 if sent_upto < durable:
                     start = max(committed, sent_upto)
-                    await self._put_segment(upload_id, staged_path, start, durable, fence)
+                    await self._put_segment(upload_id, staged_path, start, durable, fence, crcs)
         except TRANSIENT_ERRORS as exc:
             raise _unavailable(f"shipping upload {upload_id}", exc) from exc
         self.staged_upto[upload_id] = durable
@@ -371,6 +380,7 @@ class PartShipper(S3Collaborator):
         partial: bool,
         fence: LeaseFence,
         sent: list[PartRecord],
+        crcs: ReceivedRanges,
     ) -> int:
         """Send the parts ``[0, durable)`` completes past the held ones and those in
         ``sent`` already (which keeps only parts of these), adding their records to
@@ -396,7 +406,7 @@ class PartShipper(S3Collaborator):
         multipart = ledger.multipart
         slots = asyncio.Semaphore(self.settings.s3_part_concurrency)
         await asyncio.gather(
-            *(self._send_one(staged_path, multipart, span, slots, sent) for span in spans)
+            *(self._send_one(staged_path, multipart, span, slots, sent, crcs) for span in spans)
         )
         return end
 
@@ -407,20 +417,25 @@ class PartShipper(S3Collaborator):
         span: PartSpan,
         slots: asyncio.Semaphore,
         sent: list[PartRecord],
+        crcs: ReceivedRanges,
     ) -> None:
         async with slots:
-            sent.append(await self.send_part(staged_path, multipart, span))
+            crc = crcs.crc_of(span.start, span.end)
+            sent.append(await self.send_part(staged_path, multipart, span, crc))
 
     async def send_part(
-        self, staged_path: Path, multipart: Multipart, span: PartSpan
+        self, staged_path: Path, multipart: Multipart, span: PartSpan, crc: str | None = None
     ) -> PartRecord:
-        """UploadPart of one span of the staging file (retried); its record, unwritten."""
+        """UploadPart of one span of the staging file (retried); its record, unwritten.
+        ``crc``: the span's CRC32C as received (else it is read from staging)."""
         async with self._backend.part_slots:
-            crc = await anyio.to_thread.run_sync(
-                crc32c_of_range, staged_path, span.start, span.size
-            )
+            if crc is None:
+                crc = await anyio.to_thread.run_sync(
+                    crc32c_of_range, staged_path, span.start, span.size
+                )
+            checked = crc
             etag = await self._with_retries(
-                lambda: self._send_part(staged_path, multipart, span, crc)
+                lambda: self._send_part(staged_path, multipart, span, checked)
             )
         # The part is in S3: its staged bytes (but the head, kept for sniffing) are not
         # needed any more. (Should the offset not be committed, a later request restores
@@ -441,7 +456,8 @@ class PartShipper(S3Collaborator):
                 with anyio.fail_after(self.settings.s3_timeout_seconds):
                     return await attempt()
             except (*TRANSIENT_ERRORS, TimeoutError) as exc:  # type: ignore[misc]
-                gone = isinstance(exc, ClientError) and error_code(exc) == "NoSuchUpload"
+                final = {"NoSuchUpload", *CHANGED_SINCE_RECEIVED}  # no retry mends these
+                gone = isinstance(exc, ClientError) and error_code(exc) in final
                 if gone or misconfiguration_of(exc) or loop.time() + pause > give_up_at:
                     raise
                 logger.warning("S3 call failed (%r); retrying in %.2fs", exc, pause)
@@ -473,11 +489,19 @@ class PartShipper(S3Collaborator):
         return response["ETag"]
 
     async def _put_segment(
-        self, upload_id: uuid.UUID, staged_path: Path, start: int, end: int, fence: LeaseFence
+        self,
+        upload_id: uuid.UUID,
+        staged_path: Path,
+        start: int,
+        end: int,
+        fence: LeaseFence,
+        crcs: ReceivedRanges | None = None,
     ) -> None:
         """Keep ``[start, end)`` as a segment object, recorded in the ledger."""
         key = f"{self.prefix}{SEGMENTS_FOLDER}/{upload_id}/{start}-{end}-{secrets.token_hex(4)}"
-        crc = await anyio.to_thread.run_sync(crc32c_of_range, staged_path, start, end - start)
+        crc = crcs.crc_of(start, end) if crcs is not None else None
+        if crc is None:
+            crc = await anyio.to_thread.run_sync(crc32c_of_range, staged_path, start, end - start)
         await self._with_retries(
             lambda: self.put_range(key, staged_path, start, end - start, _OCTETS, crc)
         )
@@ -507,15 +531,17 @@ class PartShipper(S3Collaborator):
         size: int,
         ledger: Ledger,
         fence: LeaseFence,
-        *,
         partial: bool,
+        crcs: ReceivedRanges,
     ) -> None:
         """One PutObject of a one-part upload at its final key, recorded as its only
         segment (the completion then needs no other request to S3)."""
         head = await anyio.to_thread.run_sync(_read_head, staged_path)
         content_type = sniff_content_type(head)
         key = self._final_key(upload_id, category_for(content_type).value, partial=partial)
-        crc = await self._put_with_retries(key, staged_path, size, content_type)
+        crc = await self._put_with_retries(
+            key, staged_path, size, content_type, crcs.crc_of(0, size)
+        )
         if ledger.segments:
             await self.drop_segments(upload_id)
         async with self.sessions() as session, session.begin():
@@ -546,12 +572,15 @@ class PartShipper(S3Collaborator):
         return StoredObject(key=key, size=size)
 
     async def _put_with_retries(
-        self, key: str, staged_path: Path, size: int, content_type: str
+        self, key: str, staged_path: Path, size: int, content_type: str, crc: str | None = None
     ) -> str:
-        """PutObject of the first ``size`` staged bytes, CRC32C-checked by S3; the CRC."""
-        crc = await anyio.to_thread.run_sync(crc32c_of_range, staged_path, 0, size)
+        """PutObject of the first ``size`` staged bytes, CRC32C-checked by S3 (against
+        ``crc`` when the bytes' CRC as received is known); the CRC."""
+        if crc is None:
+            crc = await anyio.to_thread.run_sync(crc32c_of_range, staged_path, 0, size)
+        checked = crc
         await self._with_retries(
-            lambda: self.put_range(key, staged_path, 0, size, content_type, crc)
+            lambda: self.put_range(key, staged_path, 0, size, content_type, checked)
         )
         return crc
 
@@ -735,6 +764,14 @@ def _unavailable(doing: str, exc: BaseException) -> FerryError:
     """503 (nothing was acknowledged), or 500 when S3 refuses Ferry's settings."""
     if misconfiguration_of(exc) is not None:
         return storage_failure(exc)
+    if isinstance(exc, ClientError) and error_code(exc) in CHANGED_SINCE_RECEIVED:
+        # The staged bytes are not those that arrived (a failing disk, a bug): nothing is
+        # acknowledged, and the next request restores staging from S3.
+        logger.error("%s: staged bytes differ from those received (S3: %r)", doing, exc)
+        return ServiceUnavailable(
+            "the staged bytes of this upload were damaged; nothing was acknowledged; retry",
+            headers={"Retry-After": "1"},
+        )
     logger.warning("%s failed: %r", doing, exc)
     return ServiceUnavailable(
         "object storage is unavailable; nothing was acknowledged; retry later",

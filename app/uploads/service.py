@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Protocol
 import anyio
 
 from app.core.checksums import ChecksumSpec, ChunkDigest, ChunkVerifier
+from app.core.received_crc import ReceivedCrc32c
 from app.core.sha256 import ResumableSha256
 from app.db.models import File, Upload, UploadState
 from app.db.uploads import Claim, Reservation, UploadRepository
@@ -319,7 +320,10 @@ class UploadService:
         running = ResumableSha256.resume(upload.sha256_state, upload.offset)
         verifier = ChunkVerifier(request.checksum, request.checksum_trailer)
         digests: list[ChunkDigest] = [*verifier.digests, *([running] if running else [])]
-        received = await self._received(claim, request, body, bounds, digests, shipping)
+        as_received = ReceivedCrc32c(upload.offset) if shipping is not None else None
+        if as_received is not None:
+            digests.append(as_received)
+        received = await self._received(claim, request, body, bounds, digests, as_received)
         await self._refuse_unverified(claim, received, verifier, bounds)
         old_offset, new_offset = upload.offset, received.durable_end
         completes = upload.length is not None and new_offset == upload.length
@@ -339,6 +343,7 @@ class UploadService:
                     partial=upload.is_partial,
                     fence=fence,
                     ahead=received.ahead,
+                    received=as_received,
                 )
         content = None
         if old_offset < SNIFF_SIZE <= new_offset:
@@ -381,10 +386,11 @@ class UploadService:
         body: AsyncIterator[bytes],
         bounds: _Bounds,
         digests: list[ChunkDigest],
-        shipping: StagedByteShipping | None,
+        as_received: ReceivedCrc32c | None,
     ) -> Received:
         """The body staged; with S3, whole parts of a large one are sent as it streams."""
         upload = claim.upload
+        shipping = self._shipping_for(upload)
         ahead = None
         large = request.content_length is None or request.content_length >= SHIPPED_AHEAD_FROM
         if (
@@ -399,6 +405,7 @@ class UploadService:
                 upload.length,
                 partial=upload.is_partial,
                 fence=self._repository.fence(claim),
+                received=as_received,
             )
         try:
             received = await self._receiver.receive(claim, body, bounds.room, digests, ahead)

@@ -429,3 +429,25 @@ async def test_a_refused_body_that_sent_parts_ahead_leaves_the_next_one_restorin
     assert (await patch(s3_client, path, first, data[first:])).status_code == 204
     assert (await s3_client.get(path)).content == data
     assert s3_view.open_multipart_uploads() == []
+
+
+async def test_staged_bytes_damaged_after_they_arrived_are_refused_by_s3_never_stored(
+    s3_client: Client, s3_settings: Settings, s3_view: S3View
+) -> None:
+    """A part goes to S3 with the CRC32C of its bytes as they arrived (the segments' for
+    earlier requests, the body's own for the rest), not as staging holds them now: a
+    damaged staging file makes S3 refuse the part, nothing is acknowledged, and the next
+    request restores staging from S3."""
+    data = payload(2 * PART + 7, seed=54)
+    path = await create(s3_client, len(data))
+    first = 3 * MIB
+    assert (await patch(s3_client, path, 0, data[:first])).status_code == 204
+    with staging_file(s3_settings.data_dir, path).open("r+b") as staged:
+        staged.seek(MIB)
+        staged.write(bytes(4096))  # a failing disk, or a bug, after the bytes were received
+    damaged = await patch(s3_client, path, first, data[first : PART + MIB])
+    assert damaged.status_code == 503, damaged.text
+    assert (await head(s3_client, path)).headers["upload-offset"] == str(first)
+    assert (await patch(s3_client, path, first, data[first:])).status_code == 204
+    assert (await s3_client.get(path)).content == data
+    assert s3_view.open_multipart_uploads() == []
