@@ -17,6 +17,7 @@ ends badly (refused, cut off before it) is never recorded; whoever goes on sends
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from pathlib import Path
@@ -38,6 +39,9 @@ _STOPPING: tuple[type[BaseException], ...] = (*RETRYABLE_ERRORS, FerryError)
 """What ends the sending ahead without a trace beyond a log line: S3 or the database is
 unwell, the lease was lost, the ledger lacks acknowledged bytes (ship answers for it)."""
 
+HASHING_POLL_SECONDS = 0.002
+"""How often a part whose bytes are written looks whether they are hashed too (a buffer's
+hashing takes about a millisecond)."""
 WAITING_PARTS = 2
 """Whole parts staged but not yet sent before the body's reading pauses (the parts in
 flight come on top: at most ``FERRY_S3_PART_CONCURRENCY``)."""
@@ -166,12 +170,17 @@ class PartsAhead:
         while self._staged_end < span.end or (
             self._received is not None and self._received.end < span.end
         ):
-            # (A part goes with the CRC32C of its bytes as received: it waits for them to
-            # be hashed, which follows their writing.)
             if self._done:
                 return None
             self._staged_more.clear()
-            await self._staged_more.wait()
+            if self._staged_end < span.end:
+                await self._staged_more.wait()
+                continue
+            # A part goes with the CRC32C of its bytes as received; hashing follows their
+            # writing in the same worker thread, which tells nobody when it is done (and
+            # the body's reading may be waiting for this very part).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._staged_more.wait(), HASHING_POLL_SECONDS)
         return None if self._done else span
 
     async def _send(
