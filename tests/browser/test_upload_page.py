@@ -261,9 +261,11 @@ def test_an_upload_whose_connection_stalls_is_cut_and_retried_and_completes(
 def test_an_unfinished_upload_is_listed_after_a_reload_and_resumes_with_the_same_file(
     chromium: Any, keyed_ferry: KeyedFerry, tmp_path: Path
 ) -> None:
-    holiday = random_file(tmp_path, "holiday.bin", 2_000_000)
+    # Large enough that the pause lands long before the end at 200 KiB/s, even on a loaded
+    # machine (with 2 MB, paused at 30 %, CI once saw the whole file arrive first).
+    holiday = random_file(tmp_path, "holiday.bin", 6_000_000)
     other = random_file(tmp_path, "other.bin", 300_000)
-    slow = start_slow_upload(chromium, keyed_ferry, holiday, DESKTOP, percent=30)
+    slow = start_slow_upload(chromium, keyed_ferry, holiday, DESKTOP, percent=10)
     page, created = slow.page, slow.created
     page.get_by_role("button", name="Pause holiday.bin").click()
     full_speed(slow.link)
@@ -275,7 +277,7 @@ def test_an_unfinished_upload_is_listed_after_a_reload_and_resumes_with_the_same
     item = page.locator("#unfinished .upload-item")
     expect(item.locator(".file-name")).to_have_text("holiday.bin")
     expect(item.locator(".status")).to_have_text(
-        re.compile(rf"^{SIZE} of 1\.9\sMiB sent · started .+$")
+        re.compile(rf"^{SIZE} of 5\.7\sMiB sent · started .+$")
     )
     picker = item.locator("input[type=file]")
     picker.set_input_files(str(other))
