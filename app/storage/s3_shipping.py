@@ -153,12 +153,14 @@ class PartShipper(S3Collaborator):
     def forget_staged(self, upload_id: uuid.UUID) -> None:
         """Drop what this process keeps of an upload between its requests."""
         self.staged_upto.pop(upload_id, None)
+        self._drop_ledger_read(upload_id)
+
+    def _drop_ledger_read(self, upload_id: uuid.UUID) -> None:
         if (read := self._ledger_reads.pop(upload_id, None)) is not None:
             read.cancel()
 
     def _read_ledger_ahead(self, upload_id: uuid.UUID) -> None:
-        if (earlier := self._ledger_reads.pop(upload_id, None)) is not None:
-            earlier.cancel()
+        self._drop_ledger_read(upload_id)
         read = asyncio.get_running_loop().create_task(self.load(upload_id))
         # A request that fails before shipping never collects it: its error is not news.
         read.add_done_callback(lambda done: done.cancelled() or done.exception())
@@ -234,7 +236,7 @@ class PartShipper(S3Collaborator):
             self._read_ledger_ahead(upload_id)
             return
         self.forget_staged(upload_id)
-        ledger = await self._loaded(upload_id)
+        ledger = await self.read_ledger(upload_id)
         try:
             held, chain = ledger.acknowledged(offset)
         except ServiceUnavailable:
@@ -287,12 +289,8 @@ class PartShipper(S3Collaborator):
             raise ServiceUnavailable(f"segment {segment.key} is short in S3")
 
     async def read_ledger(self, upload_id: uuid.UUID) -> Ledger:
-        """The ledger as the database has it; 503 when it cannot be read."""
-        return await self._loaded(upload_id)
-
-    async def _loaded(self, upload_id: uuid.UUID) -> Ledger:
         """The ledger as the database has it (read ahead while the body streamed, if it
-        was)."""
+        was); 503 when it cannot be read."""
         read = self._ledger_reads.pop(upload_id, None)
         try:
             return await (read if read is not None else self.load(upload_id))
@@ -331,7 +329,7 @@ class PartShipper(S3Collaborator):
         if ahead is not None and ahead.ledger is not None:
             ledger = ahead.ledger
         else:
-            ledger = await self._loaded(upload_id)
+            ledger = await self.read_ledger(upload_id)
         self.forget_staged(upload_id)
         held, chain = ledger.acknowledged(committed)
         crcs = ReceivedRanges(chain, received)
@@ -391,12 +389,13 @@ class PartShipper(S3Collaborator):
         if length is not None and durable == length and plan.start_of(wanted + 1) < length:
             last = plan.start_of(wanted + 1)
             spans.append(PartSpan(number=wanted + 1, start=last, size=length - last))
-        wanted_spans = {span.number: span for span in spans}
-        sent[:] = [r for r in sent if (w := wanted_spans.get(r.number)) and w.size == r.size]
-        spans = [span for span in spans if span.number not in {r.number for r in sent}]
-        if not wanted_spans:
+        if not spans:
             return _end_of(ledger, held)
-        end = max(span.end for span in wanted_spans.values())
+        sizes = {span.number: span.size for span in spans}
+        sent[:] = [record for record in sent if sizes.get(record.number) == record.size]
+        already = {record.number for record in sent}
+        end = spans[-1].end
+        spans = [span for span in spans if span.number not in already]
         if not spans:
             return end
         if ledger.multipart is None:

@@ -323,7 +323,9 @@ class UploadService:
         as_received = ReceivedCrc32c(upload.offset) if shipping is not None else None
         if as_received is not None:
             digests.append(as_received)
-        received = await self._received(claim, request, body, bounds, digests, as_received)
+        received = await self._received(
+            claim, request, body, bounds, digests, shipping, as_received
+        )
         await self._refuse_unverified(claim, received, verifier, bounds)
         old_offset, new_offset = upload.offset, received.durable_end
         completes = upload.length is not None and new_offset == upload.length
@@ -386,11 +388,11 @@ class UploadService:
         body: AsyncIterator[bytes],
         bounds: _Bounds,
         digests: list[ChunkDigest],
+        shipping: StagedByteShipping | None,
         as_received: ReceivedCrc32c | None,
     ) -> Received:
         """The body staged; with S3, whole parts of a large one are sent as it streams."""
         upload = claim.upload
-        shipping = self._shipping_for(upload)
         ahead = None
         large = request.content_length is None or request.content_length >= SHIPPED_AHEAD_FROM
         if (
