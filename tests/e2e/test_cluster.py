@@ -31,7 +31,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +57,8 @@ SHORT_LEASE_SECONDS = 4
 """A dead node that never comes back: its leases lapse this soon."""
 LONG_LEASE_SECONDS = 30
 """A node that comes back (the default lease): it frees its leases long before this."""
+TWO_NODES_KEEP_ALIVE_SECONDS = 3
+"""FERRY_KEEP_ALIVE_SECONDS of the shared two nodes: an idle connection's end comes soon."""
 REQUEST_TIMEOUT = 45.0
 """Longer than any request may take here; a request that needs it counts as a hang."""
 STALL_SECONDS = 60.0
@@ -75,10 +77,12 @@ def node_env(
     database_url: str,
     workers: int,
     lease_seconds: int,
+    extra: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     return ferry_env(
         root / name / "data",
         {
+            **(extra or {}),
             **s3.env(prefix),
             "FERRY_DATABASE_URL": database_url,
             "FERRY_NODE_ID": f"node-{name}",
@@ -98,6 +102,7 @@ def ferry_cluster(
     database_url: str,
     workers: list[int],
     lease_seconds: int = SHORT_LEASE_SECONDS,
+    extra: Mapping[str, str] | None = None,
 ) -> Iterator[list[FerryProcess]]:
     """One node per entry of ``workers`` (its ``FERRY_WORKERS``), all started; always stopped.
 
@@ -107,7 +112,7 @@ def ferry_cluster(
         name = "abcdefgh"[index]
         data_dir = root / name / "data"
         data_dir.mkdir(parents=True)
-        env = node_env(root, name, s3, prefix, database_url, count, lease_seconds)
+        env = node_env(root, name, s3, prefix, database_url, count, lease_seconds, extra)
         nodes.append(FerryProcess(data_dir=data_dir, env=env, own_process_group=True))
     try:
         nodes[0].start()  # migrates the empty database before the others look at it
@@ -520,11 +525,17 @@ def module_prefix() -> str:
 def two_nodes(
     tmp_path_factory: pytest.TempPathFactory, seaweed: S3Endpoint, module_prefix: str
 ) -> Iterator[list[FerryProcess]]:
-    """Nodes a and b, one process each, shared by the tests that never stop them."""
+    """Nodes a and b, one process each, shared by the tests that never stop them (idle
+    connections closed after 3 s instead of 15, so waiting for that is quick)."""
     with (
         postgres_database() as database_url,
         ferry_cluster(
-            tmp_path_factory.mktemp("two-nodes"), seaweed, module_prefix, database_url, [1, 1]
+            tmp_path_factory.mktemp("two-nodes"),
+            seaweed,
+            module_prefix,
+            database_url,
+            [1, 1],
+            extra={"FERRY_KEEP_ALIVE_SECONDS": str(TWO_NODES_KEEP_ALIVE_SECONDS)},
         ) as nodes,
     ):
         yield nodes
@@ -673,7 +684,7 @@ def test_a_patch_answered_before_its_body_does_not_keep_its_connection_open(
 ) -> None:
     """Node b answers 423 (node a holds the lease) before it reads the body; the client
     sends the body anyway, as HTTP/1.1 clients do, and then has nothing more to ask. The
-    idle connection must be closed like any other (FERRY_KEEP_ALIVE_SECONDS, 15 s);
+    idle connection must be closed like any other (FERRY_KEEP_ALIVE_SECONDS, 3 s here);
     a connection kept open for ever costs the server a socket, and keeps a Node.js client
     (tus-js-client) from exiting."""
     node_a, node_b = two_nodes
@@ -691,8 +702,8 @@ def test_a_patch_answered_before_its_body_does_not_keep_its_connection_open(
             status_line = refused.recv(65536).split(b"\r\n", 1)[0]
             assert status_line == b"HTTP/1.1 423 Locked"
             refused.sendall(bytes(2 * MIB))  # the rest of the request, read and dropped
-            idle_for = seconds_until_closed(refused, patience=25)
-        assert idle_for is not None, "node b kept the idle connection open for over 25 s"
+            idle_for = seconds_until_closed(refused, patience=20)
+        assert idle_for is not None, "node b kept the idle connection open for over 20 s"
     finally:
         writer.close()
 
