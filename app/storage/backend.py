@@ -55,7 +55,7 @@ class StorageBackend(Protocol):
         content_type: str,
         *,
         keep_staged: bool = False,
-        carried_whole: bool = False,
+        carried_whole: ReceivedCrc32c | None = None,
     ) -> StoredObject:
         """Move a complete staged file into permanent storage; idempotent after a crash.
 
@@ -65,7 +65,9 @@ class StorageBackend(Protocol):
 
         ``carried_whole``: the request finishing it carried the whole upload from offset 0,
         so nothing of it was acknowledged, stored or recorded before: the staged file is all
-        there is.
+        there is. It holds the CRCs of the bytes as they arrived, so a backend that sends
+        them on can have them checked against those rather than against what staging holds
+        by then.
         """
 
     async def find_stored(self, upload_id: uuid.UUID, category: str) -> StoredObject | None:

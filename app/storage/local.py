@@ -10,6 +10,7 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 
+from app.core.received_crc import ReceivedCrc32c
 from app.core.threads import off_loop
 from app.storage.backend import Capabilities, StoredObject
 from app.storage.range_reader import read_range_prefetching
@@ -64,7 +65,7 @@ class LocalBackend:
         content_type: str,
         *,
         keep_staged: bool = False,
-        carried_whole: bool = False,
+        carried_whole: ReceivedCrc32c | None = None,
     ) -> StoredObject:
         """Rename (or, ``keep_staged``, hard-link) the staging file into its category folder
         and make the new name durable (``carried_whole`` changes nothing: the staged file is always

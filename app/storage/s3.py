@@ -232,18 +232,21 @@ class S3Backend:
         content_type: str,
         *,
         keep_staged: bool = False,
-        carried_whole: bool = False,
+        carried_whole: ReceivedCrc32c | None = None,
     ) -> StoredObject:
         """Complete the object and verify it against the ledger; drop the staging file
         (unless ``keep_staged``).
 
         ``carried_whole``: the request finishing it carried the whole upload from offset 0;
         nothing was acknowledged before, so there is no ledger to read or forget: one
-        PutObject (CRC32C-checked by S3) from staging is the whole completion.
+        PutObject from staging is the whole completion, with the CRC32C of the bytes as
+        they arrived (S3 refuses them if staging changed since).
         """
         key = self.key_for(upload_id, category)
-        if carried_whole:
-            stored = await self._shipper.put_whole(key, staged_path, size, content_type)
+        if carried_whole is not None:
+            stored = await self._shipper.put_whole(
+                key, staged_path, size, content_type, carried_whole
+            )
         else:
             stored = await self._completer.store(upload_id, staged_path, size, key, content_type)
         if not keep_staged:

@@ -19,6 +19,7 @@ import anyio.to_thread
 
 from app.core.filenames import safe_display_name
 from app.core.metadata import decode_metadata_value
+from app.core.received_crc import ReceivedCrc32c
 from app.core.sha256 import ResumableSha256
 from app.db.models import File, Upload
 from app.errors import ServiceUnavailable, storage_refusal
@@ -83,18 +84,23 @@ class UploadFiler:
         return await read_head(self._staging.read_range(upload.id, 0, SNIFF_SIZE))
 
     async def store_staged(
-        self, upload: Upload, content: Content, *, keep_staged: bool, carried_whole: bool = False
+        self,
+        upload: Upload,
+        content: Content,
+        *,
+        keep_staged: bool,
+        carried_whole: ReceivedCrc32c | None = None,
     ) -> Filed:
         """Store a fully staged upload and hash it; 503 when storage refuses.
 
-        ``carried_whole``: the request finishing it carried all of it from offset 0 (see
-        :meth:`~app.storage.backend.StorageBackend.store`).
+        ``carried_whole``: the request finishing it carried all of it from offset 0; its
+        bytes' CRCs as they arrived (see :meth:`~app.storage.backend.StorageBackend.store`).
 
         The staged bytes must be exactly what was acknowledged: a staging file of another
         length refuses the completion (invariant 4), and the upload stays resumable.
         """
         size = upload.length or 0
-        if self._storage.shipping is None or carried_whole:
+        if self._storage.shipping is None or carried_whole is not None:
             staged = await self._staging.size(upload.id)
             if staged != size:
                 logger.error(

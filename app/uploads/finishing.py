@@ -18,6 +18,7 @@ import logging
 
 import anyio
 
+from app.core.received_crc import ReceivedCrc32c
 from app.db.models import Upload, UploadState
 from app.db.uploads import Claim, UploadRepository
 from app.errors import FerryError
@@ -102,7 +103,7 @@ class UploadFinisher:
         *,
         head: bytes | None = None,
         uncommitted_from: int | None = None,
-        carried_whole: bool = False,
+        carried_whole: ReceivedCrc32c | None = None,
     ) -> Upload:
         """Complete a claimed upload whose bytes are all there.
 
@@ -111,7 +112,8 @@ class UploadFinisher:
         still holds this value, and a failed filing commits the durable offset instead (a
         HEAD then retries the completion). ``carried_whole``: that body carried the whole
         upload, and nothing of it was acknowledged before (storage puts it from staging in
-        one go, see :meth:`~app.storage.backend.StorageBackend.store`).
+        one go, checked against these CRCs of the bytes as they arrived, see
+        :meth:`~app.storage.backend.StorageBackend.store`).
         """
         upload = claim.upload
         try:
@@ -126,7 +128,9 @@ class UploadFinisher:
             await self._finish_finals_waiting_for(upload)
         return upload
 
-    async def _complete(self, claim: Claim, head: bytes | None, carried_whole: bool) -> None:
+    async def _complete(
+        self, claim: Claim, head: bytes | None, carried_whole: ReceivedCrc32c | None
+    ) -> None:
         upload = claim.upload
         if upload.is_partial:
             # concatenation: a partial is not processed on its own; its bytes stay (staged,

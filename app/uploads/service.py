@@ -330,7 +330,7 @@ class UploadService:
         old_offset, new_offset = upload.offset, received.durable_end
         completes = upload.length is not None and new_offset == upload.length
         if completes and not received.disconnected and self._files_with_offset(upload, old_offset):
-            return await self._file_with_offset(claim, received, running, shipping is not None)
+            return await self._file_with_offset(claim, received, running, as_received)
         recording = None
         if shipping is not None and (new_offset > old_offset or completes):
             # Acknowledged means in S3: the bytes are held there before the commit, and
@@ -418,14 +418,19 @@ class UploadService:
         return received
 
     async def _file_with_offset(
-        self, claim: Claim, received: Received, running: ResumableSha256 | None, shipped: bool
+        self,
+        claim: Claim,
+        received: Received,
+        running: ResumableSha256 | None,
+        shipped: ReceivedCrc32c | None,
     ) -> Upload:
         """File the upload this body completed, its offset committed with the file row.
 
         Local storage: a crash in between leaves stored bytes that start-up reconciliation
         adopts (or discards); a failed filing commits the durable offset. S3 (``shipped``:
-        a body that carried the whole upload): nothing was acknowledged before, so a failed
-        filing commits nothing new and the client sends the body again.
+        the CRCs of a body that carried the whole upload, as it arrived): nothing was
+        acknowledged before, so a failed filing commits nothing new and the client sends
+        the body again.
         """
         upload = claim.upload
         old_offset = upload.offset
@@ -434,7 +439,7 @@ class UploadService:
         return await self._finisher.finish(
             claim,
             head=received.head,
-            uncommitted_from=None if shipped else old_offset,
+            uncommitted_from=None if shipped is not None else old_offset,
             carried_whole=shipped,
         )
 

@@ -10,6 +10,7 @@ import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio.to_thread
 import pytest
@@ -22,6 +23,7 @@ from app.errors import ChecksumMismatch, ClientDisconnected
 from app.main import create_app
 from app.settings import Settings
 from app.storage.s3_ledger import multipart_uploads, parts, segments
+from app.storage.s3_shipping import PartShipper
 from app.uploads.service import AppendRequest, NewUpload
 from tests.integration.s3.conftest import MIB, PART, S3View, start_streamed_patch
 from tests.integration.tus_helpers import (
@@ -429,6 +431,39 @@ async def test_a_refused_body_that_sent_parts_ahead_leaves_the_next_one_restorin
     assert (await patch(s3_client, path, first, data[first:])).status_code == 204
     assert (await s3_client.get(path)).content == data
     assert s3_view.open_multipart_uploads() == []
+
+
+async def test_a_whole_small_file_damaged_in_staging_before_its_put_is_refused_never_stored(
+    s3_client: Client, s3_view: S3View, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A creation-with-upload of a one-part file is put whole with the CRC32C of its bytes
+    as they arrived, not as staging holds them when the PutObject reads them: damage in
+    between (a failing disk, a bug) makes S3 refuse it, the client gets a 503 and nothing is
+    stored; sent again, the file is stored right."""
+    data = payload(MIB + 3, seed=61)  # a block edge inside: the CRC is combined
+    put_whole = PartShipper.put_whole
+    damaged = []
+
+    async def damage_then_put(self: PartShipper, key: str, staged_path: Path, *args: Any) -> Any:
+        if not damaged:
+            with staged_path.open("r+b") as staged:
+                staged.seek(1000)
+                staged.write(bytes(4096))
+            damaged.append(key)
+        return await put_whole(self, key, staged_path, *args)
+
+    monkeypatch.setattr(PartShipper, "put_whole", damage_then_put)
+    headers = {**TUS, "Upload-Length": str(len(data)), "Content-Type": OCTETS}
+    refused = await s3_client.post("/files/", content=data, headers=headers)
+    assert damaged, "the whole-file put was not used"
+    assert refused.status_code == 503, refused.text
+    assert s3_view.object_keys() == []
+    stored = await s3_client.post("/files/", content=data, headers=headers)
+    assert stored.status_code == 201, stored.text
+    assert (await s3_client.get(path_of(stored.headers["location"]))).content == data
+    assert [s3_view.sha256_of(key) for key in s3_view.object_keys()] == [
+        hashlib.sha256(data).hexdigest()
+    ]
 
 
 async def test_staged_bytes_damaged_after_they_arrived_are_refused_by_s3_never_stored(
