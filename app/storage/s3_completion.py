@@ -36,7 +36,7 @@ from app.storage.s3_collaborator import (
     error_code,
     storage_failure,
 )
-from app.storage.s3_ledger import Multipart, PartRecord
+from app.storage.s3_ledger import Multipart, PartRecord, ReceivedRanges
 from app.storage.s3_shipping import unfenced
 from app.storage.sniff import Category
 from app.storage.staged_parts import StagedRangeReader, crc32c_base64, crc32c_of_range
@@ -130,9 +130,11 @@ class ObjectCompleter(S3Collaborator):
             )
             raise ServiceUnavailable(f"upload {upload_id} cannot be verified in S3")
         # No object yet (an empty upload, or a category other than the one sniffed when
-        # the object was put): one PutObject from the acknowledged bytes.
+        # the object was put): one PutObject from the acknowledged bytes, checked against
+        # their segments' CRCs as received.
         await self._shipper.restore(upload_id, staged_path, size, unfenced)
-        return await self.put_from_file(key, staged_path, size, content_type)
+        crc = ReceivedRanges(chain, None).crc_of(0, size)
+        return await self.put_from_file(key, staged_path, size, content_type, crc)
 
     async def put_from_file(
         self, key: str, path: Path, size: int, content_type: str, crc: str | None = None

@@ -118,8 +118,6 @@ class ReceivedRanges:
     def crc_of(self, start: int, end: int) -> str | None:
         """Base64 CRC32C of ``[start, end)``; ``None`` when it cannot be told (read it
         from staging then)."""
-        if self.body is None:
-            return None
         crc, at = 0, start
         for segment in self.chain:
             if segment.end <= at:
@@ -129,7 +127,7 @@ class ReceivedRanges:
             value = int.from_bytes(base64.b64decode(segment.crc32c), "big")
             crc, at = crc32c_combine(crc, value, segment.end - at), segment.end
         if at < end:
-            body = self.body.crc_of(at, end)
+            body = None if self.body is None else self.body.crc_of(at, end)
             if body is None:
                 return None
             crc = crc32c_combine(crc, body, end - at)

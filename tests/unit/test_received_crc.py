@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 
@@ -10,6 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app.core.received_crc import BLOCK, ReceivedCrc32c, crc32c_combine
+from app.storage.s3_ledger import ReceivedRanges, Segment
+from app.storage.staged_parts import crc32c_base64
 
 
 def crc(data: bytes) -> int:
@@ -60,3 +63,20 @@ def test_a_range_not_received_or_ending_inside_a_block_has_no_crc() -> None:
     assert received.crc_of(BLOCK, 2 * BLOCK + BLOCK // 2 + 1) is None, "ends after it"
     assert received.crc_of(BLOCK, BLOCK + 5) is None, "ends inside a block"
     assert received.crc_of(BLOCK, 2 * BLOCK + BLOCK // 2) is not None
+
+
+def test_segments_alone_give_the_crc_of_the_bytes_they_recorded_and_none_past_a_gap() -> None:
+    """Without a body (a completion that puts restored bytes), the recorded segments' CRCs
+    as received still make the checksum S3 checks the staged bytes against."""
+    data = os.urandom(2 * BLOCK + 99)
+    cuts = [0, 1000, BLOCK + 5, len(data)]
+    chain = [
+        Segment(low, high, f"segment-{low}", crc32c_base64(crc(data[low:high])))
+        for low, high in itertools.pairwise(cuts)
+    ]
+    ranges = ReceivedRanges(chain, None)
+    assert ranges.crc_of(0, len(data)) == crc32c_base64(crc(data))
+    assert ranges.crc_of(1000, len(data)) == crc32c_base64(crc(data[1000:]))
+    assert ranges.crc_of(0, 0) == crc32c_base64(0)
+    assert ranges.crc_of(500, len(data)) is None, "starts inside a segment"
+    assert ReceivedRanges([chain[0], chain[2]], None).crc_of(0, len(data)) is None, "a gap"
