@@ -19,8 +19,14 @@ import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.auth.keys import ApiKeyStore
-from app.db.engine import create_engine, create_session_factory, create_sqlite_writer_engine
+from app.db.engine import (
+    create_engine,
+    create_session_factory,
+    create_sqlite_reader_engine,
+    create_sqlite_writer_engine,
+)
 from app.db.group_commit import AsyncSessionWriter, GroupCommit, ThreadedSqliteWriter
+from app.db.row_reads import READ_THREADS, AsyncSessionReads, RowReads, ThreadedSqliteReads
 from app.db.uploads import UploadRepository
 from app.http.authentication import Authenticator
 from app.http.downloads import DownloadService
@@ -74,6 +80,14 @@ def group_commit(url: str, sessions: async_sessionmaker[AsyncSession]) -> GroupC
     return GroupCommit(AsyncSessionWriter(sessions), parallel=POSTGRES_GROUPS_IN_FLIGHT)
 
 
+def row_reads(url: str, sessions: async_sessionmaker[AsyncSession]) -> RowReads:
+    """Reads by id for HEADs and downloads (:mod:`app.db.row_reads`): on SQLite in
+    reader threads of their own; on PostgreSQL over the pool."""
+    if url.startswith("sqlite"):
+        return ThreadedSqliteReads(create_sqlite_reader_engine(url, READ_THREADS))
+    return AsyncSessionReads(sessions)
+
+
 POSTGRES_GROUPS_IN_FLIGHT = 4
 """Groups committing at once on PostgreSQL (of the pool's 10 connections)."""
 
@@ -101,6 +115,7 @@ async def open_ferry(settings: Settings) -> AsyncIterator[Ferry]:
         ttl_seconds=settings.upload_ttl_seconds,
         events=outbox,
         writes=group_commit(settings.resolved_database_url, sessions),
+        reads=row_reads(settings.resolved_database_url, sessions),
     )
     quotas = OwnerQuotas(settings, sessions)
     admission = UploadAdmission(

@@ -100,6 +100,29 @@ def create_sqlite_writer_engine(url: str) -> Engine:
     return engine
 
 
+def create_sqlite_reader_engine(url: str, connections: int) -> Engine:
+    """Synchronous read-only connections to the SQLite file of ``url`` for the row reads
+    of :class:`~app.db.row_reads.ThreadedSqliteReads` (WAL: they read beside the writer)."""
+    engine = sqlalchemy.create_engine(
+        make_url(url).set(drivername="sqlite"),
+        connect_args={"timeout": 30, "check_same_thread": False},
+        pool_size=connections,
+        max_overflow=0,
+        pool_timeout=30,
+    )
+    event.listen(engine, "connect", _enable_sqlite_durability)
+    event.listen(engine, "connect", _read_only)
+    event.listen(engine, "do_connect", _connect_failures_are_database_errors)
+    return engine
+
+
+def _read_only(dbapi_connection: Any, _record: Any) -> None:
+    """A reader's connection refuses every write: writes belong to the group commit."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA query_only=ON")
+    cursor.close()
+
+
 def _sync_every_commit_and_begin_explicitly(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA synchronous=FULL")

@@ -42,6 +42,7 @@ from app.core.tokens import unique_token
 from app.db.engine import DATABASE_ERRORS, describe_database_failure
 from app.db.group_commit import AsyncSessionWriter, GroupCommit
 from app.db.models import File, Upload, UploadState
+from app.db.row_reads import AsyncSessionReads, RowReads
 from app.db.unreleased import UnreleasedLeases
 from app.errors import Gone, UploadLocked
 
@@ -190,10 +191,13 @@ class UploadRepository:
         ttl_seconds: float,
         events: UploadEvents | None = None,
         writes: GroupCommit | None = None,
+        reads: RowReads | None = None,
     ) -> None:
         self._sessions = sessions
         self._writes = writes or GroupCommit(AsyncSessionWriter(sessions))
         """Every write transaction goes through it: concurrent ones commit together."""
+        self._reads = reads or AsyncSessionReads(sessions)
+        """The rows a HEAD or a download reads by id."""
         self.node_id = node_id
         self.lease = timedelta(seconds=lease_seconds)
         self.ttl = timedelta(seconds=ttl_seconds)
@@ -210,18 +214,17 @@ class UploadRepository:
         """Stop retrying failed releases (after one last try); release the writer."""
         await self.unreleased.close()
         self._writes.close()
+        self._reads.close()
 
     # ------------------------------------------------------------------ reads
 
     async def find(self, upload_id: uuid.UUID) -> Upload | None:
         """The upload row, whatever its state."""
-        async with self._sessions() as session:
-            return await session.get(Upload, upload_id)
+        return await self._reads.run(lambda session: session.get(Upload, upload_id))
 
     async def find_file(self, file_id: uuid.UUID) -> File | None:
         """The file row of a completed upload."""
-        async with self._sessions() as session:
-            return await session.get(File, file_id)
+        return await self._reads.run(lambda session: session.get(File, file_id))
 
     async def find_many(self, ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, Upload]:
         """Uploads by id (missing ones are absent from the answer)."""
