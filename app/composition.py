@@ -81,8 +81,9 @@ def group_commit(url: str, sessions: async_sessionmaker[AsyncSession]) -> GroupC
 
 
 def row_reads(url: str, sessions: async_sessionmaker[AsyncSession]) -> RowReads:
-    """Reads by id for HEADs and downloads (:mod:`app.db.row_reads`): on SQLite in
-    reader threads of their own; on PostgreSQL over the pool."""
+    """The reads of one row that HEADs, downloads and API-key checks make
+    (:mod:`app.db.row_reads`): on SQLite in reader threads of their own; on PostgreSQL
+    over the pool."""
     if url.startswith("sqlite"):
         return ThreadedSqliteReads(create_sqlite_reader_engine(url, READ_THREADS))
     return AsyncSessionReads(sessions)
@@ -108,6 +109,7 @@ async def open_ferry(settings: Settings) -> AsyncIterator[Ferry]:
     )
     client = httpx.AsyncClient(follow_redirects=False, trust_env=False)
     outbox = WebhookOutbox(sessions, settings, client)
+    reads = row_reads(settings.resolved_database_url, sessions)
     repository = UploadRepository(
         sessions,
         node_id=settings.resolved_node_id,
@@ -115,7 +117,7 @@ async def open_ferry(settings: Settings) -> AsyncIterator[Ferry]:
         ttl_seconds=settings.upload_ttl_seconds,
         events=outbox,
         writes=group_commit(settings.resolved_database_url, sessions),
-        reads=row_reads(settings.resolved_database_url, sessions),
+        reads=reads,
     )
     quotas = OwnerQuotas(settings, sessions)
     admission = UploadAdmission(
@@ -142,7 +144,7 @@ async def open_ferry(settings: Settings) -> AsyncIterator[Ferry]:
         uploads=uploads,
         downloads=DownloadService(uploads, storage, settings=settings),
         outbox=outbox,
-        authenticator=Authenticator(settings, ApiKeyStore(sessions)),
+        authenticator=Authenticator(settings, ApiKeyStore(sessions, reads)),
         link_signer=LinkSigner.from_settings(settings),
     )
     try:
@@ -153,6 +155,7 @@ async def open_ferry(settings: Settings) -> AsyncIterator[Ferry]:
             yield ferry
         finally:
             await repository.close()
+            reads.close()
             await storage.backend.close()
     finally:
         await client.aclose()

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.auth.models import ApiKey
 from app.core.clock import utcnow
 from app.core.identity import Principal
+from app.db.row_reads import AsyncSessionReads, RowReads
 
 KEY_PREFIX = "ferry_"
 
@@ -51,8 +52,13 @@ class KeyInfo:
 class ApiKeyStore:
     """API keys in the database."""
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], reads: RowReads | None = None
+    ) -> None:
         self._sessions = sessions
+        self._reads = reads or AsyncSessionReads(sessions)
+        """Where a request's key is looked up: every authenticated request reads it (no
+        cache, so a revocation holds at once on every node)."""
 
     async def create(self, owner: str, *, is_admin: bool = False) -> str:
         """Store a new key for ``owner`` and return its secret (shown once, never stored)."""
@@ -94,8 +100,8 @@ class ApiKeyStore:
         if not presented.startswith(KEY_PREFIX):
             return None
         digest = hash_key(presented)
-        async with self._sessions() as session:
-            row = await session.scalar(select(ApiKey).where(ApiKey.key_hash == digest))
+        matching = select(ApiKey).where(ApiKey.key_hash == digest)
+        row = await self._reads.run(lambda session: session.scalar(matching))
         # The lookup already matched the hash; compare again in constant time for good measure.
         if (
             row is None

@@ -197,7 +197,7 @@ class UploadRepository:
         self._writes = writes or GroupCommit(AsyncSessionWriter(sessions))
         """Every write transaction goes through it: concurrent ones commit together."""
         self._reads = reads or AsyncSessionReads(sessions)
-        """The rows a HEAD or a download reads by id."""
+        """The rows a HEAD or a download reads by id (its owner closes it)."""
         self.node_id = node_id
         self.lease = timedelta(seconds=lease_seconds)
         self.ttl = timedelta(seconds=ttl_seconds)
@@ -214,7 +214,6 @@ class UploadRepository:
         """Stop retrying failed releases (after one last try); release the writer."""
         await self.unreleased.close()
         self._writes.close()
-        self._reads.close()
 
     # ------------------------------------------------------------------ reads
 
