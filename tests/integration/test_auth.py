@@ -150,6 +150,23 @@ async def test_unknown_revoked_or_malformed_credentials_answer_401(
         assert "Bearer" in response.headers["www-authenticate"]
 
 
+async def test_a_key_revoked_while_the_server_runs_is_refused_on_its_next_request(
+    anon: AsyncTestClient[FerryApp], auth_settings: Settings
+) -> None:
+    """Keys are read on every request, never cached: ``ferry keys revoke`` (another process,
+    or another node) holds at once."""
+    engine = create_engine(auth_settings.resolved_database_url)
+    try:
+        store = ApiKeyStore(create_session_factory(engine))
+        dave = await store.create("dave")
+        headers = {**TUS, **bearer(dave), "Upload-Length": "10"}
+        assert (await anon.post("/files/", headers=headers)).status_code == 201
+        assert await store.revoke(dave) == 1
+    finally:
+        await engine.dispose()
+    assert (await anon.post("/files/", headers=headers)).status_code == 401
+
+
 async def _create(client: AsyncTestClient[FerryApp], key: str, length: int, **extra: str) -> str:
     response = await client.post(
         "/files/", headers={**TUS, **bearer(key), "Upload-Length": str(length), **extra}
