@@ -110,18 +110,19 @@ async def open_ferry(settings: Settings) -> AsyncIterator[Ferry]:
     client = httpx.AsyncClient(follow_redirects=False, trust_env=False)
     outbox = WebhookOutbox(sessions, settings, client)
     reads = row_reads(settings.resolved_database_url, sessions)
+    writes = group_commit(settings.resolved_database_url, sessions)
     repository = UploadRepository(
         sessions,
         node_id=settings.resolved_node_id,
         lease_seconds=settings.lock_lease_seconds,
         ttl_seconds=settings.upload_ttl_seconds,
         events=outbox,
-        writes=group_commit(settings.resolved_database_url, sessions),
+        writes=writes,
         reads=reads,
     )
     quotas = OwnerQuotas(settings, sessions)
     admission = UploadAdmission(
-        CreationRateLimiter(sessions, settings.create_rate_per_minute, settings.create_burst),
+        CreationRateLimiter(writes, settings.create_rate_per_minute, settings.create_burst),
         quotas,
         PreCreateHook(settings, client),
     )

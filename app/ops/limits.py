@@ -4,7 +4,9 @@ Both are kept in the database, so they hold for the whole cluster, whichever pro
 node a request reaches:
 
 * the rate limit is a token bucket per owner in ``creation_rates``, spent by one atomic
-  upsert (the bucket refills from the time elapsed since it was last touched);
+  upsert (the bucket refills from the time elapsed since it was last touched), run in the
+  group commit like upload writes (:mod:`app.db.group_commit`): through an AsyncSession of
+  its own on SQLite it cost 2.6 ms of CPU per POST and cut creations from ~900 to ~250/s;
 * quotas are checked inside the transaction that inserts the upload (and, for bytes, the
   one that fixes a deferred length or commits bytes of unknown length), under a per-owner
   lock (a PostgreSQL transaction advisory lock; SQLite runs one transaction at a time), so
@@ -24,6 +26,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
+from app.db.group_commit import GroupCommit
 from app.db.models import File, Upload, UploadState
 from app.db.uploads import Reservation, live_condition
 from app.errors import QuotaExceeded, TooManyRequests, UnfinishedUploadsQuotaExceeded
@@ -44,12 +47,12 @@ class CreationRateLimiter:
 
     def __init__(
         self,
-        sessions: async_sessionmaker[AsyncSession],
+        writes: GroupCommit,
         per_minute: int,
         burst: int,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._sessions = sessions
+        self._writes = writes
         self._clock = clock  # this node's wall clock: other nodes' may differ
         self._rate = per_minute / 60.0
         self._burst = float(burst)
@@ -66,22 +69,29 @@ class CreationRateLimiter:
         latest = case((table.c.updated < now, now), else_=table.c.updated)
         refilled = table.c.tokens + elapsed * self._rate
         available = case((refilled > self._burst, self._burst), else_=refilled)
-        async with self._sessions() as session, session.begin():
-            dialect = postgresql if session.bind.dialect.name == "postgresql" else sqlite
-            spend = (
-                dialect.insert(table)
-                .values(owner=owner, tokens=self._burst - 1, updated=now)
-                .on_conflict_do_update(
-                    index_elements=[table.c.owner],
-                    set_={"tokens": available - 1, "updated": latest},
-                    where=available >= 1,
-                )
-                .returning(table.c.tokens)
+        dialect = postgresql if self._writes.engine.dialect.name == "postgresql" else sqlite
+        spend = (
+            dialect.insert(table)
+            .values(owner=owner, tokens=self._burst - 1, updated=now)
+            .on_conflict_do_update(
+                index_elements=[table.c.owner],
+                set_={"tokens": available - 1, "updated": latest},
+                where=available >= 1,
             )
-            if (await session.execute(spend)).first() is not None:
-                return
-            tokens = await session.scalar(select(available).where(table.c.owner == owner))
-        wait = max(1, math.ceil((1 - float(tokens or 0)) / self._rate))
+            .returning(table.c.tokens)
+        )
+
+        def spend_one(session: Session) -> float | None:
+            """``None`` once a token is spent, else the tokens the bucket holds."""
+            if session.execute(spend).first() is not None:
+                return None
+            return float(session.scalar(select(available).where(table.c.owner == owner)) or 0)
+
+        # A spent token need not survive a power loss: no fsync of its own.
+        tokens = await self._writes.run(spend_one, durable=False)
+        if tokens is None:
+            return
+        wait = max(1, math.ceil((1 - tokens) / self._rate))
         raise TooManyRequests(
             f"{owner} creates uploads too fast; retry in {wait} s",
             headers={"Retry-After": str(wait)},
