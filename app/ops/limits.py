@@ -53,6 +53,8 @@ class CreationRateLimiter:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._writes = writes
+        postgres = writes.engine.dialect.name == "postgresql"
+        self._insert = postgresql.insert if postgres else sqlite.insert
         self._clock = clock  # this node's wall clock: other nodes' may differ
         self._rate = per_minute / 60.0
         self._burst = float(burst)
@@ -69,9 +71,8 @@ class CreationRateLimiter:
         latest = case((table.c.updated < now, now), else_=table.c.updated)
         refilled = table.c.tokens + elapsed * self._rate
         available = case((refilled > self._burst, self._burst), else_=refilled)
-        dialect = postgresql if self._writes.engine.dialect.name == "postgresql" else sqlite
         spend = (
-            dialect.insert(table)
+            self._insert(table)
             .values(owner=owner, tokens=self._burst - 1, updated=now)
             .on_conflict_do_update(
                 index_elements=[table.c.owner],

@@ -67,7 +67,6 @@ from app.storage.sniff import SNIFF_SIZE, category_for, sniff_content_type
 from app.storage.staged_parts import (
     StagedPartBody,
     StagedRangeReader,
-    crc32c_base64,
     crc32c_of_range,
     reclaim_range,
 )
@@ -566,8 +565,7 @@ class PartShipper(S3Collaborator):
         caller files it in the transaction that first inserts its row (503 when S3 does not
         take it in bounded time). ``received``: the CRCs of its bytes as they arrived, which
         S3 checks the staged bytes against."""
-        crc = received.crc_of(0, size)
-        as_received = None if crc is None else crc32c_base64(crc)
+        as_received = ReceivedRanges([], received).crc_of(0, size)
         try:
             await self._put_with_retries(key, staged_path, size, content_type, as_received)
         except TRANSIENT_ERRORS as exc:
